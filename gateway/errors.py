@@ -1,0 +1,92 @@
+"""One exception tree for every error a user can see.
+
+Each class carries the message shown to the user and the process exit code.
+The CLI turns these into output in exactly one place (``gateway.cli``).
+The exit codes are a public contract used by scripts: never renumber them.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_USAGE = 2
+EXIT_INVALID = 3
+EXIT_NO_FIT = 4
+EXIT_UNREACHABLE = 5
+EXIT_REJECTED = 6
+EXIT_JOB_FAILED = 7
+
+
+class AifError(Exception):
+    """Base of every error meant for the user: one clear line, one exit code."""
+
+    exit_code: int = EXIT_INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(AifError):
+    """The command line itself is wrong (missing argument, unknown site name...)."""
+
+    exit_code = EXIT_USAGE
+
+
+class InvalidInput(AifError):
+    """A spec, profile or config file is not valid."""
+
+    exit_code = EXIT_INVALID
+
+
+class SpecError(InvalidInput):
+    """The job spec is not valid."""
+
+
+class ProfileError(InvalidInput):
+    """A site profile is not valid."""
+
+
+class ConfigError(InvalidInput):
+    """The user's configuration is not valid or lacks what a site needs."""
+
+
+class BackendMissing(InvalidInput):
+    """An optional backend (such as pyslurm) was asked for but is not installed."""
+
+
+class NoFit(AifError):
+    """No site or partition can run the job; the message says why for each."""
+
+    exit_code = EXIT_NO_FIT
+
+
+class SiteUnreachable(AifError):
+    """The site could not be reached (connection, authentication, controller down)."""
+
+    exit_code = EXIT_UNREACHABLE
+
+
+class HostKeyRejected(SiteUnreachable):
+    """The site's SSH host key is unknown or changed: we refuse to talk to it."""
+
+
+class SchedulerRejected(AifError):
+    """The site's scheduler refused the job; the message is the scheduler's own."""
+
+    exit_code = EXIT_REJECTED
+
+
+class JobUnsuccessful(AifError):
+    """A job the user waited for ended in a state other than COMPLETED."""
+
+    exit_code = EXIT_JOB_FAILED
+
+
+class SandboxError(AifError):
+    """The local Slurm sandbox could not be brought up, down or inspected."""
+
+    exit_code = EXIT_INTERNAL
