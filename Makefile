@@ -1,0 +1,40 @@
+# Two commands do everything on a fresh Debian machine, as root:
+#   make demo   runs the main job on the local Slurm sandbox
+#   make test   runs every test (unit + integration on real Slurm), ruff and mypy
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv test unit lint demo bench clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -m venv --help >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq python3-venv)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check gateway tests bench
+	$(BIN)/mypy --strict gateway
+
+unit: $(STAMP)
+	$(BIN)/pytest -q tests/unit
+
+test: $(STAMP)
+	$(BIN)/ruff check gateway tests bench
+	$(BIN)/mypy --strict gateway
+	$(BIN)/pytest -q tests
+
+demo: $(STAMP)
+	$(BIN)/python -m gateway.demo
+
+bench: $(STAMP)
+	$(BIN)/python bench/submit_200.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
