@@ -1,0 +1,142 @@
+"""The library behind every command: the CLI is a few lines over these calls."""
+
+from __future__ import annotations
+
+import getpass
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.config import UserConfig, load_config
+from gateway.errors import AifError, InvalidInput
+from gateway.profiles import (
+    SiteProfile,
+    check_spec_against_profiles,
+    get_profile,
+    load_profile,
+    load_profiles,
+    resolve_account,
+)
+from gateway.rendering import RenderedJob, render_batch_script
+from gateway.spec import JobSpec, load_spec
+
+
+@dataclass(frozen=True)
+class SiteSummary:
+    name: str
+    factory: str
+    system: str
+    country: str
+    sectors: tuple[str, ...]
+    max_sensitivity: str
+    batch_system: str
+    host: str
+    port: int
+    gpus: str
+    datasets: tuple[str, ...]
+    usable: bool
+    problem: str
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "factory": self.factory,
+            "system": self.system,
+            "country": self.country,
+            "sectors": list(self.sectors),
+            "max_sensitivity": self.max_sensitivity,
+            "batch_system": self.batch_system,
+            "host": self.host,
+            "port": self.port,
+            "gpus": self.gpus,
+            "datasets": list(self.datasets),
+            "usable": self.usable,
+            "problem": self.problem,
+        }
+
+
+def login_user(profile: SiteProfile, config: UserConfig) -> str:
+    """The login name at a site: the user's config, else the local user name."""
+    return config.access(profile.name).user or getpass.getuser()
+
+
+def site_problem(profile: SiteProfile, config: UserConfig) -> str:
+    """Why a site cannot be used by this user now ('' when it can)."""
+    try:
+        resolve_account(profile, config.access(profile.name))
+    except AifError as exc:
+        return exc.message
+    if profile.batch_system != "slurm":
+        return f"runs {profile.batch_system}, which aif cannot submit to yet"
+    return ""
+
+
+def list_sites() -> list[SiteSummary]:
+    profiles = load_profiles()
+    config = load_config()
+    summaries = []
+    for profile in sorted(profiles.values(), key=lambda p: p.name):
+        problem = site_problem(profile, config)
+        gpu_parts = sorted(
+            {f"{p.gpus_per_node}x {p.gpu_model or 'GPU'}" for p in profile.partitions if p.gpus_per_node}
+        )
+        summaries.append(
+            SiteSummary(
+                name=profile.name,
+                factory=profile.factory,
+                system=profile.system,
+                country=profile.country,
+                sectors=profile.sectors,
+                max_sensitivity=profile.max_sensitivity,
+                batch_system=profile.batch_system,
+                host=config.access(profile.name).host or profile.host,
+                port=config.access(profile.name).port or profile.port,
+                gpus=", ".join(gpu_parts) or "none",
+                datasets=tuple(d.name for d in profile.datasets),
+                usable=not problem,
+                problem=problem,
+            )
+        )
+    return summaries
+
+
+def load_checked_spec(path: str | Path, profiles: dict[str, SiteProfile]) -> JobSpec:
+    spec = load_spec(path)
+    check_spec_against_profiles(spec, profiles)
+    return spec
+
+
+def render(spec_path: str | Path, site: str, *, account: str | None = None) -> RenderedJob:
+    """The batch script ``spec_path`` would be submitted as at ``site``."""
+    profiles = load_profiles()
+    profile = get_profile(profiles, site)
+    spec = load_checked_spec(spec_path, profiles)
+    config = load_config()
+    access = config.access(site)
+    if account is not None:
+        from dataclasses import replace
+
+        access = replace(access, account=account)
+    return render_batch_script(
+        spec, profile, account=resolve_account(profile, access), user=access.user or getpass.getuser()
+    )
+
+
+@dataclass(frozen=True)
+class ProfileCheck:
+    path: str
+    ok: bool
+    message: str
+
+
+def validate_profiles(paths: list[str]) -> list[ProfileCheck]:
+    results = []
+    for path in paths:
+        try:
+            profile = load_profile(path)
+        except InvalidInput as exc:
+            results.append(ProfileCheck(path=path, ok=False, message=exc.message))
+        else:
+            results.append(
+                ProfileCheck(path=path, ok=True, message=f"{profile.name}: {len(profile.partitions)} partitions")
+            )
+    return results

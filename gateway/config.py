@@ -1,0 +1,118 @@
+"""The user's own configuration: accounts, login names and how to reach each site.
+
+``$AIF_HOME/config.toml`` plus ``$AIF_HOME/config.d/*.toml`` (merged in name
+order, later files win per site; the sandbox writes ``config.d/sandbox.toml``).
+Accounts and login names are per user and never live in a profile.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway.errors import ConfigError
+from gateway.home import aif_home
+from gateway.spec import SITE_ALLOWED, SITE_PATTERN
+from gateway.tomlcheck import Table, load_toml_file
+
+TRANSPORTS = ("ssh", "local", "pyslurm")
+# Accounts reach an #SBATCH line: keep them to characters that need no quoting.
+ACCOUNT_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+USER_PATTERN = r"[a-z_][a-z0-9_.-]{0,31}\$?"
+HOST_PATTERN = r"[A-Za-z0-9][A-Za-z0-9.:_-]{0,252}"
+SITE_KEYS = (
+    "account",
+    "user",
+    "identity_file",
+    "known_hosts",
+    "host",
+    "port",
+    "proxy_jump",
+    "transport",
+    "slurm_conf",
+)
+
+
+@dataclass(frozen=True)
+class SiteAccess:
+    """What this user needs to reach one site."""
+
+    account: str | None = None
+    user: str | None = None
+    identity_file: str | None = None
+    known_hosts: str | None = None
+    host: str | None = None
+    port: int | None = None
+    proxy_jump: str | None = None
+    transport: str = "ssh"
+    slurm_conf: str | None = None
+
+
+@dataclass(frozen=True)
+class UserConfig:
+    sites: dict[str, SiteAccess] = field(default_factory=dict)
+    files: tuple[str, ...] = ()
+
+    def access(self, site: str) -> SiteAccess:
+        return self.sites.get(site, SiteAccess())
+
+
+def config_files(home: Path | None = None) -> list[Path]:
+    home = home or aif_home()
+    files = [home / "config.toml"] if (home / "config.toml").is_file() else []
+    config_d = home / "config.d"
+    if config_d.is_dir():
+        files.extend(sorted(p for p in config_d.glob("*.toml") if p.is_file()))
+    return files
+
+
+def load_config(home: Path | None = None) -> UserConfig:
+    sites: dict[str, SiteAccess] = {}
+    files = config_files(home)
+    for path in files:
+        sites.update(parse_config(load_toml_file(path, ConfigError), source=str(path)))
+    return UserConfig(sites=sites, files=tuple(str(p) for p in files))
+
+
+def parse_config(data: dict[str, object], *, source: str) -> dict[str, SiteAccess]:
+    top = Table(data, source=source, path="", error=ConfigError, allowed=("sites",))
+    sites_table = top.table("sites", ())
+    result: dict[str, SiteAccess] = {}
+    raw_sites = data.get("sites", {})
+    assert isinstance(raw_sites, dict)  # checked by top.table
+    for name in raw_sites:
+        if not isinstance(name, str) or not _matches(SITE_PATTERN, name):
+            sites_table.fail(name, f"{name!r} is not a site name; {SITE_ALLOWED}")
+        # Each site's table is read on its own so that unknown keys name the site.
+        t = Table(
+            _as_table(sites_table, name, raw_sites[name]),
+            source=source,
+            path=f"sites.{name}",
+            error=ConfigError,
+            allowed=SITE_KEYS,
+        )
+        result[name] = SiteAccess(
+            account=t.optional_string(
+                "account", pattern=ACCOUNT_PATTERN, allowed="expected letters, digits and . _ -"
+            ),
+            user=t.optional_string("user", pattern=USER_PATTERN, allowed="expected a login name"),
+            identity_file=t.optional_string("identity_file"),
+            known_hosts=t.optional_string("known_hosts"),
+            host=t.optional_string("host", pattern=HOST_PATTERN, allowed="expected a host name or address"),
+            port=t.optional_integer("port", minimum=1, maximum=65535),
+            proxy_jump=t.optional_string("proxy_jump", pattern=r"[^\s]*", allowed="no spaces"),
+            transport=t.string("transport", "ssh", choices=TRANSPORTS),
+            slurm_conf=t.optional_string("slurm_conf"),
+        )
+    return result
+
+
+def _as_table(parent: Table, key: str, value: object) -> dict[str, object]:
+    if not isinstance(value, dict):
+        parent.fail(key, f"expected a table [sites.{key}]")
+    return value
+
+
+def _matches(pattern: str, text: str) -> bool:
+    return re.fullmatch(pattern, text) is not None

@@ -1,0 +1,423 @@
+"""Site profiles: what each AI Factory's batch system really accepts.
+
+One TOML file per site. The shipped ones live in ``profiles/`` (installed
+as ``gateway/_profiles``); ``$AIF_HOME/profiles/*.toml`` add to them or
+override them by name. The schema is documented in ``profiles/README.md``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.config import ACCOUNT_PATTERN, SiteAccess
+from gateway.errors import ConfigError, ProfileError, SpecError, UsageError
+from gateway.home import aif_home
+from gateway.spec import (
+    COUNTRY_PATTERN,
+    IDENT_ALLOWED,
+    IDENT_PATTERN,
+    SECTOR_PATTERN,
+    SENSITIVITIES,
+    SITE_ALLOWED,
+    SITE_PATTERN,
+    JobSpec,
+)
+from gateway.tomlcheck import (
+    SIZE_ALLOWED,
+    SIZE_PATTERN,
+    Table,
+    load_toml_file,
+    read_walltime,
+    size_to_mb,
+)
+
+PROFILE_SCHEMA_VERSION = 1
+BATCH_SYSTEMS = ("slurm", "pbspro")
+GPU_REQUEST_STYLES = ("gpus-per-node", "gres", "gres-typed", "gpus-per-node-typed")
+ACCOUNTING_SOURCES = ("slurmdbd", "jobcomp")
+AUTH_KINDS = ("ssh-key", "ssh-certificate", "ssh-key+otp", "password+otp")
+# Partition and QOS names reach #SBATCH lines: no quoting is possible there.
+SLURM_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+WORK_AREA_PATTERN = r"/[A-Za-z0-9._+/{}-]*"
+
+
+@dataclass(frozen=True)
+class Partition:
+    name: str
+    gpus_per_node: int
+    gpu_model: str
+    cpus_per_node: int
+    memory_per_node: str
+    memory_per_node_mb: int
+    max_walltime: str
+    max_walltime_seconds: int
+    max_nodes: int
+    whole_node: bool
+    qos: str
+
+
+@dataclass(frozen=True)
+class QosRule:
+    name: str
+    partition: str
+    min_nodes: int
+    max_nodes: int
+    max_walltime: str
+    max_walltime_seconds: int
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    path: str
+    size: str
+    size_mb: int
+    sensitivity: str
+
+
+@dataclass(frozen=True)
+class SlurmRules:
+    gpu_request: str
+    send_memory: bool
+    cpus_per_gpu: int
+    enforce_cpus_per_gpu: bool
+    qos_required: bool
+    accounting: str
+    shebang: str
+    work_area: str
+
+
+@dataclass(frozen=True)
+class SiteEnvironment:
+    setup: tuple[str, ...]
+    module_command: str
+    container_setup: tuple[str, ...]
+    container_exec: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SiteProfile:
+    name: str
+    factory: str
+    system: str
+    country: str
+    operator: str
+    sectors: tuple[str, ...]
+    max_sensitivity: str
+    batch_system: str
+    host: str
+    port: int
+    auth: str
+    access_notes: str
+    account_required: bool
+    account_pattern: str
+    account_example: str
+    slurm: SlurmRules
+    partitions: tuple[Partition, ...]
+    qos_rules: tuple[QosRule, ...]
+    environment: SiteEnvironment
+    datasets: tuple[Dataset, ...]
+    references: tuple[str, ...]
+    assumptions: tuple[str, ...]
+    source: str
+
+    def dataset(self, name: str) -> Dataset | None:
+        return next((d for d in self.datasets if d.name == name), None)
+
+    def accepts_sensitivity(self, sensitivity: str) -> bool:
+        return SENSITIVITIES.index(sensitivity) <= SENSITIVITIES.index(self.max_sensitivity)
+
+
+# -- loading --------------------------------------------------------------------
+
+
+def shipped_profiles_dir() -> Path:
+    """The profiles that come with aif: inside an installed package, or the checkout's."""
+    installed = Path(__file__).resolve().parent / "_profiles"
+    if installed.is_dir():
+        return installed
+    return Path(__file__).resolve().parent.parent / "profiles"
+
+
+def user_profiles_dir(home: Path | None = None) -> Path:
+    return (home or aif_home()) / "profiles"
+
+
+def profile_files(home: Path | None = None) -> dict[str, Path]:
+    """Profile files by site name; the user's override the shipped ones."""
+    files: dict[str, Path] = {}
+    for directory in (shipped_profiles_dir(), user_profiles_dir(home)):
+        if directory.is_dir():
+            for path in sorted(directory.glob("*.toml")):
+                files[path.stem] = path
+    return files
+
+
+def load_profiles(home: Path | None = None) -> dict[str, SiteProfile]:
+    return {name: load_profile(path) for name, path in profile_files(home).items()}
+
+
+def load_profile(path: str | Path) -> SiteProfile:
+    path = Path(path)
+    profile = parse_profile(load_toml_file(path, ProfileError), source=str(path))
+    if profile.name != path.stem:
+        raise ProfileError(
+            f"{path}: site.name: {profile.name!r} is not allowed; it must equal the file name {path.stem!r}"
+        )
+    return profile
+
+
+def get_profile(profiles: dict[str, SiteProfile], name: str) -> SiteProfile:
+    if name in profiles:
+        return profiles[name]
+    hint = difflib.get_close_matches(name, list(profiles), n=1)
+    maybe = f"did you mean {hint[0]!r}? " if hint else ""
+    raise UsageError(f"unknown site {name!r}; {maybe}known sites: {', '.join(sorted(profiles))}")
+
+
+# -- parsing --------------------------------------------------------------------
+
+
+def parse_profile(data: dict[str, object], *, source: str) -> SiteProfile:
+    top = Table(
+        data,
+        source=source,
+        path="",
+        error=ProfileError,
+        allowed=(
+            "schema_version",
+            "site",
+            "access",
+            "account",
+            "slurm",
+            "partitions",
+            "qos",
+            "environment",
+            "datasets",
+            "sources",
+        ),
+    )
+    top.integer("schema_version", minimum=PROFILE_SCHEMA_VERSION, maximum=PROFILE_SCHEMA_VERSION)
+    site = top.table(
+        "site",
+        ("name", "factory", "system", "country", "operator", "sectors", "max_sensitivity", "batch_system"),
+        required=True,
+    )
+    name = site.string("name", pattern=SITE_PATTERN, allowed=SITE_ALLOWED)
+    country = site.string(
+        "country", pattern=COUNTRY_PATTERN + "|XX", allowed="expected an ISO 3166 alpha-2 code"
+    )
+    access = top.table("access", ("host", "port", "auth", "notes"), required=True)
+    account = top.table("account", ("required", "pattern", "example"))
+    account_pattern = account.string("pattern", ".*")
+    try:
+        re.compile(account_pattern)
+    except re.error as exc:
+        account.bad_value("pattern", account_pattern, f"not a valid regular expression ({exc})")
+    slurm = _parse_slurm(top.table("slurm", SLURM_KEYS))
+    partitions = tuple(_parse_partition(t) for t in top.tables("partitions", PARTITION_KEYS))
+    batch_system = site.string("batch_system", "slurm", choices=BATCH_SYSTEMS)
+    if batch_system == "slurm" and not partitions:
+        top.fail("partitions", "a Slurm site needs at least one [[partitions]] entry")
+    _refuse_duplicates(top, "partitions", [p.name for p in partitions])
+    qos_rules = tuple(_parse_qos(t, {p.name for p in partitions}) for t in top.tables("qos", QOS_KEYS))
+    environment = top.table("environment", ("setup", "module_command", "container_setup", "container_exec"))
+    datasets = tuple(_parse_dataset(t) for t in top.tables("datasets", DATASET_KEYS))
+    _refuse_duplicates(top, "datasets", [d.name for d in datasets])
+    sources = top.table("sources", ("references", "assumptions"))
+    return SiteProfile(
+        name=name,
+        factory=site.string("factory"),
+        system=site.string("system"),
+        country=country,
+        operator=site.string("operator", ""),
+        sectors=site.string_list(
+            "sectors", pattern=SECTOR_PATTERN, allowed="expected lowercase sector names such as 'health'"
+        ),
+        max_sensitivity=site.string("max_sensitivity", choices=SENSITIVITIES),
+        batch_system=batch_system,
+        host=access.string("host", pattern=r"[A-Za-z0-9][A-Za-z0-9.-]*", allowed="expected a host name"),
+        port=access.integer("port", 22, minimum=1, maximum=65535),
+        auth=access.string("auth", "ssh-key", choices=AUTH_KINDS),
+        access_notes=access.string("notes", ""),
+        account_required=account.boolean("required", False),
+        account_pattern=account_pattern,
+        account_example=account.string("example", ""),
+        slurm=slurm,
+        partitions=partitions,
+        qos_rules=qos_rules,
+        environment=SiteEnvironment(
+            setup=environment.string_list("setup", ()),
+            module_command=environment.string("module_command", ""),
+            container_setup=environment.string_list("container_setup", ()),
+            container_exec=environment.string_list("container_exec", ()),
+        ),
+        datasets=datasets,
+        references=sources.string_list("references", ()),
+        assumptions=sources.string_list("assumptions", ()),
+        source=source,
+    )
+
+
+SLURM_KEYS = (
+    "gpu_request",
+    "send_memory",
+    "cpus_per_gpu",
+    "enforce_cpus_per_gpu",
+    "qos_required",
+    "accounting",
+    "shebang",
+    "work_area",
+)
+PARTITION_KEYS = (
+    "name",
+    "gpus_per_node",
+    "gpu_model",
+    "cpus_per_node",
+    "memory_per_node",
+    "max_walltime",
+    "max_nodes",
+    "whole_node",
+    "qos",
+)
+QOS_KEYS = ("name", "partition", "min_nodes", "max_nodes", "max_walltime")
+DATASET_KEYS = ("name", "path", "size", "sensitivity")
+
+
+def _parse_slurm(t: Table) -> SlurmRules:
+    shebang = t.string("shebang", "#!/bin/bash", pattern=r"#!/[^\n]*", allowed="expected a #! line")
+    return SlurmRules(
+        gpu_request=t.string("gpu_request", "gpus-per-node", choices=GPU_REQUEST_STYLES),
+        send_memory=t.boolean("send_memory", True),
+        cpus_per_gpu=t.integer("cpus_per_gpu", 0, minimum=0, maximum=1024),
+        enforce_cpus_per_gpu=t.boolean("enforce_cpus_per_gpu", False),
+        qos_required=t.boolean("qos_required", False),
+        accounting=t.string("accounting", "slurmdbd", choices=ACCOUNTING_SOURCES),
+        shebang=shebang,
+        work_area=t.string(
+            "work_area",
+            "/home/{user}/aif",
+            pattern=WORK_AREA_PATTERN,
+            allowed="expected an absolute path; {user} and {account} are filled in",
+        ),
+    )
+
+
+def _parse_partition(t: Table) -> Partition:
+    memory = t.string("memory_per_node", pattern=SIZE_PATTERN, allowed=SIZE_ALLOWED)
+    walltime, seconds = read_walltime(t, "max_walltime")
+    gpus = t.integer("gpus_per_node", 0, minimum=0, maximum=64)
+    return Partition(
+        name=t.string("name", pattern=SLURM_NAME_PATTERN, allowed="expected a Slurm partition name"),
+        gpus_per_node=gpus,
+        gpu_model=t.string("gpu_model", "", pattern=IDENT_PATTERN + "|", allowed=IDENT_ALLOWED),
+        cpus_per_node=t.integer("cpus_per_node", minimum=1, maximum=4096),
+        memory_per_node=memory,
+        memory_per_node_mb=size_to_mb(memory),
+        max_walltime=walltime,
+        max_walltime_seconds=seconds,
+        max_nodes=t.integer("max_nodes", minimum=1, maximum=100_000),
+        whole_node=t.boolean("whole_node", False),
+        qos=t.string("qos", "", pattern=SLURM_NAME_PATTERN + "|", allowed="expected a QOS name"),
+    )
+
+
+def _parse_qos(t: Table, partitions: set[str]) -> QosRule:
+    partition = t.string("partition", pattern=SLURM_NAME_PATTERN, allowed="expected a partition name")
+    if partition not in partitions:
+        t.bad_value(
+            "partition", partition, f"expected one of this profile's partitions: {sorted(partitions)}"
+        )
+    walltime, seconds = read_walltime(t, "max_walltime")
+    min_nodes = t.integer("min_nodes", 1, minimum=1, maximum=100_000)
+    return QosRule(
+        name=t.string("name", pattern=SLURM_NAME_PATTERN, allowed="expected a QOS name"),
+        partition=partition,
+        min_nodes=min_nodes,
+        max_nodes=t.integer("max_nodes", minimum=min_nodes, maximum=100_000),
+        max_walltime=walltime,
+        max_walltime_seconds=seconds,
+    )
+
+
+def _parse_dataset(t: Table) -> Dataset:
+    size = t.string("size", pattern=SIZE_PATTERN, allowed=SIZE_ALLOWED)
+    return Dataset(
+        name=t.string("name", pattern=IDENT_PATTERN, allowed=IDENT_ALLOWED),
+        path=t.string("path", pattern=WORK_AREA_PATTERN, allowed="expected an absolute path"),
+        size=size,
+        size_mb=size_to_mb(size),
+        sensitivity=t.string("sensitivity", "public", choices=SENSITIVITIES),
+    )
+
+
+def _refuse_duplicates(t: Table, key: str, names: list[str]) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            t.bad_value(key, name, "names must be unique")
+        seen.add(name)
+
+
+# -- what the profiles say together -------------------------------------------------
+
+
+def sector_vocabulary(profiles: Iterable[SiteProfile]) -> tuple[str, ...]:
+    return tuple(sorted({sector for p in profiles for sector in p.sectors}))
+
+
+def check_spec_against_profiles(spec: JobSpec, profiles: dict[str, SiteProfile]) -> None:
+    """What only the profiles can tell: known sector, known site names, known datasets."""
+    if spec.job.sector is not None:
+        known = sector_vocabulary(profiles.values())
+        if spec.job.sector not in known:
+            hint = difflib.get_close_matches(spec.job.sector, known, n=1)
+            maybe = f"did you mean {hint[0]!r}? " if hint else ""
+            raise SpecError(
+                f"{spec.source}: job.sector: {spec.job.sector!r} is not a known sector; "
+                f"{maybe}known sectors: {', '.join(known)}"
+            )
+    for key, names in (
+        ("placement.site", [spec.placement.site] if spec.placement.site else []),
+        ("placement.exclude", list(spec.placement.exclude)),
+    ):
+        for name in names:
+            if name not in profiles:
+                hint = difflib.get_close_matches(name, list(profiles), n=1)
+                maybe = f"did you mean {hint[0]!r}? " if hint else ""
+                raise SpecError(
+                    f"{spec.source}: {key}: {name!r} is not a known site; "
+                    f"{maybe}known sites: {', '.join(sorted(profiles))}"
+                )
+    catalogue = {d.name for p in profiles.values() for d in p.datasets}
+    for index, dataset in enumerate(spec.data.inputs):
+        if dataset not in catalogue:
+            hint = difflib.get_close_matches(dataset, sorted(catalogue), n=1)
+            maybe = f"did you mean {hint[0]!r}? " if hint else ""
+            raise SpecError(
+                f"{spec.source}: data.inputs[{index}]: {dataset!r} is not in any site's dataset "
+                f"catalogue; {maybe}known datasets: {', '.join(sorted(catalogue)) or 'none'}"
+            )
+
+
+def resolve_account(profile: SiteProfile, access: SiteAccess) -> str | None:
+    """The account to send, checked against the site's format; None when none is needed."""
+    account = access.account
+    if account is None:
+        if profile.account_required:
+            example = profile.account_example or "..."
+            raise ConfigError(
+                f"site {profile.name} is not usable: it needs an account; add "
+                f'[sites.{profile.name}] account = "{example}" to {aif_home() / "config.toml"}'
+            )
+        return None
+    if not re.fullmatch(ACCOUNT_PATTERN, account) or not re.fullmatch(profile.account_pattern, account):
+        raise ConfigError(
+            f"config: sites.{profile.name}.account: {account!r} is not allowed; "
+            f"{profile.name} accounts look like {profile.account_example or profile.account_pattern!r}"
+        )
+    return account
