@@ -1,0 +1,679 @@
+"""The local ledger: every submission aif ever made, in one SQLite file.
+
+The ledger lives at ``aif_home() / "ledger.sqlite"``. Several aif processes
+may use it at once (a ``submit`` while a ``watch`` polls), so:
+
+* the database runs in WAL mode with a generous ``busy_timeout``: readers never
+  block writers, and a writer waits for another one instead of failing;
+* every write runs in its own ``BEGIN IMMEDIATE`` transaction, which takes the
+  write lock up front; reads made inside it (is this id free? what is the
+  current state?) therefore cannot be invalidated by another process before
+  the transaction commits;
+* ids and submission tokens are random (``secrets``) and additionally checked
+  against the table inside that transaction, with ``UNIQUE`` constraints as
+  the last guard.
+
+The schema is versioned with ``PRAGMA user_version`` and an ordered list of
+migrations (``_MIGRATIONS``, version N is the N-th entry). Opening an older
+ledger applies the missing migrations in one transaction; opening a ledger
+written by a newer aif is refused with a ``ConfigError``.
+
+Nothing secret is stored here: no environment values, no keys, no passwords;
+only what aif decided and what the scheduler answered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from gateway.errors import ConfigError, UsageError
+from gateway.home import aif_home
+
+LEDGER_FILENAME = "ledger.sqlite"
+BUSY_TIMEOUT_SECONDS = 30.0
+
+ID_PREFIX = "aif-"
+ID_TOKEN_LENGTH = 10
+TOKEN_BYTES = 16
+_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"  # RFC 4648 base32, lower case
+_MIN_PREFIX_TOKEN_CHARS = 3
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+# States as Slurm reports them, normalised by the status parser.
+SLURM_STATES = frozenset(
+    {
+        "PENDING",
+        "RUNNING",
+        "COMPLETED",
+        "FAILED",
+        "CANCELLED",
+        "TIMEOUT",
+        "PREEMPTED",
+        "NODE_FAIL",
+        "OUT_OF_MEMORY",
+        "UNKNOWN",
+    }
+)
+# The gateway's own states: before, or instead of, anything reaching Slurm.
+GATEWAY_STATES = frozenset({"SUBMITTING", "REJECTED", "UNREACHABLE", "INVALID"})
+STATES = SLURM_STATES | GATEWAY_STATES
+# Nothing was ever submitted for these: they are final, whatever comes later.
+NOT_SUBMITTED_STATES = frozenset({"REJECTED", "UNREACHABLE", "INVALID"})
+SLURM_TERMINAL_STATES = frozenset(
+    {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FAIL", "OUT_OF_MEMORY"}
+)
+TERMINAL_STATES = SLURM_TERMINAL_STATES | NOT_SUBMITTED_STATES
+ACTIVE_STATES = STATES - TERMINAL_STATES
+
+
+def is_terminal(state: str) -> bool:
+    """True for states a job never leaves for a non-terminal one."""
+    return state in TERMINAL_STATES
+
+
+def default_ledger_path() -> Path:
+    return aif_home() / LEDGER_FILENAME
+
+
+def spec_sha256(path: Path | str) -> str:
+    """The sha256 hex digest of a spec file's bytes, as stored in ``spec_hash``."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def new_job_id() -> str:
+    """A fresh random federated id, such as ``aif-k3x9q2mzta`` (50 random bits).
+
+    Uniqueness within a ledger is enforced by ``Ledger``, not by luck alone.
+    """
+    return ID_PREFIX + "".join(secrets.choice(_ID_ALPHABET) for _ in range(ID_TOKEN_LENGTH))
+
+
+def new_submission_token() -> str:
+    """A fresh random submission token (passed to Slurm as ``--comment``)."""
+    return "aif-tok-" + secrets.token_hex(TOKEN_BYTES)
+
+
+def _now() -> str:
+    """Now, as a UTC ISO-8601 string with microseconds (the only time format used)."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+@dataclass(frozen=True)
+class LedgerJob:
+    """One submission (or attempted submission), as the ledger holds it.
+
+    Times are UTC ISO-8601 strings (``2025-01-31T12:00:00.000000+00:00``).
+    """
+
+    id: str
+    site: str
+    slurm_job_id: str | None
+    name: str
+    spec_path: str
+    spec_hash: str
+    token: str
+    state: str
+    reason: str
+    message: str
+    workdir: str
+    outputs: tuple[str, ...]
+    stdout_path: str
+    array_size: int | None
+    depends_on: str | None
+    created_at: str
+    updated_at: str
+
+    @property
+    def terminal(self) -> bool:
+        return is_terminal(self.state)
+
+
+@dataclass(frozen=True)
+class StateChange:
+    """One entry of a job's history: it entered ``state`` (for ``reason``) at ``at``."""
+
+    job_id: str
+    state: str
+    reason: str
+    at: str
+
+
+# --------------------------------------------------------------------------
+# Schema and migrations
+# --------------------------------------------------------------------------
+
+Migration = Callable[[sqlite3.Connection], None]
+
+
+def _migrate_v1(conn: sqlite3.Connection) -> None:
+    """The first schema: jobs and their state history."""
+    conn.execute(
+        """
+        CREATE TABLE jobs (
+            seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+            id           TEXT NOT NULL UNIQUE,
+            site         TEXT NOT NULL,
+            slurm_job_id TEXT,
+            name         TEXT NOT NULL,
+            spec_path    TEXT NOT NULL,
+            spec_hash    TEXT NOT NULL,
+            token        TEXT NOT NULL UNIQUE,
+            state        TEXT NOT NULL,
+            reason       TEXT NOT NULL DEFAULT '',
+            workdir      TEXT NOT NULL DEFAULT '',
+            outputs      TEXT NOT NULL DEFAULT '[]',
+            created_at   TEXT NOT NULL,
+            updated_at   TEXT NOT NULL
+        )
+        """
+    )
+    conn.execute(
+        """
+        CREATE TABLE state_changes (
+            seq    INTEGER PRIMARY KEY AUTOINCREMENT,
+            job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+            state  TEXT NOT NULL,
+            reason TEXT NOT NULL DEFAULT '',
+            at     TEXT NOT NULL
+        )
+        """
+    )
+    conn.execute("CREATE INDEX state_changes_job ON state_changes(job_id, seq)")
+
+
+def _migrate_v2(conn: sqlite3.Connection) -> None:
+    """What happened (message), where output goes, arrays, dependencies."""
+    conn.execute("ALTER TABLE jobs ADD COLUMN message TEXT NOT NULL DEFAULT ''")
+    conn.execute("ALTER TABLE jobs ADD COLUMN stdout_path TEXT NOT NULL DEFAULT ''")
+    conn.execute("ALTER TABLE jobs ADD COLUMN array_size INTEGER")
+    conn.execute("ALTER TABLE jobs ADD COLUMN depends_on TEXT REFERENCES jobs(id)")
+    conn.execute("CREATE INDEX jobs_site_state ON jobs(site, state)")
+
+
+# Version N of the schema is reached by applying _MIGRATIONS[:N]. Only append.
+_MIGRATIONS: tuple[Migration, ...] = (_migrate_v1, _migrate_v2)
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+_JOB_COLUMNS = (
+    "id, site, slurm_job_id, name, spec_path, spec_hash, token, state, reason, message, "
+    "workdir, outputs, stdout_path, array_size, depends_on, created_at, updated_at"
+)
+
+
+def _job_from_row(row: Sequence[Any]) -> LedgerJob:
+    (
+        job_id,
+        site,
+        slurm_job_id,
+        name,
+        spec_path,
+        spec_hash,
+        token,
+        state,
+        reason,
+        message,
+        workdir,
+        outputs,
+        stdout_path,
+        array_size,
+        depends_on,
+        created_at,
+        updated_at,
+    ) = row
+    return LedgerJob(
+        id=str(job_id),
+        site=str(site),
+        slurm_job_id=None if slurm_job_id is None else str(slurm_job_id),
+        name=str(name),
+        spec_path=str(spec_path),
+        spec_hash=str(spec_hash),
+        token=str(token),
+        state=str(state),
+        reason=str(reason),
+        message=str(message),
+        workdir=str(workdir),
+        outputs=tuple(str(o) for o in json.loads(outputs)),
+        stdout_path=str(stdout_path),
+        array_size=None if array_size is None else int(array_size),
+        depends_on=None if depends_on is None else str(depends_on),
+        created_at=str(created_at),
+        updated_at=str(updated_at),
+    )
+
+
+# --------------------------------------------------------------------------
+# The ledger
+# --------------------------------------------------------------------------
+
+
+class Ledger:
+    """The local record of every submission. Use as a context manager."""
+
+    def __init__(self, path: Path | str | None = None) -> None:
+        self.path = Path(path) if path is not None else default_ledger_path()
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            self._conn = sqlite3.connect(
+                self.path,
+                timeout=BUSY_TIMEOUT_SECONDS,
+                isolation_level=None,  # we issue BEGIN/COMMIT ourselves
+            )
+        except sqlite3.Error as exc:
+            raise ConfigError(f"cannot open the ledger {self.path}: {exc}") from exc
+        try:
+            self._configure()
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            self._conn.close()
+            raise ConfigError(f"cannot use the ledger {self.path}: {exc}") from exc
+        except BaseException:
+            self._conn.close()
+            raise
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _configure(self) -> None:
+        conn = self._conn
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        # Switching a fresh file to WAL needs a brief exclusive lock; when
+        # several processes create the ledger at once, one may see "locked".
+        deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
+        while True:
+            try:
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+        if str(mode).lower() != "wal":
+            raise ConfigError(f"the ledger {self.path} cannot use WAL mode (got {mode!r})")
+        # FULL: a committed intent (with its token) survives even a power loss.
+        conn.execute("PRAGMA synchronous = FULL")
+
+    def schema_version(self) -> int:
+        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    def _check_not_newer(self, version: int) -> None:
+        if version > SCHEMA_VERSION:
+            raise ConfigError(
+                f"the ledger {self.path} has schema version {version}, but this aif only "
+                f"knows versions up to {SCHEMA_VERSION}: upgrade aif to use it"
+            )
+
+    def _migrate(self) -> None:
+        version = self.schema_version()
+        self._check_not_newer(version)
+        if version == SCHEMA_VERSION:
+            return
+        with self._write():
+            # Re-read under the write lock: another process may have migrated.
+            version = self.schema_version()
+            self._check_not_newer(version)
+            for migration in _MIGRATIONS[version:]:
+                migration(self._conn)
+            # PRAGMA takes no parameters; SCHEMA_VERSION is our own int.
+            self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            problems = self._conn.execute("PRAGMA foreign_key_check").fetchall()
+            if problems:
+                raise ConfigError(
+                    f"the ledger {self.path} is inconsistent after migration: {problems[:5]}"
+                )
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction holding the write lock from its first statement."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    # -- helpers (call inside _write) ----------------------------------------
+
+    def _fresh(self, column: str, make: Callable[[], str]) -> str:
+        # column is one of our own literals, never user input.
+        while True:
+            value = make()
+            taken = self._conn.execute(
+                f"SELECT 1 FROM jobs WHERE {column} = ?", (value,)
+            ).fetchone()
+            if taken is None:
+                return value
+
+    def _insert(
+        self,
+        *,
+        site: str,
+        name: str,
+        spec_path: str,
+        spec_hash: str,
+        state: str,
+        message: str,
+        workdir: str,
+        outputs: Sequence[str],
+        stdout_path: str,
+        array_size: int | None,
+        depends_on: str | None,
+    ) -> str:
+        conn = self._conn
+        if depends_on is not None and self._row(depends_on) is None:
+            raise UsageError(f"no job {depends_on} in the ledger (given as a dependency)")
+        job_id = self._fresh("id", new_job_id)
+        token = self._fresh("token", new_submission_token)
+        now = _now()
+        conn.execute(
+            f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES "
+            "(?, ?, NULL, ?, ?, ?, ?, ?, '', ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                job_id,
+                site,
+                name,
+                spec_path,
+                spec_hash,
+                token,
+                state,
+                message,
+                workdir,
+                json.dumps(list(outputs)),
+                stdout_path,
+                array_size,
+                depends_on,
+                now,
+                now,
+            ),
+        )
+        conn.execute(
+            "INSERT INTO state_changes (job_id, state, reason, at) VALUES (?, ?, '', ?)",
+            (job_id, state, now),
+        )
+        return job_id
+
+    def _row(self, job_id: str) -> LedgerJob | None:
+        row = self._conn.execute(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)
+        ).fetchone()
+        return None if row is None else _job_from_row(row)
+
+    def _require(self, job_id: str) -> LedgerJob:
+        job = self._row(job_id)
+        if job is None:
+            raise UsageError(f"no job {job_id} in the ledger")
+        return job
+
+    def _set_state(
+        self,
+        job: LedgerJob,
+        state: str,
+        reason: str,
+        *,
+        slurm_job_id: str | None = None,
+        message: str | None = None,
+    ) -> StateChange | None:
+        """Write a new state (and the extra fields given); history only on change."""
+        now = _now()
+        self._conn.execute(
+            "UPDATE jobs SET state = ?, reason = ?, updated_at = ?, "
+            "slurm_job_id = COALESCE(?, slurm_job_id), message = COALESCE(?, message) "
+            "WHERE id = ?",
+            (state, reason, now, slurm_job_id, message, job.id),
+        )
+        if state == job.state and reason == job.reason:
+            return None
+        self._conn.execute(
+            "INSERT INTO state_changes (job_id, state, reason, at) VALUES (?, ?, ?, ?)",
+            (job.id, state, reason, now),
+        )
+        return StateChange(job_id=job.id, state=state, reason=reason, at=now)
+
+    # -- writes ------------------------------------------------------------
+
+    def record_intent(
+        self,
+        *,
+        site: str,
+        name: str,
+        spec_path: str,
+        spec_hash: str,
+        workdir: str,
+        outputs: Sequence[str],
+        stdout_path: str,
+        array_size: int | None,
+        depends_on: str | None,
+    ) -> LedgerJob:
+        """Record a submission about to be made: state SUBMITTING, fresh id and token.
+
+        Call this BEFORE sending anything to the site, and pass the returned
+        ``token`` to Slurm (``--comment``): if the answer to sbatch is lost,
+        the job can still be found at the site by that token.
+        """
+        if not site:
+            raise ValueError("record_intent needs a site")
+        _check_hash(spec_hash)
+        if array_size is not None and array_size < 1:
+            raise ValueError(f"array_size must be at least 1, not {array_size}")
+        if isinstance(outputs, str):
+            raise TypeError("outputs must be a sequence of paths, not one string")
+        with self._write():
+            job_id = self._insert(
+                site=site,
+                name=name,
+                spec_path=spec_path,
+                spec_hash=spec_hash,
+                state="SUBMITTING",
+                message="",
+                workdir=workdir,
+                outputs=outputs,
+                stdout_path=stdout_path,
+                array_size=array_size,
+                depends_on=depends_on,
+            )
+            return self._require(job_id)
+
+    def record_invalid(
+        self,
+        *,
+        spec_path: str,
+        spec_hash: str,
+        message: str,
+        site: str = "",
+        name: str = "",
+    ) -> LedgerJob:
+        """Record a spec that was refused before anything was submitted (INVALID)."""
+        _check_hash(spec_hash)
+        with self._write():
+            job_id = self._insert(
+                site=site,
+                name=name,
+                spec_path=spec_path,
+                spec_hash=spec_hash,
+                state="INVALID",
+                message=message,
+                workdir="",
+                outputs=(),
+                stdout_path="",
+                array_size=None,
+                depends_on=None,
+            )
+            return self._require(job_id)
+
+    def mark_submitted(
+        self, job_id: str, slurm_job_id: str, state: str = "PENDING"
+    ) -> LedgerJob:
+        """The site accepted the job as ``slurm_job_id``; it is now in ``state``.
+
+        Idempotent when the job already carries this Slurm id.
+        """
+        if not slurm_job_id:
+            raise ValueError("mark_submitted needs the Slurm job id")
+        if state not in SLURM_STATES:
+            raise ValueError(f"{state!r} is not a Slurm job state")
+        with self._write():
+            job = self._require(job_id)
+            if job.slurm_job_id == slurm_job_id:
+                return job
+            if job.state != "SUBMITTING":
+                raise ValueError(
+                    f"job {job_id} is {job.state}"
+                    + (f" as Slurm job {job.slurm_job_id}" if job.slurm_job_id else "")
+                    + f", it cannot become Slurm job {slurm_job_id}"
+                )
+            self._set_state(job, state, "", slurm_job_id=slurm_job_id)
+            return self._require(job_id)
+
+    def mark_not_submitted(self, job_id: str, state: str, message: str) -> LedgerJob:
+        """Nothing was submitted: the scheduler refused (REJECTED) or the site
+        could not be reached (UNREACHABLE). ``message`` says what happened."""
+        if state not in ("REJECTED", "UNREACHABLE"):
+            raise ValueError(f"mark_not_submitted takes REJECTED or UNREACHABLE, not {state!r}")
+        with self._write():
+            job = self._require(job_id)
+            if job.state == state and job.message == message:
+                return job
+            if job.state != "SUBMITTING":
+                raise ValueError(f"job {job_id} is {job.state}, it cannot become {state}")
+            self._set_state(job, state, "", message=message)
+            return self._require(job_id)
+
+    def update_states(self, changes: Iterable[tuple[str, str, str]]) -> list[StateChange]:
+        """Apply ``(job_id, state, reason)`` updates from the scheduler, all at once.
+
+        One transaction for the whole batch (an unknown job id rolls it all
+        back). A history row is added only when state or reason changed.
+        Terminal states are sticky: a stale non-terminal state never replaces
+        a terminal one, and jobs that were never submitted (REJECTED,
+        UNREACHABLE, INVALID) are left alone. A terminal state may still be
+        refined by another terminal state from Slurm (FAILED -> OUT_OF_MEMORY).
+        Returns the changes actually recorded.
+        """
+        batch = [(str(j), str(s), str(r)) for j, s, r in changes]
+        for _, state, _ in batch:
+            if state not in SLURM_STATES:
+                raise ValueError(f"{state!r} is not a Slurm job state")
+        applied: list[StateChange] = []
+        if not batch:
+            return applied
+        with self._write():
+            for job_id, state, reason in batch:
+                job = self._require(job_id)
+                if job.state in NOT_SUBMITTED_STATES or job.state == "SUBMITTING":
+                    continue  # the scheduler cannot know about it (yet)
+                if job.terminal and not is_terminal(state):
+                    continue  # stale
+                if job.state == state and job.reason == reason:
+                    continue
+                change = self._set_state(job, state, reason)
+                if change is not None:
+                    applied.append(change)
+        return applied
+
+    # -- reads -------------------------------------------------------------
+
+    def get(self, job_id: str) -> LedgerJob:
+        """The job with this id, or the only one whose id starts with it."""
+        job = self._row(job_id)
+        if job is not None:
+            return job
+        if job_id.startswith(ID_PREFIX) and len(job_id) >= len(ID_PREFIX) + _MIN_PREFIX_TOKEN_CHARS:
+            rows = self._conn.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE substr(id, 1, ?) = ? "
+                "ORDER BY seq LIMIT 6",
+                (len(job_id), job_id),
+            ).fetchall()
+            if len(rows) == 1:
+                return _job_from_row(rows[0])
+            if rows:
+                shown = ", ".join(str(r[0]) for r in rows[:5])
+                more = ", ..." if len(rows) > 5 else ""
+                raise UsageError(f"{job_id} matches several jobs in the ledger: {shown}{more}")
+        raise UsageError(f"no job {job_id} in the ledger")
+
+    def list_jobs(
+        self, limit: int | None = None, site: str | None = None, active_only: bool = False
+    ) -> list[LedgerJob]:
+        """Jobs, newest first; optionally only one site's, only unfinished ones."""
+        where: list[str] = []
+        params: list[Any] = []
+        if site is not None:
+            where.append("site = ?")
+            params.append(site)
+        if active_only:
+            active = sorted(ACTIVE_STATES)
+            where.append(f"state IN ({', '.join('?' for _ in active)})")
+            params.extend(active)
+        sql = f"SELECT {_JOB_COLUMNS} FROM jobs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY seq DESC"
+        if limit is not None:
+            if limit < 0:
+                raise ValueError(f"limit must not be negative, not {limit}")
+            sql += " LIMIT ?"
+            params.append(limit)
+        return [_job_from_row(r) for r in self._conn.execute(sql, params).fetchall()]
+
+    def history(self, job_id: str) -> list[StateChange]:
+        """Every state the job went through, oldest first."""
+        job = self.get(job_id)
+        rows = self._conn.execute(
+            "SELECT job_id, state, reason, at FROM state_changes WHERE job_id = ? ORDER BY seq",
+            (job.id,),
+        ).fetchall()
+        return [StateChange(job_id=str(j), state=str(s), reason=str(r), at=str(a)) for j, s, r, a in rows]
+
+    def find_by_token(self, token: str) -> LedgerJob | None:
+        row = self._conn.execute(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE token = ?", (token,)
+        ).fetchone()
+        return None if row is None else _job_from_row(row)
+
+    def unfinished_by_site(self) -> dict[str, list[LedgerJob]]:
+        """Submitted jobs not yet in a terminal state, grouped by site (oldest first),
+        so a status poller can ask each site once about all of its jobs."""
+        active = sorted(ACTIVE_STATES)
+        rows = self._conn.execute(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE slurm_job_id IS NOT NULL "
+            f"AND state IN ({', '.join('?' for _ in active)}) ORDER BY site, seq",
+            active,
+        ).fetchall()
+        result: dict[str, list[LedgerJob]] = {}
+        for row in rows:
+            job = _job_from_row(row)
+            result.setdefault(job.site, []).append(job)
+        return result
+
+
+def _check_hash(spec_hash: str) -> None:
+    if not _SHA256_HEX.fullmatch(spec_hash):
+        raise ValueError(f"spec_hash must be a lower-case sha256 hex digest, not {spec_hash!r}")
