@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import getpass
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from gateway.config import UserConfig, load_config
@@ -107,14 +107,13 @@ def load_checked_spec(path: str | Path, profiles: dict[str, SiteProfile]) -> Job
 
 def render(spec_path: str | Path, site: str, *, account: str | None = None) -> RenderedJob:
     """The batch script ``spec_path`` would be submitted as at ``site``."""
+    spec = load_spec(spec_path)
     profiles = load_profiles()
+    check_spec_against_profiles(spec, profiles)
     profile = get_profile(profiles, site)
-    spec = load_checked_spec(spec_path, profiles)
     config = load_config()
     access = config.access(site)
     if account is not None:
-        from dataclasses import replace
-
         access = replace(access, account=account)
     return render_batch_script(
         spec, profile, account=resolve_account(profile, access), user=access.user or getpass.getuser()
@@ -137,6 +136,8 @@ def validate_profiles(paths: list[str]) -> list[ProfileCheck]:
             results.append(ProfileCheck(path=path, ok=False, message=exc.message))
         else:
             results.append(
-                ProfileCheck(path=path, ok=True, message=f"{profile.name}: {len(profile.partitions)} partitions")
+                ProfileCheck(
+                    path=path, ok=True, message=f"{profile.name}: {len(profile.partitions)} partitions"
+                )
             )
     return results

@@ -7,7 +7,6 @@ override them by name. The schema is documented in ``profiles/README.md``.
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from gateway.tomlcheck import (
     SIZE_ALLOWED,
     SIZE_PATTERN,
     Table,
+    did_you_mean,
     load_toml_file,
     read_walltime,
     size_to_mb,
@@ -174,8 +174,7 @@ def load_profile(path: str | Path) -> SiteProfile:
 def get_profile(profiles: dict[str, SiteProfile], name: str) -> SiteProfile:
     if name in profiles:
         return profiles[name]
-    hint = difflib.get_close_matches(name, list(profiles), n=1)
-    maybe = f"did you mean {hint[0]!r}? " if hint else ""
+    maybe = did_you_mean(name, list(profiles))
     raise UsageError(f"unknown site {name!r}; {maybe}known sites: {', '.join(sorted(profiles))}")
 
 
@@ -375,8 +374,7 @@ def check_spec_against_profiles(spec: JobSpec, profiles: dict[str, SiteProfile])
     if spec.job.sector is not None:
         known = sector_vocabulary(profiles.values())
         if spec.job.sector not in known:
-            hint = difflib.get_close_matches(spec.job.sector, known, n=1)
-            maybe = f"did you mean {hint[0]!r}? " if hint else ""
+            maybe = did_you_mean(spec.job.sector, known)
             raise SpecError(
                 f"{spec.source}: job.sector: {spec.job.sector!r} is not a known sector; "
                 f"{maybe}known sectors: {', '.join(known)}"
@@ -387,8 +385,7 @@ def check_spec_against_profiles(spec: JobSpec, profiles: dict[str, SiteProfile])
     ):
         for name in names:
             if name not in profiles:
-                hint = difflib.get_close_matches(name, list(profiles), n=1)
-                maybe = f"did you mean {hint[0]!r}? " if hint else ""
+                maybe = did_you_mean(name, list(profiles))
                 raise SpecError(
                     f"{spec.source}: {key}: {name!r} is not a known site; "
                     f"{maybe}known sites: {', '.join(sorted(profiles))}"
@@ -396,8 +393,7 @@ def check_spec_against_profiles(spec: JobSpec, profiles: dict[str, SiteProfile])
     catalogue = {d.name for p in profiles.values() for d in p.datasets}
     for index, dataset in enumerate(spec.data.inputs):
         if dataset not in catalogue:
-            hint = difflib.get_close_matches(dataset, sorted(catalogue), n=1)
-            maybe = f"did you mean {hint[0]!r}? " if hint else ""
+            maybe = did_you_mean(dataset, sorted(catalogue))
             raise SpecError(
                 f"{spec.source}: data.inputs[{index}]: {dataset!r} is not in any site's dataset "
                 f"catalogue; {maybe}known datasets: {', '.join(sorted(catalogue)) or 'none'}"

@@ -41,6 +41,25 @@ def show_value(value: object, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def suggest(word: str, options: Sequence[str]) -> str | None:
+    """The option the user most likely meant: a close spelling, else a prefix or part of it."""
+    close = difflib.get_close_matches(word, options, n=1)
+    if close:
+        return close[0]
+    lowered = word.lower()
+    partial = [o for o in options if lowered and (o.lower().startswith(lowered) or lowered in o.lower())]
+    if partial:
+        return partial[0]
+    loose = difflib.get_close_matches(word, options, n=1, cutoff=0.4)
+    return loose[0] if loose else None
+
+
+def did_you_mean(word: str, options: Sequence[str]) -> str:
+    """'did you mean 'x'? ' or ''."""
+    hint = suggest(word, options)
+    return f"did you mean {hint!r}? " if hint else ""
+
+
 def type_name(value: object) -> str:
     if isinstance(value, bool):
         return "a boolean"
@@ -113,12 +132,11 @@ class Table:
     def _check_unknown(self) -> None:
         for key in self._data:
             if key not in self._allowed:
-                hint = difflib.get_close_matches(key, self._allowed, n=1)
-                maybe = f"did you mean {hint[0]!r}? " if hint else ""
+                maybe = did_you_mean(key, self._allowed)
                 where = f"in [{self.path}]" if self.path else "at the top level"
                 self.fail(
                     key,
-                    f"unknown key {maybe}(allowed {where}: {', '.join(self._allowed)})",
+                    f"unknown key, {maybe}(allowed {where}: {', '.join(self._allowed)})",
                 )
 
     # -- getters ----------------------------------------------------------
@@ -153,8 +171,7 @@ class Table:
         if "\x00" in value:
             self.bad_value(key, value, "NUL characters are not allowed")
         if choices is not None and value not in choices:
-            hint = difflib.get_close_matches(value, choices, n=1)
-            maybe = f"did you mean {hint[0]!r}? " if hint else ""
+            maybe = did_you_mean(value, choices)
             self.bad_value(key, value, f"{maybe}expected one of: {', '.join(choices)}")
         if pattern is not None and not re.fullmatch(pattern, value):
             self.bad_value(key, value, allowed or f"expected a value matching {pattern}")

@@ -1,0 +1,214 @@
+"""The portable job spec: what is accepted, and how everything else is refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.cli import main
+from gateway.errors import SpecError
+from gateway.spec import load_spec
+
+REPO = Path(__file__).resolve().parents[2]
+
+MINIMAL = """
+[job]
+name = "hello"
+command = ["echo", "hi"]
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "job.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_minimal_spec_gets_documented_defaults(tmp_path: Path) -> None:
+    spec = load_spec(write(tmp_path, MINIMAL))
+    assert spec.name == "hello"
+    assert spec.job.command == ("echo", "hi")
+    assert spec.job.workdir == "{name}"
+    r = spec.resources
+    assert (r.nodes, r.tasks_per_node, r.gpus_per_node, r.cpus_per_task) == (1, 1, 0, None)
+    assert r.walltime == "01:00:00" and r.walltime_seconds == 3600
+    assert spec.data.sensitivity == "public"
+    assert spec.array is None
+    assert len(spec.sha256) == 64
+
+
+def test_every_example_is_valid() -> None:
+    examples = sorted((REPO / "examples").glob("*.toml"))
+    assert examples
+    for path in examples:
+        load_spec(path)
+
+
+def test_full_issue_example(tmp_path: Path) -> None:
+    spec = load_spec(
+        write(
+            tmp_path,
+            """
+[job]
+name = "clinical-bert-finetune"
+sector = "health"
+command = ["python", "train.py", "--epochs", "3"]
+workdir = "runs/{name}"
+[resources]
+nodes = 1
+tasks_per_node = 1
+gpus_per_node = 4
+cpus_per_task = 8
+memory_per_node = "120G"
+walltime = "02:00:00"
+gpu_model = "A100"
+[environment]
+container = "docker://nvcr.io/nvidia/pytorch:24.05-py3"
+modules = ["pytorch"]
+variables = { HF_HOME = "/scratch/hf" }
+[data]
+inputs = ["ehr-demo"]
+sensitivity = "public"
+outputs = ["results/"]
+[placement]
+site = "lumi"
+exclude = []
+countries = []
+[array]
+size = 10
+""",
+        )
+    )
+    assert spec.resources.memory_per_node_mb == 120 * 1024
+    assert spec.environment.variables == (("HF_HOME", "/scratch/hf"),)
+    assert spec.workdir_for("aif-x") == "runs/clinical-bert-finetune"
+    assert spec.array is not None and spec.array.size == 10
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("[job]\nname='a'\ncommand=['x']\n[resources]\ngpus=4\n", "resources.gpus: unknown key, did you mean 'gpus_per_node'?"),
+        ("[job]\nname='a'\ncomand=['x']\n", "job.comand: unknown key, did you mean 'command'?"),
+        ("[jobs]\nname='a'\n", "jobs: unknown key, did you mean 'job'?"),
+        ("[job]\nname='a'\n", "job.command: is required"),
+        ("[job]\nname='a'\ncommand=['x']\nscript='y'\n", "job.command: give exactly one"),
+        ("[job]\nname='a b'\ncommand=['x']\n", "job.name: 'a b' is not allowed"),
+        ('[job]\nname="a\\nb"\ncommand=["x"]\n', "job.name: 'a\\nb' is not allowed"),
+        ("[job]\nname='a'\ncommand='x'\n", "job.command: 'x' is a string; expected an array of strings"),
+        ("[job]\nname='a'\ncommand=['x']\nworkdir='../up'\n", "job.workdir: '../up' is not allowed"),
+        ("[job]\nname='a'\ncommand=['x']\nworkdir='/abs'\n", "job.workdir: '/abs' is not allowed"),
+        ("[job]\nname='a'\ncommand=['x']\nworkdir='{user}'\n", "only placeholders are {name} and {id}"),
+        ("[job]\nname='a'\ncommand=['x']\n[resources]\nnodes=0\n", "resources.nodes: 0 is not allowed; expected an integer from 1"),
+        ("[job]\nname='a'\ncommand=['x']\n[resources]\nnodes=true\n", "resources.nodes: true is a boolean"),
+        ("[job]\nname='a'\ncommand=['x']\n[resources]\nwalltime='2h'\n", "resources.walltime: '2h' is not allowed; expected [D-]HH:MM:SS"),
+        ("[job]\nname='a'\ncommand=['x']\n[resources]\nwalltime='00:00:00'\n", "longer than zero"),
+        ("[job]\nname='a'\ncommand=['x']\n[resources]\nmemory_per_node='lots'\n", "resources.memory_per_node: 'lots'"),
+        ("[job]\nname='a'\ncommand=['x']\n[resources]\ngpu_model='A100'\n", "needs gpus_per_node of 1 or more"),
+        ("[job]\nname='a'\ncommand=['x']\n[data]\nsensitivity='secret'\n", "data.sensitivity: 'secret' is not allowed; did you mean"),
+        ("[job]\nname='a'\ncommand=['x']\n[environment]\nvariables={1X='y'}\n", "environment.variables.1X"),
+        ("[job]\nname='a'\ncommand=['x']\n[environment]\nvariables={SLURM_X='y'}\n", "set by Slurm and aif"),
+        ("[job]\nname='a'\ncommand=['x']\n[placement]\ncountries=['fi']\n", "placement.countries[0]: 'fi'"),
+        ("[job]\nname='a'\ncommand=['x']\n[array]\nsize=4\nparallel=5\n", "array.parallel: 5 is not allowed"),
+        ("[job]\nname='a'\ncommand=['x']\n[data]\noutputs=['../x']\n", "data.outputs[0]: '../x'"),
+        ("[job\nname='a'", "not valid TOML"),
+    ],
+)
+def test_refusals_name_file_key_value_and_what_is_allowed(tmp_path: Path, body: str, expected: str) -> None:
+    path = write(tmp_path, body)
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ")
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_missing_file_is_a_spec_error(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="cannot read the spec"):
+        load_spec(tmp_path / "absent.toml")
+
+
+def test_cli_bad_spec_exits_3_with_one_line_no_traceback(tmp_path: Path) -> None:
+    path = write(tmp_path, "[job]\nname='a'\ncommand=['x']\n[resources]\ngpus=4\n")
+    result = CliRunner().invoke(main, ["render", str(path), "--site", "lumi"])
+    assert result.exit_code == 3
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith("aif: error: ")
+    assert "Traceback" not in result.output
+
+
+# -- property: no input whatsoever produces a traceback ------------------------------------
+
+KNOWN_KEYS = {
+    "job": ["name", "sector", "command", "script", "workdir"],
+    "resources": ["nodes", "tasks_per_node", "gpus_per_node", "cpus_per_task", "memory_per_node", "walltime", "gpu_model"],
+    "environment": ["container", "modules", "variables"],
+    "data": ["inputs", "sensitivity", "outputs"],
+    "placement": ["site", "exclude", "countries"],
+    "array": ["size", "parallel"],
+}
+scalars = st.one_of(
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.booleans(),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=30),
+    st.sampled_from(["hello", "01:00:00", "120G", "health", "public", "{name}", "../x", "a\nb", "$(id)"]),
+)
+values = st.one_of(scalars, st.lists(scalars, max_size=4), st.dictionaries(st.text(max_size=8), scalars, max_size=3))
+
+
+def toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # JSON string escapes are valid TOML basic strings
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(value)
+
+
+@st.composite
+def spec_documents(draw: st.DrawFn) -> str:
+    lines: list[str] = []
+    for table in draw(st.lists(st.sampled_from([*KNOWN_KEYS, "extra"]), unique=True, max_size=7)):
+        lines.append(f"[{table}]")
+        keys = KNOWN_KEYS.get(table, []) + ["bogus", "nme"]
+        for key in draw(st.lists(st.sampled_from(keys), unique=True, max_size=6)):
+            lines.append(f"{key} = {toml_value(draw(values))}")
+    return "\n".join(lines) + "\n"
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(document=st.one_of(spec_documents(), st.text(max_size=200), st.binary(max_size=100)))
+def test_random_documents_never_crash(tmp_path: Path, document: str | bytes) -> None:
+    path = tmp_path / "random.toml"
+    if isinstance(document, str):
+        path.write_text(document)
+    else:
+        path.write_bytes(document)
+    try:
+        load_spec(path)
+    except SpecError as exc:
+        assert "\n" not in exc.message
+        assert exc.message.startswith(str(path))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(document=spec_documents())
+def test_random_documents_through_the_cli_never_show_a_traceback(tmp_path: Path, document: str) -> None:
+    path = tmp_path / "random.toml"
+    path.write_text(document)
+    result = CliRunner().invoke(main, ["render", str(path), "--site", "sandbox-north"])
+    assert result.exit_code in (0, 2, 3, 4), result.output
+    assert "Traceback" not in result.output
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
