@@ -93,7 +93,10 @@ size = 10
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
-        ("[job]\nname='a'\ncommand=['x']\n[resources]\ngpus=4\n", "resources.gpus: unknown key, did you mean 'gpus_per_node'?"),
+        (
+            "[job]\nname='a'\ncommand=['x']\n[resources]\ngpus=4\n",
+            "resources.gpus: unknown key, did you mean 'gpus_per_node'?",
+        ),
         ("[job]\nname='a'\ncomand=['x']\n", "job.comand: unknown key, did you mean 'command'?"),
         ("[jobs]\nname='a'\n", "jobs: unknown key, did you mean 'job'?"),
         ("[job]\nname='a'\n", "job.command: is required"),
@@ -104,13 +107,28 @@ size = 10
         ("[job]\nname='a'\ncommand=['x']\nworkdir='../up'\n", "job.workdir: '../up' is not allowed"),
         ("[job]\nname='a'\ncommand=['x']\nworkdir='/abs'\n", "job.workdir: '/abs' is not allowed"),
         ("[job]\nname='a'\ncommand=['x']\nworkdir='{user}'\n", "only placeholders are {name} and {id}"),
-        ("[job]\nname='a'\ncommand=['x']\n[resources]\nnodes=0\n", "resources.nodes: 0 is not allowed; expected an integer from 1"),
+        (
+            "[job]\nname='a'\ncommand=['x']\n[resources]\nnodes=0\n",
+            "resources.nodes: 0 is not allowed; expected an integer from 1",
+        ),
         ("[job]\nname='a'\ncommand=['x']\n[resources]\nnodes=true\n", "resources.nodes: true is a boolean"),
-        ("[job]\nname='a'\ncommand=['x']\n[resources]\nwalltime='2h'\n", "resources.walltime: '2h' is not allowed; expected [D-]HH:MM:SS"),
+        (
+            "[job]\nname='a'\ncommand=['x']\n[resources]\nwalltime='2h'\n",
+            "resources.walltime: '2h' is not allowed; expected [D-]HH:MM:SS",
+        ),
         ("[job]\nname='a'\ncommand=['x']\n[resources]\nwalltime='00:00:00'\n", "longer than zero"),
-        ("[job]\nname='a'\ncommand=['x']\n[resources]\nmemory_per_node='lots'\n", "resources.memory_per_node: 'lots'"),
-        ("[job]\nname='a'\ncommand=['x']\n[resources]\ngpu_model='A100'\n", "needs gpus_per_node of 1 or more"),
-        ("[job]\nname='a'\ncommand=['x']\n[data]\nsensitivity='secret'\n", "data.sensitivity: 'secret' is not allowed; did you mean"),
+        (
+            "[job]\nname='a'\ncommand=['x']\n[resources]\nmemory_per_node='lots'\n",
+            "resources.memory_per_node: 'lots'",
+        ),
+        (
+            "[job]\nname='a'\ncommand=['x']\n[resources]\ngpu_model='A100'\n",
+            "needs gpus_per_node of 1 or more",
+        ),
+        (
+            "[job]\nname='a'\ncommand=['x']\n[data]\nsensitivity='secret'\n",
+            "data.sensitivity: 'secret' is not allowed; did you mean",
+        ),
         ("[job]\nname='a'\ncommand=['x']\n[environment]\nvariables={1X='y'}\n", "environment.variables.1X"),
         ("[job]\nname='a'\ncommand=['x']\n[environment]\nvariables={SLURM_X='y'}\n", "set by Slurm and aif"),
         ("[job]\nname='a'\ncommand=['x']\n[placement]\ncountries=['fi']\n", "placement.countries[0]: 'fi'"),
@@ -147,7 +165,15 @@ def test_cli_bad_spec_exits_3_with_one_line_no_traceback(tmp_path: Path) -> None
 
 KNOWN_KEYS = {
     "job": ["name", "sector", "command", "script", "workdir"],
-    "resources": ["nodes", "tasks_per_node", "gpus_per_node", "cpus_per_task", "memory_per_node", "walltime", "gpu_model"],
+    "resources": [
+        "nodes",
+        "tasks_per_node",
+        "gpus_per_node",
+        "cpus_per_task",
+        "memory_per_node",
+        "walltime",
+        "gpu_model",
+    ],
     "environment": ["container", "modules", "variables"],
     "data": ["inputs", "sensitivity", "outputs"],
     "placement": ["site", "exclude", "countries"],
@@ -160,7 +186,9 @@ scalars = st.one_of(
     st.text(max_size=30),
     st.sampled_from(["hello", "01:00:00", "120G", "health", "public", "{name}", "../x", "a\nb", "$(id)"]),
 )
-values = st.one_of(scalars, st.lists(scalars, max_size=4), st.dictionaries(st.text(max_size=8), scalars, max_size=3))
+values = st.one_of(
+    scalars, st.lists(scalars, max_size=4), st.dictionaries(st.text(max_size=8), scalars, max_size=3)
+)
 
 
 def toml_value(value: object) -> str:
@@ -182,7 +210,7 @@ def spec_documents(draw: st.DrawFn) -> str:
     lines: list[str] = []
     for table in draw(st.lists(st.sampled_from([*KNOWN_KEYS, "extra"]), unique=True, max_size=7)):
         lines.append(f"[{table}]")
-        keys = KNOWN_KEYS.get(table, []) + ["bogus", "nme"]
+        keys = [*KNOWN_KEYS.get(table, []), "bogus", "nme"]
         for key in draw(st.lists(st.sampled_from(keys), unique=True, max_size=6)):
             lines.append(f"{key} = {toml_value(draw(values))}")
     return "\n".join(lines) + "\n"
