@@ -77,10 +77,12 @@ def load_config(home: Path | None = None) -> UserConfig:
 
 def parse_config(data: dict[str, object], *, source: str) -> dict[str, SiteAccess]:
     top = Table(data, source=source, path="", error=ConfigError, allowed=("sites",))
-    sites_table = top.table("sites", ())
-    result: dict[str, SiteAccess] = {}
     raw_sites = data.get("sites", {})
-    assert isinstance(raw_sites, dict)  # checked by top.table
+    if not isinstance(raw_sites, dict):
+        top.fail("sites", "expected tables like [sites.lumi]")
+    # Site names are the keys here: each is checked as a name, not against a fixed list.
+    sites_table = top.table("sites", tuple(raw_sites))
+    result: dict[str, SiteAccess] = {}
     for name in raw_sites:
         if not isinstance(name, str) or not _matches(SITE_PATTERN, name):
             sites_table.fail(name, f"{name!r} is not a site name; {SITE_ALLOWED}")
