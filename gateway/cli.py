@@ -47,7 +47,7 @@ def fail(message: str, code: int) -> NoReturn:
 class AifGroup(click.Group):
     """Turns every AifError into one line on stderr and its exit code."""
 
-    def main(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def main(self, *args: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("standalone_mode", True)
         try:
             return super().main(*args, **kwargs)
@@ -122,7 +122,7 @@ def sites(as_json: bool) -> None:
 
     table = Table(title="AI Factory sites", show_lines=False)
     for column in ("site", "factory", "country", "sectors", "GPUs/node", "data up to", "usable"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for s in summaries:
         table.add_row(
             s.name,
@@ -131,9 +131,12 @@ def sites(as_json: bool) -> None:
             ", ".join(s.sectors),
             s.gpus,
             s.max_sensitivity,
-            "yes" if s.usable else f"no: {s.problem}",
+            "yes" if s.usable else "no (see below)",
         )
     console().print(table)
+    for s in summaries:
+        if not s.usable:
+            console().print(s.problem if s.name in s.problem else f"{s.name}: {s.problem}")
 
 
 @main.group()
@@ -160,6 +163,347 @@ def profile_validate(files: Sequence[str], as_json: bool) -> None:
                 click.echo(f"aif: error: {r.message}", err=True)
     if not all(r.ok for r in results):
         sys.exit(EXIT_INVALID)
+
+
+# -- the job lifecycle --------------------------------------------------------------------
+
+
+def command_hook(ctx: click.Context) -> Callable[[str, Sequence[str]], None] | None:
+    """With -v, every command run at a site is printed as `+ [SITE] argv` on stderr."""
+    if not ctx.find_root().obj.get("verbose"):
+        return None
+    from gateway.site import describe_command
+
+    def hook(site: str, argv: Sequence[str]) -> None:
+        click.echo(describe_command(site, argv), err=True)
+
+    return hook
+
+
+def job_json(job: Any) -> dict[str, object]:
+    return {
+        "id": job.id,
+        "site": job.site,
+        "slurm_job_id": job.slurm_job_id,
+        "state": job.state,
+        "reason": job.reason,
+        "name": job.name,
+        "message": job.message,
+        "submitted_at": job.created_at,
+        "updated_at": job.updated_at,
+    }
+
+
+def jobs_table(jobs: Sequence[Any], title: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in ("id", "name", "site", "slurm id", "state", "reason / message", "updated"):
+        table.add_column(column)
+    for job in jobs:
+        table.add_row(
+            job.id,
+            job.name,
+            job.site or "-",
+            job.slurm_job_id or "-",
+            job.state,
+            job.reason or job.message,
+            job.updated_at[:19].replace("T", " "),
+        )
+    console().print(table)
+
+
+@main.command()
+@click.argument("specs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--site", help="Submit to this site instead of letting aif choose.")
+@click.option("--after", metavar="ID", help="Start only after job ID completed successfully.")
+@click.option("--dry-run", is_flag=True, help="Validate, place and render; submit nothing.")
+@json_option
+@click.pass_context
+def submit(
+    ctx: click.Context,
+    specs: Sequence[str],
+    site: str | None,
+    after: str | None,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Submit one or more job SPECS (TOML)."""
+    from gateway import lifecycle
+    from gateway.errors import SchedulerRejected, SiteUnreachable
+
+    if dry_run:
+        runs = lifecycle.dry_run(list(specs), site=site)
+        _print_dry_runs(runs, as_json)
+        return
+    results = lifecycle.submit(list(specs), site=site, after=after, on_command=command_hook(ctx))
+    if as_json:
+        print_json([{**job_json(r.job), "why": r.why} for r in results])
+    else:
+        for r in results:
+            if r.job.slurm_job_id:
+                click.echo(
+                    f"{r.job.id}: submitted to {r.job.site} as Slurm job {r.job.slurm_job_id} ({r.why})"
+                )
+            elif r.job.state == "SUBMITTING":
+                click.echo(
+                    f"{r.job.id}: answer from {r.job.site} lost; "
+                    f"`aif status {r.job.id}` will find it by its token"
+                )
+            else:
+                click.echo(f"{r.job.id}: {r.job.state} at {r.job.site}: {r.job.message}", err=True)
+    states = {r.job.state for r in results}
+    if "REJECTED" in states:
+        first = next(r.job for r in results if r.job.state == "REJECTED")
+        raise SchedulerRejected(f"{first.site} rejected {first.id}: {first.message}")
+    if "UNREACHABLE" in states:
+        first = next(r.job for r in results if r.job.state == "UNREACHABLE")
+        raise SiteUnreachable(first.message)
+
+
+def _print_dry_runs(runs: Sequence[Any], as_json: bool) -> None:
+    if as_json:
+        print_json(
+            [
+                {
+                    "spec": r.spec,
+                    "site": r.site,
+                    "why": r.why,
+                    "partition": r.rendered.partition,
+                    "script": r.rendered.script,
+                }
+                for r in runs
+            ]
+        )
+        return
+    for r in runs:
+        click.echo(f"# {r.spec} -> {r.site} ({r.why})")
+        click.echo(r.rendered.script)
+
+
+@main.command()
+@click.argument("ids", nargs=-1)
+@json_option
+@click.pass_context
+def status(ctx: click.Context, ids: Sequence[str], as_json: bool) -> None:
+    """Ask the sites for the state of jobs (default: every unfinished job): one query per site."""
+    from gateway import lifecycle
+    from gateway.errors import SiteUnreachable
+
+    report = lifecycle.refresh(list(ids) or None, on_command=command_hook(ctx))
+    if as_json:
+        print_json([job_json(j) for j in report.jobs])
+    else:
+        jobs_table(report.jobs, "jobs")
+    for site, why in report.unreachable.items():
+        click.echo(f"aif: warning: {site}: {why}", err=True)
+    if report.unreachable:
+        raise SiteUnreachable(next(iter(report.unreachable.values())))
+
+
+@main.command("list")
+@click.option("--limit", type=int, default=None, help="Show only the newest N jobs.")
+@json_option
+def list_command(limit: int | None, as_json: bool) -> None:
+    """Every job in the ledger, newest first (no site is asked)."""
+    from gateway import lifecycle
+
+    jobs = lifecycle.list_jobs(limit)
+    if as_json:
+        print_json([job_json(j) for j in jobs])
+    else:
+        jobs_table(jobs, "ledger")
+
+
+@main.command()
+@click.argument("ids", nargs=-1, required=True)
+@click.option("--timeout", type=float, default=None, help="Give up after this many seconds (exit 8).")
+@json_option
+@click.pass_context
+def wait(ctx: click.Context, ids: Sequence[str], timeout: float | None, as_json: bool) -> None:
+    """Wait until jobs end: exit 0 when all COMPLETED, 7 when any ended otherwise."""
+    from gateway import lifecycle
+    from gateway.errors import JobUnsuccessful, WaitTimeout
+    from gateway.ledger import is_terminal
+
+    if as_json:
+        report = lifecycle.wait(list(ids), timeout=timeout, on_command=command_hook(ctx))
+        print_json([job_json(j) for j in report.jobs])
+    else:
+        report = _wait_live(list(ids), timeout, command_hook(ctx))
+    unfinished = [j for j in report.jobs if not is_terminal(j.state)]
+    if unfinished:
+        raise WaitTimeout(
+            f"timed out after {timeout:g} s: " + ", ".join(f"{j.id} is {j.state}" for j in unfinished)
+        )
+    failed = [j for j in report.jobs if j.state != "COMPLETED"]
+    if failed:
+        raise JobUnsuccessful(
+            ", ".join(f"{j.id} ended {j.state}" + (f" ({j.reason})" if j.reason else "") for j in failed)
+        )
+
+
+def _wait_live(
+    ids: list[str], timeout: float | None, hook: Callable[[str, Sequence[str]], None] | None
+) -> Any:
+    import time
+
+    from rich.live import Live
+    from rich.table import Table
+
+    from gateway import lifecycle
+
+    started = time.monotonic()
+
+    def view(report: Any) -> Table:
+        table = Table(title=f"waiting {time.monotonic() - started:.0f} s")
+        for column in ("id", "name", "site", "slurm id", "state", "reason"):
+            table.add_column(column)
+        for j in report.jobs:
+            table.add_row(j.id, j.name, j.site, j.slurm_job_id or "-", j.state, j.reason)
+        return table
+
+    with Live(console=console(stderr=True), auto_refresh=False, transient=False) as live:
+
+        def update(report: Any) -> None:
+            live.update(view(report), refresh=True)
+
+        return lifecycle.wait(ids, timeout=timeout, on_update=update, on_command=hook)
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing output until the job ends.")
+@click.option("--task", type=int, default=None, help="Array task index (default 0).")
+@click.pass_context
+def logs(ctx: click.Context, job_id: str, follow: bool, task: int | None) -> None:
+    """Print a job's output."""
+    from gateway import lifecycle
+
+    def write(chunk: bytes) -> None:
+        sys.stdout.buffer.write(chunk)
+        sys.stdout.buffer.flush()
+
+    if follow:
+        lifecycle.follow_log(job_id, write, task=task, on_command=command_hook(ctx))
+    else:
+        write(lifecycle.read_log(job_id, task=task, on_command=command_hook(ctx)))
+
+
+@main.command()
+@click.argument("ids", nargs=-1, required=True)
+@json_option
+@click.pass_context
+def cancel(ctx: click.Context, ids: Sequence[str], as_json: bool) -> None:
+    """Cancel jobs and confirm they left the queue."""
+    from gateway import lifecycle
+
+    results = lifecycle.cancel(list(ids), on_command=command_hook(ctx))
+    if as_json:
+        print_json([{**job_json(r.job), "was": r.was} for r in results])
+        return
+    for r in results:
+        if r.job.state == "CANCELLED" and r.was != "CANCELLED":
+            click.echo(f"{r.job.id}: cancelled (was {r.was})")
+        else:
+            click.echo(f"{r.job.id}: already ended ({r.job.state}), nothing to cancel")
+
+
+@main.command()
+@click.argument("job_id")
+@click.argument("dest", required=False, type=click.Path(file_okay=False))
+@json_option
+@click.pass_context
+def fetch(ctx: click.Context, job_id: str, dest: str | None, as_json: bool) -> None:
+    """Copy a job's outputs (the spec's [data] outputs) back to DEST (default ./ID)."""
+    from pathlib import Path
+
+    from gateway import lifecycle
+
+    if as_json:
+        job, where, fetched = lifecycle.fetch(
+            job_id, Path(dest) if dest else None, on_command=command_hook(ctx)
+        )
+        print_json({"id": job.id, "dest": str(where), "outputs": fetched})
+        return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=console(stderr=True),
+    ) as bar:
+        task = bar.add_task(f"fetch {job_id}", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total or None)
+
+        job, where, fetched = lifecycle.fetch(
+            job_id, Path(dest) if dest else None, progress=progress, on_command=command_hook(ctx)
+        )
+    click.echo(f"{job.id}: fetched {', '.join(fetched)} into {where}")
+
+
+# -- the sandbox ----------------------------------------------------------------------------
+
+
+@main.group()
+def sandbox() -> None:
+    """A federation of real Slurm clusters on this machine, to try aif (needs root)."""
+
+
+@sandbox.command("up")
+@json_option
+def sandbox_up(as_json: bool) -> None:
+    """Start the sandbox (installs Slurm, munge and OpenSSH from Debian if missing)."""
+    from gateway.sandbox import manager
+
+    status = manager.up(progress=None if as_json else lambda line: click.echo(line, err=True))
+    _print_sandbox(status, as_json)
+
+
+@sandbox.command("down")
+def sandbox_down() -> None:
+    """Stop every sandbox daemon."""
+    from gateway.sandbox import manager
+
+    manager.down()
+    click.echo("sandbox stopped")
+
+
+@sandbox.command("status")
+@json_option
+def sandbox_status(as_json: bool) -> None:
+    """Whether each sandbox site's controller, nodes and sshd answer."""
+    from gateway.sandbox import manager
+
+    _print_sandbox(manager.status(), as_json)
+
+
+def _print_sandbox(status: Any, as_json: bool) -> None:
+    data = status.to_dict()
+    if as_json:
+        print_json(data)
+        return
+    from rich.table import Table
+
+    table = Table(title="aif sandbox: " + ("up" if data.get("up") else "down"))
+    for column in ("site", "ssh port", "controller", "nodes", "sshd"):
+        table.add_column(column)
+    for site in data.get("sites", []):
+        nodes = ", ".join(f"{n} {state}" for n, state in site.get("node_states", {}).items())
+        table.add_row(
+            site["name"],
+            str(site["ssh_port"]),
+            "up" if site["controller"] else "down",
+            nodes or ("up" if site["nodes"] else "down"),
+            "up" if site["sshd"] else "down",
+        )
+    console().print(table)
+    for problem in data.get("problems", []):
+        console(stderr=True).print(f"problem: {problem}")
 
 
 def run() -> None:  # pragma: no cover - console entry for `python -m gateway`

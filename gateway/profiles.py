@@ -301,7 +301,7 @@ def _parse_slurm(t: Table) -> SlurmRules:
             "work_area",
             "/home/{user}/aif",
             pattern=WORK_AREA_PATTERN,
-            allowed="expected an absolute path; {user} and {account} are filled in",
+            allowed="expected an absolute path; {user}, {account} and {site} are filled in",
         ),
     )
 

@@ -24,6 +24,11 @@ _DIRECTIVE_VALUE = re.compile(r"[A-Za-z0-9._+/:%=,@{}-]*")
 RENDER_JOB_ID = "aif-render"
 
 
+def fill_site_path(template: str, *, user: str, account: str | None, site: str) -> str:
+    """A profile path with {user}, {account} and {site} filled in."""
+    return template.replace("{user}", user).replace("{account}", account or "").replace("{site}", site)
+
+
 @dataclass(frozen=True)
 class PartitionChoice:
     partition: Partition
@@ -158,7 +163,7 @@ def render_batch_script(
     choice = choose_partition(spec, profile)
     res = spec.resources
     rules = profile.slurm
-    work_area = rules.work_area.replace("{user}", user).replace("{account}", account or "")
+    work_area = fill_site_path(rules.work_area, user=user, account=account, site=profile.name)
     workdir = f"{work_area.rstrip('/')}/{spec.workdir_for(job_id)}".rstrip("/")
     stdout_name = "slurm-%A_%a.out" if spec.array else "slurm-%j.out"
     stdout_path = f"{workdir}/{stdout_name}"
@@ -252,7 +257,7 @@ def _environment_lines(
         dataset = profile.dataset(dataset_name)
         if dataset is None:
             raise NoFit(f"{spec.name} needs dataset {dataset_name}, which {profile.name} does not hold")
-        path = dataset.path.replace("{user}", user).replace("{account}", account or "")
+        path = fill_site_path(dataset.path, user=user, account=account, site=profile.name)
         var = "AIF_INPUT_" + re.sub(r"[^A-Z0-9]", "_", dataset_name.upper())
         lines.append(f"export {var}={shlex.quote(path)}")
     lines.append('[ -n "${SLURM_CPUS_PER_TASK:-}" ] && export SRUN_CPUS_PER_TASK="$SLURM_CPUS_PER_TASK"')
