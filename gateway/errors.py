@@ -15,6 +15,7 @@ EXIT_NO_FIT = 4
 EXIT_UNREACHABLE = 5
 EXIT_REJECTED = 6
 EXIT_JOB_FAILED = 7
+EXIT_TIMEOUT = 8
 
 
 class AifError(Exception):
@@ -70,6 +71,14 @@ class SiteUnreachable(AifError):
     exit_code = EXIT_UNREACHABLE
 
 
+class ConnectionLost(SiteUnreachable):
+    """The connection dropped while a command ran: whether it took effect is unknown.
+
+    Submission treats this differently from a failed connect: the job may
+    exist, so it is looked up by its token before anything is sent again.
+    """
+
+
 class HostKeyRejected(SiteUnreachable):
     """The site's SSH host key is unknown or changed: we refuse to talk to it."""
 
@@ -84,6 +93,12 @@ class JobUnsuccessful(AifError):
     """A job the user waited for ended in a state other than COMPLETED."""
 
     exit_code = EXIT_JOB_FAILED
+
+
+class WaitTimeout(AifError):
+    """`aif wait --timeout` ran out while jobs were still queued or running."""
+
+    exit_code = EXIT_TIMEOUT
 
 
 class SandboxError(AifError):

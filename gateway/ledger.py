@@ -501,6 +501,48 @@ class Ledger:
             )
             return self._require(job_id)
 
+    def record_intents(self, intents: Sequence[dict[str, Any]]) -> list[LedgerJob]:
+        """Many :meth:`record_intent` calls in one transaction (one fsync for a batch).
+
+        Each item takes the keyword arguments of :meth:`record_intent`.
+        """
+        for intent in intents:
+            if not intent.get("site"):
+                raise ValueError("record_intents needs a site for every job")
+            _check_hash(str(intent["spec_hash"]))
+        with self._write():
+            ids = [self._insert(state="SUBMITTING", message="", **intent) for intent in intents]
+            return [self._require(job_id) for job_id in ids]
+
+    def record_paths(self, paths: Iterable[tuple[str, str, str]]) -> None:
+        """Set ``(job_id, workdir, stdout_path)`` of jobs still SUBMITTING, in one transaction.
+
+        The workdir may contain the job's own id, so it is known only after
+        :meth:`record_intents` gave the id, and before anything is sent.
+        """
+        with self._write():
+            for job_id, workdir, stdout_path in paths:
+                job = self._require(job_id)
+                if job.state != "SUBMITTING":
+                    raise ValueError(f"job {job_id} is {job.state}; its paths are fixed")
+                self._conn.execute(
+                    "UPDATE jobs SET workdir = ?, stdout_path = ? WHERE id = ?",
+                    (workdir, stdout_path, job_id),
+                )
+
+    def mark_submitted_many(self, submitted: Iterable[tuple[str, str]]) -> list[LedgerJob]:
+        """:meth:`mark_submitted` for ``(job_id, slurm_job_id)`` pairs, in one transaction."""
+        pairs = list(submitted)
+        with self._write():
+            for job_id, slurm_job_id in pairs:
+                job = self._require(job_id)
+                if job.slurm_job_id == slurm_job_id:
+                    continue
+                if job.state != "SUBMITTING":
+                    raise ValueError(f"job {job_id} is {job.state}, not Slurm job {slurm_job_id}")
+                self._set_state(job, "PENDING", "", slurm_job_id=slurm_job_id)
+            return [self._require(job_id) for job_id, _ in pairs]
+
     def record_invalid(
         self,
         *,
