@@ -13,7 +13,9 @@ from gateway.errors import ConfigError
 def test_sites_accounts_and_config_d_merge(aif_home: Path) -> None:
     (aif_home / "config.toml").write_text('[sites.lumi]\naccount = "project_465000123"\nuser = "alice"\n')
     (aif_home / "config.d").mkdir()
-    (aif_home / "config.d" / "sandbox.toml").write_text('[sites.sandbox-north]\nuser = "aifuser"\nport = 2231\n')
+    (aif_home / "config.d" / "sandbox.toml").write_text(
+        '[sites.sandbox-north]\nuser = "aifuser"\nport = 2231\n'
+    )
     config = load_config()
     assert config.access("lumi").account == "project_465000123"
     assert config.access("lumi").user == "alice"
@@ -31,9 +33,9 @@ def test_missing_config_is_empty(aif_home: Path) -> None:
         ('[sites.lumi]\naccont = "x"\n', "sites.lumi.accont: unknown key, did you mean 'account'?"),
         ('[sites.lumi]\naccount = "a b"\n', "sites.lumi.account: 'a b' is not allowed"),
         ('[sites.lumi]\ntransport = "telnet"\n', "sites.lumi.transport: 'telnet' is not allowed"),
-        ('[sites.lumi]\nport = 0\n', "sites.lumi.port: 0 is not allowed"),
-        ('[sites.Bad_Name]\n', "is not a site name"),
-        ('[site.lumi]\n', "site: unknown key, did you mean 'sites'?"),
+        ("[sites.lumi]\nport = 0\n", "sites.lumi.port: 0 is not allowed"),
+        ("[sites.Bad_Name]\n", "is not a site name"),
+        ("[site.lumi]\n", "site: unknown key, did you mean 'sites'?"),
         ("sites = 3\n", "sites: expected tables"),
     ],
 )
