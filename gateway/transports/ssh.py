@@ -1,0 +1,1163 @@
+"""Run commands at a site over SSH (paramiko), on one persistent connection.
+
+What this module promises:
+
+* Host keys are checked strictly against known_hosts: an unknown or changed
+  key is refused (``HostKeyRejected``), never added automatically.
+* Only public-key authentication: ssh-agent keys and key files, with OpenSSH
+  user certificates (``<key>-cert.pub``) when present. No passwords.
+* ``~/.ssh/config`` is honoured for HostName, User, Port, IdentityFile,
+  IdentitiesOnly, ProxyJump, ProxyCommand and UserKnownHostsFile; explicit
+  values in ``SshTarget`` win over it.
+* Each argv element is shell-quoted (the remote login shell parses the
+  command line), so no argument can run anything.
+* One connection per site per process (``connection_for``), opened lazily,
+  re-opened before a command when it died, never used to re-send a command
+  that may have run: a drop (or timeout) while a command runs raises
+  ``ConnectionLost`` (a ``SiteUnreachable``) and the caller decides whether
+  retrying is safe. Failing to connect at all is a plain ``SiteUnreachable``:
+  nothing was sent.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import copy
+import datetime as dt
+import getpass
+import glob
+import itertools
+import logging
+import os
+import posixpath
+import re
+import shlex
+import socket
+import stat
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import paramiko
+from cryptography.hazmat.primitives import serialization
+from paramiko.auth_strategy import AuthSource, AuthStrategy, InMemoryPrivateKey
+from paramiko.hostkeys import HostKeyEntry
+from paramiko.sftp_client import SFTPClient
+
+from gateway.errors import ConfigError, ConnectionLost, HostKeyRejected, SiteUnreachable
+from gateway.transports.base import DEFAULT_TIMEOUT, CommandResult
+from gateway.transports.local import (
+    CommandHook,
+    Progress,
+    TreeEntry,
+    atomic_destination,
+    copy_tree_entries,
+    decode_output,
+    describe_argv,
+    safe_name,
+)
+
+_T = TypeVar("_T")
+
+# paramiko's transport threads log failures with full tracebacks; with no
+# handler configured, logging's last-resort handler would print them on the
+# user's terminal. Errors reach the user as one line via our exceptions; an
+# application that configures logging (e.g. for -v) still sees these.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+
+DEFAULT_PORT = 22
+DEFAULT_CONNECT_TIMEOUT = 15.0
+DEFAULT_IDENTITY_NAMES = ("id_ed25519", "id_rsa", "id_ecdsa")
+GLOBAL_KNOWN_HOSTS = (Path("/etc/ssh/ssh_known_hosts"), Path("/etc/ssh/ssh_known_hosts2"))
+# A bound on jump hosts, so a ProxyJump loop in ssh config fails fast.
+_MAX_JUMP_DEPTH = 8
+# OpenSSH's own limit on nested Include directives.
+_MAX_INCLUDE_DEPTH = 16
+_INCLUDE_LINE = re.compile(r"^\s*include(?:\s*=\s*|\s+)(.+)$", re.IGNORECASE)
+# Keepalives stop idle NAT/firewall state from expiring under a connection
+# that aif keeps open for a whole session.
+_KEEPALIVE_SECONDS = 30
+_RECV_CHUNK = 64 * 1024
+_SEND_CHUNK = 32 * 1024  # paramiko's maximum packet size
+# After a channel closes without an exit status, how long to wait for the
+# transport thread to notice that the whole connection is gone.
+_DROP_DETECT_SECONDS = 0.5
+# What OpenSSH's ssh exits with when the remote command ended without an
+# exit status (killed by a signal).
+_NO_EXIT_STATUS = 255
+
+
+@dataclass(frozen=True)
+class SshTarget:
+    """Where one site's login node is and how to log in.
+
+    ``None`` means "not set here": ``~/.ssh/config`` (when ``use_ssh_config``)
+    or the OpenSSH default applies. Values set here win over the config.
+    """
+
+    site: str
+    host: str
+    port: int | None = None
+    user: str | None = None
+    identity_file: Path | None = None
+    # None: ~/.ssh/known_hosts (or the config's UserKnownHostsFile) plus the
+    # global /etc/ssh files. A path: that file only.
+    known_hosts: Path | None = None
+    # "[user@]host[:port]" hops, comma-separated, like ssh -J; "none" disables
+    # a ProxyJump from the config.
+    proxy_jump: str | None = None
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    use_ssh_config: bool = True
+    ssh_config_path: Path | None = None  # None: ~/.ssh/config
+    # False is like IdentitiesOnly=yes: only key files are offered.
+    use_agent: bool = True
+
+    def __post_init__(self) -> None:
+        # Callers building targets from TOML hand over strings; normalise so
+        # equal targets compare (and cache) equal.
+        for name in ("identity_file", "known_hosts", "ssh_config_path"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, Path(value))
+
+
+@dataclass(frozen=True)
+class ResolvedEndpoint:
+    """One SSH server to log in to, after ~/.ssh/config has been applied."""
+
+    name: str  # as written by the user (alias or jump spec), for messages
+    hostname: str
+    port: int
+    user: str
+    identity_files: tuple[Path, ...]
+    # Whether identity_files were asked for (missing ones are then reported)
+    # rather than OpenSSH's defaults (missing ones are normal).
+    identity_files_explicit: bool
+    known_hosts_files: tuple[Path, ...]
+    use_agent: bool
+    proxy_command: str | None = None
+
+    @property
+    def address(self) -> str:
+        """host:port as people write it."""
+        host = f"[{self.hostname}]" if ":" in self.hostname else self.hostname
+        return f"{host}:{self.port}"
+
+    @property
+    def known_hosts_name(self) -> str:
+        """The name OpenSSH files this server's key under in known_hosts."""
+        if self.port == DEFAULT_PORT:
+            return self.hostname
+        return f"[{self.hostname}]:{self.port}"
+
+
+# -- resolving ~/.ssh/config --------------------------------------------------
+
+
+def _ssh_dir() -> Path:
+    return Path.home() / ".ssh"
+
+
+def _load_ssh_config(target: SshTarget) -> paramiko.SSHConfig | None:
+    if not target.use_ssh_config:
+        return None
+    path = target.ssh_config_path or _ssh_dir() / "config"
+    if not path.is_file():
+        return None
+    try:
+        return paramiko.SSHConfig.from_text(_config_text(path, 0))
+    except (OSError, paramiko.SSHException) as exc:
+        raise ConfigError(f"cannot read ssh config {path}: {_one_line(exc)}") from None
+
+
+def _config_text(path: Path, depth: int) -> str:
+    """The config file with its Include directives expanded in place.
+
+    paramiko ignores Include, yet tools such as smallstep's ``step ssh
+    config`` (used for certificate logins) put their hosts in included files.
+    """
+    if depth > _MAX_INCLUDE_DEPTH:
+        raise ConfigError(f"ssh config Include nested more than {_MAX_INCLUDE_DEPTH} deep at {path}")
+    lines: list[str] = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        include = _INCLUDE_LINE.match(line)
+        if include is None:
+            lines.append(line)
+            continue
+        for pattern in shlex.split(include.group(1), comments=True):
+            expanded = os.path.expanduser(pattern)
+            if not os.path.isabs(expanded):
+                expanded = str(_ssh_dir() / expanded)  # as OpenSSH does for user configs
+            for included in sorted(glob.glob(expanded)):
+                if os.path.isfile(included):
+                    lines.append(_config_text(Path(included), depth + 1))
+    return "\n".join(lines)
+
+
+def _lookup(config: paramiko.SSHConfig | None, host: str) -> dict[str, Any]:
+    if config is None:
+        return {}
+    try:
+        return dict(config.lookup(host))
+    except Exception as exc:  # paramiko raises plain errors for e.g. Match exec
+        raise ConfigError(f"cannot apply ssh config to host {host}: {_one_line(exc)}") from None
+
+
+def _parse_jump(spec: str) -> tuple[str | None, str, int | None]:
+    """'[user@]host[:port]' (or ssh://...) as (user, host, port)."""
+    text = spec.strip()
+    if text.startswith("ssh://"):
+        text = text[len("ssh://") :]
+    user: str | None = None
+    if "@" in text:
+        user, text = text.rsplit("@", 1)
+    port_text: str | None = None
+    if text.startswith("["):  # [ipv6]:port
+        host, _, rest = text[1:].partition("]")
+        if rest.startswith(":"):
+            port_text = rest[1:]
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:
+        host = text
+    if not host:
+        raise ConfigError(f"invalid ProxyJump hop {spec!r}: no host")
+    port = None
+    if port_text:
+        try:
+            port = int(port_text)
+        except ValueError:
+            raise ConfigError(f"invalid ProxyJump hop {spec!r}: bad port") from None
+    return user or None, host, port
+
+
+def _split_jumps(value: str | None) -> list[str]:
+    if not value or value.strip().lower() == "none":
+        return []
+    return [hop for hop in (part.strip() for part in value.split(",")) if hop]
+
+
+def _config_port(options: dict[str, Any], host: str) -> int | None:
+    if "port" not in options:
+        return None
+    try:
+        return int(options["port"])
+    except ValueError:
+        raise ConfigError(f"ssh config gives host {host} a bad Port {options['port']!r}") from None
+
+
+def _known_hosts_files(target: SshTarget, options: dict[str, Any]) -> tuple[Path, ...]:
+    if target.known_hosts is not None:
+        return (target.known_hosts,)
+    user_files = _path_list(options.get("userknownhostsfile"))
+    if user_files is None:
+        user_files = [_ssh_dir() / "known_hosts"]
+    global_files = _path_list(options.get("globalknownhostsfile"))
+    if global_files is None:
+        global_files = list(GLOBAL_KNOWN_HOSTS)
+    return tuple(user_files + global_files)
+
+
+def _path_list(value: str | None) -> list[Path] | None:
+    """A config list of files ("none" is an empty list, unset is None)."""
+    if value is None:
+        return None
+    if value.strip().lower() == "none":
+        return []
+    return [Path(os.path.expanduser(part)) for part in shlex.split(value)]
+
+
+def _endpoint(
+    target: SshTarget,
+    config: paramiko.SSHConfig | None,
+    name: str,
+    user: str | None,
+    port: int | None,
+    identity_file: Path | None,
+) -> tuple[ResolvedEndpoint, dict[str, Any]]:
+    options = _lookup(config, name)
+    identity_files: tuple[Path, ...]
+    if identity_file is not None:
+        identity_files, explicit = (identity_file.expanduser(),), True
+    elif options.get("identityfile"):
+        identity_files = tuple(Path(os.path.expanduser(p)) for p in options["identityfile"])
+        explicit = True
+    else:
+        # OpenSSH tries its default key files only when none is configured.
+        identity_files = tuple(_ssh_dir() / key_name for key_name in DEFAULT_IDENTITY_NAMES)
+        explicit = False
+    identities_only = str(options.get("identitiesonly", "no")).lower() == "yes"
+    endpoint = ResolvedEndpoint(
+        name=name,
+        hostname=str(options.get("hostname", name)),
+        port=port or _config_port(options, name) or DEFAULT_PORT,
+        user=user or options.get("user") or getpass.getuser(),
+        identity_files=identity_files,
+        identity_files_explicit=explicit,
+        known_hosts_files=_known_hosts_files(target, options),
+        use_agent=target.use_agent and not identities_only,
+        proxy_command=_proxy_command(options),
+    )
+    return endpoint, options
+
+
+def _proxy_command(options: dict[str, Any]) -> str | None:
+    command = options.get("proxycommand")
+    if not command or str(command).strip().lower() == "none":
+        return None
+    return str(command)
+
+
+def resolve_route(target: SshTarget) -> tuple[ResolvedEndpoint, ...]:
+    """The servers to log in to, in order: jump hosts first, the site last."""
+    config = _load_ssh_config(target)
+    final, options = _endpoint(
+        target, config, target.host, target.user, target.port, target.identity_file
+    )
+    jumps = _split_jumps(
+        target.proxy_jump if target.proxy_jump is not None else options.get("proxyjump")
+    )
+    route: list[ResolvedEndpoint] = []
+    # Like ssh -J a,b: b is reached through a, and a through whatever its own
+    # config says (its own ProxyJump), so only the first hop recurses.
+    pending = jumps
+    hop_count = 0
+    while pending:
+        hop_count += len(pending)
+        if hop_count > _MAX_JUMP_DEPTH:
+            raise ConfigError(
+                f"site {target.site}: more than {_MAX_JUMP_DEPTH} ProxyJump hops "
+                "(a loop in ssh config?)"
+            )
+        hops: list[ResolvedEndpoint] = []
+        first_hop_options: dict[str, Any] = {}
+        for spec in pending:
+            user, host, port = _parse_jump(spec)
+            hop, hop_options = _endpoint(target, config, host, user, port, None)
+            if not hop_options.get("identityfile") and target.identity_file is not None:
+                # A jump host without a key of its own in the config gets the
+                # site's key: gateways usually accept the same one.
+                hop = replace(
+                    hop,
+                    identity_files=(target.identity_file.expanduser(),),
+                    identity_files_explicit=True,
+                )
+            if not hops:
+                first_hop_options = hop_options
+            hops.append(hop)
+        route = hops + route
+        pending = _split_jumps(first_hop_options.get("proxyjump"))
+        if pending:
+            route[0] = replace(route[0], proxy_command=None)
+    full = [*route, final]
+    # Only the first server is reached by a socket of our own; ProxyCommand
+    # means nothing for servers reached through a jump host's channel.
+    return (full[0], *(replace(endpoint, proxy_command=None) for endpoint in full[1:]))
+
+
+# -- host keys ------------------------------------------------------------------
+
+
+def _fingerprint(key: paramiko.PKey) -> str:
+    return f"{key.fingerprint} ({key.get_name()})"
+
+
+class _RejectUnknownHostKey(paramiko.MissingHostKeyPolicy):
+    """Refuse servers whose key is not in known_hosts: never trust on first use."""
+
+    def __init__(self, site: str, endpoint: ResolvedEndpoint) -> None:
+        self._site = site
+        self._endpoint = endpoint
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        endpoint = self._endpoint
+        files = ", ".join(str(path) for path in endpoint.known_hosts_files) or "none"
+        destination = endpoint.known_hosts_files[0] if endpoint.known_hosts_files else "~/.ssh/known_hosts"
+        port = "" if endpoint.port == DEFAULT_PORT else f"-p {endpoint.port} "
+        raise HostKeyRejected(
+            f"site {self._site}: host key for {hostname} is not in known_hosts ({files}); "
+            f"its fingerprint is {_fingerprint(key)}: check it against the one the site "
+            f"publishes, then add it with `ssh-keyscan {port}{endpoint.hostname} >> {destination}`"
+        )
+
+
+def _load_known_hosts(
+    client: paramiko.SSHClient, site: str, endpoint: ResolvedEndpoint
+) -> list[paramiko.PKey]:
+    """Add every usable known_hosts entry to ``client``; returns @revoked keys.
+
+    Parsed here rather than with paramiko's loader, which aborts a whole
+    file on one ``@cert-authority`` line (common at sites that sign host
+    keys) and ignores ``@revoked``. Lines it cannot use are skipped, as
+    OpenSSH does; host certificates are not supported by paramiko.
+    """
+    host_keys = client.get_host_keys()
+    revoked: list[paramiko.PKey] = []
+    for path in endpoint.known_hosts_files:
+        if not path.is_file():
+            continue
+        try:
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError as exc:
+            raise HostKeyRejected(
+                f"site {site}: cannot read known_hosts file {path}: {_one_line(exc)}"
+            ) from None
+        for raw_line in lines:
+            line = raw_line.strip()
+            if not line or line.startswith("#"):
+                continue
+            if line.startswith("@"):
+                marker, _, rest = line.partition(" ")
+                if marker == "@revoked":
+                    entry = _known_hosts_entry(rest.strip())
+                    if entry is not None:
+                        revoked.append(entry.key)
+                continue  # @cert-authority: host certificates are unsupported
+            entry = _known_hosts_entry(line)
+            if entry is None:
+                continue
+            for hostname in entry.hostnames:
+                host_keys.add(hostname, entry.key.get_name(), entry.key)
+    return revoked
+
+
+def _known_hosts_entry(line: str) -> HostKeyEntry | None:
+    try:
+        return HostKeyEntry.from_line(line)
+    except Exception:  # InvalidHostKey is not an SSHException; skip any bad line
+        return None
+
+
+def _changed_key_message(
+    site: str, endpoint: ResolvedEndpoint, exc: paramiko.BadHostKeyException
+) -> str:
+    files = " ".join(str(path) for path in endpoint.known_hosts_files)
+    return (
+        f"site {site}: host key for {endpoint.known_hosts_name} has CHANGED "
+        f"(possible man-in-the-middle attack): the server now shows "
+        f"{_fingerprint(exc.key)}, known_hosts ({files}) has {_fingerprint(exc.expected_key)}; "
+        f"if the site announced a new key, remove the old one with "
+        f"`ssh-keygen -R '{endpoint.known_hosts_name}'` and add the new one after checking it"
+    )
+
+
+# -- client keys -----------------------------------------------------------------
+
+
+@dataclass
+class _Identities:
+    """The keys to offer one server, and what to say about them if all fail."""
+
+    keys: list[paramiko.PKey] = field(default_factory=list)
+    tried: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    agent: paramiko.Agent | None = None
+
+    def close(self) -> None:
+        if self.agent is not None:
+            self.agent.close()
+            self.agent = None
+
+
+def _read_private_key(path: Path) -> paramiko.PKey:
+    last_error: Exception | None = None
+    for key_class in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
+        try:
+            return key_class.from_private_key_file(str(path))
+        except paramiko.PasswordRequiredException:
+            raise
+        except (paramiko.SSHException, ValueError) as exc:
+            last_error = exc  # not this key type; try the next
+    raise paramiko.SSHException(f"not a supported private key ({last_error})")
+
+
+def _certificate_expiry(cert_path: Path) -> dt.datetime | None:
+    """When the OpenSSH certificate stops being valid, if that can be read."""
+    try:
+        certificate = serialization.load_ssh_public_identity(cert_path.read_bytes())
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+    valid_before = getattr(certificate, "valid_before", None)
+    if not isinstance(valid_before, int) or valid_before >= 2**63:
+        return None  # "forever" certificates
+    return dt.datetime.fromtimestamp(valid_before, tz=dt.timezone.utc)
+
+
+def _identities(endpoint: ResolvedEndpoint) -> _Identities:
+    found = _Identities()
+    # Key files first: with many agent keys, offering those first can use up
+    # the server's MaxAuthTries before the key meant for this site.
+    for path in endpoint.identity_files:
+        if not path.is_file():
+            if endpoint.identity_files_explicit:
+                found.notes.append(f"{path} does not exist")
+            continue
+        try:
+            key = _read_private_key(path)
+        except paramiko.PasswordRequiredException:
+            found.notes.append(f"{path} is passphrase-protected: load it into ssh-agent")
+            continue
+        except (OSError, paramiko.SSHException) as exc:
+            found.notes.append(f"{path} unusable: {_one_line(exc)}")
+            continue
+        cert_path = Path(f"{path}-cert.pub")
+        if cert_path.is_file():
+            expiry = _certificate_expiry(cert_path)
+            if expiry is not None and expiry <= dt.datetime.now(dt.timezone.utc):
+                found.notes.append(
+                    f"certificate {cert_path} expired at {expiry:%Y-%m-%d %H:%M} UTC: renew it"
+                )
+            else:
+                certified = copy.copy(key)
+                try:
+                    certified.load_certificate(str(cert_path))
+                except (OSError, ValueError, paramiko.SSHException) as exc:
+                    found.notes.append(f"certificate {cert_path} unusable: {_one_line(exc)}")
+                else:
+                    # The certificate first (sites such as LEONARDO only
+                    # accept that), then the bare key as OpenSSH does.
+                    found.keys.append(certified)
+                    found.tried.append(f"{path.name} (certificate)")
+        found.keys.append(key)
+        found.tried.append(path.name)
+    if endpoint.use_agent and os.environ.get("SSH_AUTH_SOCK"):
+        try:
+            found.agent = paramiko.Agent()
+            agent_keys = found.agent.get_keys()
+        except (OSError, paramiko.SSHException) as exc:
+            found.notes.append(f"ssh-agent unreachable: {_one_line(exc)}")
+            found.close()
+        else:
+            found.keys.extend(agent_keys)
+            found.tried.append(f"agent ({len(agent_keys)} keys)")
+    elif endpoint.use_agent:
+        found.tried.append("agent (not running)")
+    return found
+
+
+class _OfferKeys(AuthStrategy):
+    """Public-key authentication with exactly the keys we chose, in order."""
+
+    def __init__(self, username: str, keys: Sequence[paramiko.PKey]) -> None:
+        super().__init__(ssh_config=paramiko.SSHConfig())
+        self._username = username
+        self._keys = list(keys)
+
+    def get_sources(self) -> Iterator[AuthSource]:
+        for key in self._keys:
+            yield InMemoryPrivateKey(self._username, key)
+
+
+# -- one live connection -----------------------------------------------------------
+
+
+class _Connection:
+    """An authenticated SSH session, plus the jump-host sessions it rides on."""
+
+    def __init__(self, clients: list[paramiko.SSHClient], first_socket: Any) -> None:
+        self._clients = clients  # jump hosts first, the site last
+        self._first_socket = first_socket  # a TCP socket or a paramiko.ProxyCommand
+        self.sftp: SFTPClient | None = None
+
+    @property
+    def transport(self) -> paramiko.Transport:
+        transport = self._clients[-1].get_transport()
+        if transport is None:
+            raise paramiko.SSHException("SSH session not active")
+        return transport
+
+    def is_alive(self) -> bool:
+        return all(
+            (transport := client.get_transport()) is not None and transport.is_active()
+            for client in self._clients
+        )
+
+    def close(self) -> None:
+        if self.sftp is not None:
+            # Closing a dead session must never fail.
+            with contextlib.suppress(Exception):
+                self.sftp.close()
+            self.sftp = None
+        for client in reversed(self._clients):
+            client.close()
+        _close_socket(self._first_socket)
+
+
+def _close_socket(sock: Any) -> None:
+    """Close what _open_socket gave, and reap a ProxyCommand's process."""
+    if sock is None:
+        return
+    with contextlib.suppress(Exception):  # already closed with its transport
+        sock.close()
+    if isinstance(sock, _ProxyCommand):
+        sock.reap()
+
+
+class _ProxyCommand(paramiko.ProxyCommand):
+    """paramiko's ProxyCommand, safe to close twice and reaped when done.
+
+    paramiko closes it from the transport thread as well as from
+    ``Transport.close``; its own ``close`` signals the pid unconditionally,
+    which fails (or hits a reused pid) once the process has been reaped.
+    """
+
+    def __init__(self, command_line: str) -> None:
+        super().__init__(command_line)
+        self._close_lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._close_lock:
+            if self.process.poll() is None:
+                self.process.terminate()
+
+    def reap(self) -> None:
+        with self._close_lock:
+            try:
+                self.process.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            for pipe in (self.process.stdin, self.process.stdout, self.process.stderr):
+                if pipe is not None:
+                    pipe.close()
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, paramiko.ChannelException):
+        return f"{exc.text} (channel open refused, code {exc.code})"
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def _socket_reason(exc: OSError, timeout: float) -> str:
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return f"timed out after {timeout:g} s"
+    if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
+        return "connection refused"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve host name ({exc.strerror})"
+    return (exc.strerror or _one_line(exc)).rstrip(".").lower()
+
+
+def _open_socket(endpoint: ResolvedEndpoint, timeout: float, tcp_nodelay: bool) -> Any:
+    if endpoint.proxy_command:
+        # The user's own ~/.ssh/config asked for it; paramiko runs it without
+        # a shell (shlex-split), so shell syntax in it is not supported.
+        return _ProxyCommand(endpoint.proxy_command)
+    sock = socket.create_connection((endpoint.hostname, endpoint.port), timeout=timeout)
+    if tcp_nodelay:
+        # Without this, Nagle's algorithm meets delayed ACKs and every small
+        # command pays ~40 ms (measured: bare exec 44 ms -> under 3 ms).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    return sock
+
+
+def _login(
+    site: str,
+    endpoint: ResolvedEndpoint,
+    sock: Any,
+    timeout: float,
+) -> paramiko.SSHClient:
+    """Handshake, check the host key, authenticate; errors become SiteUnreachable."""
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(_RejectUnknownHostKey(site, endpoint))
+    identities: _Identities | None = None
+    try:
+        revoked = _load_known_hosts(client, site, endpoint)
+        identities = _identities(endpoint)
+        client.connect(
+            endpoint.hostname,
+            port=endpoint.port,
+            username=endpoint.user,
+            sock=sock,
+            timeout=timeout,
+            banner_timeout=timeout,
+            auth_timeout=timeout,
+            channel_timeout=timeout,
+            allow_agent=False,
+            look_for_keys=False,
+            auth_strategy=_OfferKeys(endpoint.user, identities.keys),
+        )
+    except HostKeyRejected:
+        client.close()
+        raise
+    except paramiko.BadHostKeyException as exc:
+        client.close()
+        raise HostKeyRejected(_changed_key_message(site, endpoint, exc)) from None
+    except paramiko.AuthenticationException:
+        client.close()
+        tried = ", ".join(identities.tried) if identities and identities.tried else "none"
+        notes = "; ".join(identities.notes) if identities else ""
+        raise SiteUnreachable(
+            f"cannot log in to site {site} at {endpoint.address}: authentication failed for "
+            f"user {endpoint.user} (keys tried: {tried})" + (f"; {notes}" if notes else "")
+        ) from None
+    except (OSError, EOFError, paramiko.SSHException) as exc:
+        client.close()
+        reason = (
+            _socket_reason(exc, timeout) if isinstance(exc, OSError) else _one_line(exc)
+        )
+        if isinstance(exc, EOFError):
+            reason = "the server closed the connection during the handshake"
+        raise SiteUnreachable(f"cannot connect to site {site} at {endpoint.address}: {reason}") from None
+    except Exception as exc:  # paramiko raises bare Exception on a few odd paths
+        client.close()
+        raise SiteUnreachable(
+            f"cannot connect to site {site} at {endpoint.address}: {_one_line(exc)}"
+        ) from None
+    finally:
+        if identities is not None:
+            identities.close()
+    transport = client.get_transport()
+    if transport is None:
+        raise SiteUnreachable(f"cannot connect to site {site} at {endpoint.address}: no session")
+    server_key = transport.get_remote_server_key()
+    if any(server_key == key for key in revoked):
+        # Checked after login (paramiko has no hook in between); nothing has
+        # been run yet, and a publickey signature is useless to anyone else.
+        client.close()
+        raise HostKeyRejected(
+            f"site {site}: host key for {endpoint.known_hosts_name} ({_fingerprint(server_key)}) "
+            "is marked @revoked in known_hosts: refusing to connect"
+        )
+    transport.set_keepalive(_KEEPALIVE_SECONDS)
+    return client
+
+
+def _connect_route(
+    site: str, route: Sequence[ResolvedEndpoint], timeout: float, tcp_nodelay: bool
+) -> _Connection:
+    clients: list[paramiko.SSHClient] = []
+    sock: Any = None
+    try:
+        first = route[0]
+        try:
+            sock = _open_socket(first, timeout, tcp_nodelay)
+        except (OSError, paramiko.SSHException) as exc:
+            reason = _socket_reason(exc, timeout) if isinstance(exc, OSError) else _one_line(exc)
+            raise SiteUnreachable(
+                f"cannot connect to site {site} at {_where(first, route)}: {reason}"
+            ) from None
+        clients.append(_login(site, first, sock, timeout))
+        for previous, endpoint in itertools.pairwise(route):
+            # Each further hop rides on a direct-tcpip channel of the previous
+            # one (there is no TCP socket of ours to tune on this side).
+            previous_transport = clients[-1].get_transport()
+            try:
+                if previous_transport is None:
+                    raise paramiko.SSHException("SSH session not active")
+                channel = previous_transport.open_channel(
+                    "direct-tcpip",
+                    (endpoint.hostname, endpoint.port),
+                    ("127.0.0.1", 0),
+                    timeout=timeout,
+                )
+            except (OSError, EOFError, paramiko.SSHException) as exc:
+                raise SiteUnreachable(
+                    f"cannot connect to site {site}: jump host {previous.address} could not "
+                    f"reach {endpoint.address}: {_one_line(exc)}"
+                ) from None
+            clients.append(_login(site, endpoint, channel, timeout))
+    except BaseException:
+        for client in reversed(clients):
+            client.close()
+        _close_socket(sock)
+        raise
+    return _Connection(clients, sock)
+
+
+def _where(endpoint: ResolvedEndpoint, route: Sequence[ResolvedEndpoint]) -> str:
+    if len(route) == 1:
+        return endpoint.address
+    return f"{route[-1].address} (jump host {endpoint.address})"
+
+
+# -- the transport -------------------------------------------------------------------
+
+
+class SshTransport:
+    """Runs commands at one site over one lazily opened, reused SSH connection."""
+
+    def __init__(
+        self,
+        target: SshTarget,
+        *,
+        on_command: CommandHook | None = None,
+        tcp_nodelay: bool = True,  # False only to measure what Nagle costs
+    ) -> None:
+        self.target = target
+        self.site = target.site
+        self.on_command = on_command
+        self.tcp_nodelay = tcp_nodelay
+        self.connect_count = 0  # successful logins, for tests and `-v`
+        self._route: tuple[ResolvedEndpoint, ...] | None = None
+        self._connection: _Connection | None = None
+        # Guards opening and replacing the connection; commands themselves
+        # run concurrently on separate channels.
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> SshTransport:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    @property
+    def route(self) -> tuple[ResolvedEndpoint, ...]:
+        """Jump hosts then the site, as resolved from the target and ssh config."""
+        if self._route is None:
+            self._route = resolve_route(self.target)
+        return self._route
+
+    @property
+    def connected(self) -> bool:
+        connection = self._connection
+        return connection is not None and connection.is_alive()
+
+    def connect(self) -> None:
+        """Log in now instead of at the first command (raises SiteUnreachable)."""
+        with self._lock:
+            self._live_connection()
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop_connection()
+
+    # -- commands --------------------------------------------------------------
+
+    def run(
+        self,
+        argv: Sequence[str],
+        stdin: bytes | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> CommandResult:
+        command = tuple(argv)
+        if not command:
+            raise ValueError("run() needs at least the program name")
+        if any("\0" in arg for arg in command):
+            raise ValueError("an argument contains a NUL byte, which no command can receive")
+        # The remote side runs this through the user's login shell: quoting
+        # every argument keeps each one a single literal word.
+        command_line = shlex.join(command)
+        if self.on_command is not None:
+            self.on_command(self.site, command)
+        channel = self._open_channel()
+        try:
+            channel.exec_command(command_line)
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            channel.close()
+            self._forget_if_dead()
+            raise ConnectionLost(
+                f"site {self.site}: could not start {describe_argv(command)}: {_one_line(exc)}; "
+                "it may or may not have run"
+            ) from None
+        return self._exchange(channel, command, stdin, timeout)
+
+    def _open_channel(self) -> paramiko.Channel:
+        with self._lock:
+            connection = self._live_connection()
+            try:
+                return connection.transport.open_session(timeout=self.target.connect_timeout)
+            except (OSError, EOFError, paramiko.SSHException) as exc:
+                if connection.is_alive():
+                    raise SiteUnreachable(
+                        f"site {self.site} refused a new session: {_one_line(exc)}"
+                    ) from None
+            # The connection looked alive but was not. Nothing has been sent
+            # yet, so logging in again once is safe.
+            self._drop_connection()
+            connection = self._live_connection()
+            try:
+                return connection.transport.open_session(timeout=self.target.connect_timeout)
+            except (OSError, EOFError, paramiko.SSHException) as exc:
+                self._drop_connection()
+                raise SiteUnreachable(
+                    f"site {self.site}: cannot open a session: {_one_line(exc)}"
+                ) from None
+
+    def _exchange(
+        self,
+        channel: paramiko.Channel,
+        command: tuple[str, ...],
+        stdin: bytes | None,
+        timeout: float,
+    ) -> CommandResult:
+        """Feed stdin and collect output concurrently, within ``timeout``.
+
+        Three threads, because each side can block the other: the remote
+        stops reading stdin when its output fills the channel window, and
+        paramiko only re-opens the window as we read stdout *and* stderr.
+        """
+        deadline = time.monotonic() + timeout
+        stdout: list[bytes] = []
+        stderr: list[bytes] = []
+        workers = [
+            threading.Thread(target=_drain, args=(channel.recv, stdout), daemon=True),
+            threading.Thread(target=_drain, args=(channel.recv_stderr, stderr), daemon=True),
+        ]
+        if stdin:
+            workers.append(threading.Thread(target=_feed, args=(channel, stdin), daemon=True))
+        else:
+            # The remote waits for EOF on stdin even when we send nothing.
+            channel.shutdown_write()
+        for worker in workers:
+            worker.start()
+        finished = True
+        for worker in workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+            finished = finished and not worker.is_alive()
+        if finished:
+            finished = channel.status_event.wait(max(0.0, deadline - time.monotonic()))
+        if not finished:
+            # Closing wakes every worker (recv returns b"", send returns 0).
+            channel.close()
+            for worker in workers:
+                worker.join(1.0)
+            # The command may have taken effect (or still be running): the
+            # caller must treat this like a drop, not like a refused connect.
+            raise ConnectionLost(
+                f"site {self.site}: command timed out after {timeout:g} s: {describe_argv(command)}"
+            )
+        returncode = channel.exit_status
+        channel.close()
+        if returncode == -1:
+            # No exit status: either the connection died under the command,
+            # or the command was killed by a signal (paramiko ignores
+            # "exit-signal"). The transport thread tells the two apart.
+            if self._connection_died():
+                raise ConnectionLost(
+                    f"connection to site {self.site} dropped while running "
+                    f"{describe_argv(command)}: it may or may not have run"
+                )
+            returncode = _NO_EXIT_STATUS
+        return CommandResult(
+            argv=command,
+            returncode=returncode,
+            stdout=decode_output(b"".join(stdout)),
+            stderr=decode_output(b"".join(stderr)),
+        )
+
+    # -- files (SFTP) ------------------------------------------------------------
+
+    def read_file(self, remote_path: str, offset: int = 0) -> bytes:
+        """A remote file from byte ``offset`` on (logs: follow one as it grows).
+
+        FileNotFoundError / PermissionError pass through.
+        """
+
+        def read(sftp: SFTPClient) -> bytes:
+            with sftp.open(remote_path, "rb") as remote:
+                if offset:
+                    remote.seek(offset)
+                remote.prefetch()
+                return remote.read()
+
+        return self._with_sftp(read, f"reading {remote_path}")
+
+    def get_file(
+        self, remote_path: str, local_path: str | Path, progress: Progress | None = None
+    ) -> int:
+        """Download one file; returns its size. It appears locally only when complete."""
+        destination = Path(local_path)
+
+        def download(sftp: SFTPClient) -> int:
+            fd, partial = atomic_destination(destination)
+            try:
+                with os.fdopen(fd, "wb") as writer:
+                    size = sftp.getfo(remote_path, writer, callback=progress, prefetch=True)
+                os.replace(partial, destination)
+            except BaseException:
+                partial.unlink(missing_ok=True)
+                raise
+            return size
+
+        return self._with_sftp(download, f"fetching {remote_path}")
+
+    def list_tree(self, remote_dir: str) -> list[TreeEntry]:
+        """Every directory and regular file below ``remote_dir``, parents first.
+
+        Symlinks to files are followed; symlinks to directories are skipped
+        so a link loop cannot make a fetch run forever.
+        """
+
+        def walk(sftp: SFTPClient) -> list[TreeEntry]:
+            entries: list[TreeEntry] = []
+            if not stat.S_ISDIR(sftp.stat(remote_dir).st_mode or 0):
+                raise NotADirectoryError(f"{remote_dir} is not a directory at site {self.site}")
+            _walk_sftp(sftp, remote_dir, "", entries)
+            return entries
+
+        return self._with_sftp(walk, f"listing {remote_dir}")
+
+    def get_tree(
+        self, remote_dir: str, local_dir: str | Path, progress: Progress | None = None
+    ) -> list[TreeEntry]:
+        """Download a whole directory below ``local_dir``; returns what was copied."""
+
+        def copy_file(relpath: str, destination: Path, file_progress: Progress | None) -> int:
+            return self.get_file(posixpath.join(remote_dir, relpath), destination, file_progress)
+
+        return copy_tree_entries(self.list_tree(remote_dir), Path(local_dir), copy_file, progress)
+
+    def _with_sftp(self, operation: Callable[[SFTPClient], _T], what: str) -> _T:
+        with self._lock:
+            connection = self._live_connection()
+            if connection.sftp is None:
+                try:
+                    connection.sftp = self._clients_sftp(connection)
+                except (OSError, EOFError, paramiko.SSHException) as exc:
+                    raise SiteUnreachable(
+                        f"site {self.site} offers no SFTP for {what}: {_one_line(exc)}"
+                    ) from None
+            sftp = connection.sftp
+        try:
+            return operation(sftp)
+        except (FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError):
+            raise
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            if self._connection_died():
+                raise ConnectionLost(
+                    f"connection to site {self.site} dropped while {what}"
+                ) from None
+            raise OSError(f"site {self.site}: {what} failed: {_one_line(exc)}") from None
+
+    @staticmethod
+    def _clients_sftp(connection: _Connection) -> SFTPClient:
+        sftp = SFTPClient.from_transport(connection.transport)
+        if sftp is None:
+            raise paramiko.SSHException("the SFTP subsystem did not start")
+        return sftp
+
+    # -- connection management ---------------------------------------------------
+
+    def _live_connection(self) -> _Connection:
+        """The cached connection, (re)opened if missing or dead; hold the lock."""
+        connection = self._connection
+        if connection is not None and connection.is_alive():
+            return connection
+        self._drop_connection()
+        connection = _connect_route(
+            self.site, self.route, self.target.connect_timeout, self.tcp_nodelay
+        )
+        self._connection = connection
+        self.connect_count += 1
+        return connection
+
+    def _drop_connection(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close()
+
+    def _connection_died(self) -> bool:
+        """Whether the cached connection is gone (and then forget it)."""
+        connection = self._connection
+        if connection is None:
+            return True
+        # The transport thread closes the channels a moment before it marks
+        # itself inactive: give it that moment.
+        give_up = time.monotonic() + _DROP_DETECT_SECONDS
+        while connection.is_alive():
+            if time.monotonic() >= give_up:
+                return False
+            time.sleep(0.01)
+        self._forget_if_dead()
+        return True
+
+    def _forget_if_dead(self) -> None:
+        with self._lock:
+            if self._connection is not None and not self._connection.is_alive():
+                self._drop_connection()
+
+
+def _drain(receive: Callable[[int], bytes], chunks: list[bytes]) -> None:
+    while True:
+        try:
+            data = receive(_RECV_CHUNK)
+        except (OSError, EOFError, paramiko.SSHException):
+            return
+        if not data:
+            return
+        chunks.append(data)
+
+
+def _feed(channel: paramiko.Channel, data: bytes) -> None:
+    try:
+        for start in range(0, len(data), _SEND_CHUNK):
+            piece = data[start : start + _SEND_CHUNK]
+            while piece:
+                sent = channel.send(piece)
+                if sent == 0:
+                    return  # the channel closed: the remote stopped reading
+                piece = piece[sent:]
+    except (OSError, EOFError, paramiko.SSHException):
+        return  # the remote exited without reading everything, like EPIPE
+    finally:
+        with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+            channel.shutdown_write()
+
+
+def _walk_sftp(sftp: SFTPClient, directory: str, prefix: str, entries: list[TreeEntry]) -> None:
+    for attributes in sorted(sftp.listdir_attr(directory), key=lambda item: item.filename):
+        name = attributes.filename
+        if not safe_name(name):
+            continue
+        path = posixpath.join(directory, name)
+        relpath = f"{prefix}{name}"
+        mode = attributes.st_mode or 0
+        if stat.S_ISLNK(mode):
+            try:
+                target = sftp.stat(path)
+            except OSError:
+                continue  # a dangling link has nothing to copy
+            if stat.S_ISREG(target.st_mode or 0):
+                entries.append(TreeEntry(relpath, target.st_size or 0, False))
+        elif stat.S_ISDIR(mode):
+            entries.append(TreeEntry(relpath, 0, True))
+            _walk_sftp(sftp, path, f"{relpath}/", entries)
+        elif stat.S_ISREG(mode):
+            entries.append(TreeEntry(relpath, attributes.st_size or 0, False))
+
+
+# -- one connection per site per process ---------------------------------------------
+
+_connections: dict[str, SshTransport] = {}
+_connections_lock = threading.Lock()
+
+
+def connection_for(target: SshTarget, on_command: CommandHook | None = None) -> SshTransport:
+    """The process-wide transport for ``target.site``, created on first use.
+
+    Asking again for the same site with a different target (the user's
+    config changed) closes the old connection and starts a new one.
+    """
+    with _connections_lock:
+        transport = _connections.get(target.site)
+        if transport is not None and transport.target != target:
+            transport.close()
+            transport = None
+        if transport is None:
+            transport = SshTransport(target, on_command=on_command)
+            _connections[target.site] = transport
+        elif on_command is not None:
+            transport.on_command = on_command
+        return transport
+
+
+def close_all() -> None:
+    """Close every cached connection (also run at interpreter exit)."""
+    with _connections_lock:
+        transports = list(_connections.values())
+        _connections.clear()
+    for transport in transports:
+        transport.close()
+
+
+# paramiko's transport threads are daemons; closing first avoids noisy
+# errors from half-torn-down sessions when the interpreter exits.
+atexit.register(close_all)
