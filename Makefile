@@ -31,7 +31,7 @@ test: $(STAMP)
 	$(BIN)/pytest -q tests
 
 demo: $(STAMP)
-	$(BIN)/python -m gateway.demo
+	bash examples/demo.sh
 
 bench: $(STAMP)
 	$(BIN)/python bench/submit_200.py

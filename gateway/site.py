@@ -3,7 +3,7 @@
 A :class:`SiteBackend` offers the handful of operations the lifecycle needs.
 :class:`SlurmCliBackend` builds them from the pure Slurm dialect
 (``gateway.slurm``) and a transport that only runs commands; the pyslurm
-backend (``gateway.transports.pyslurm_backend``) talks to libslurm directly
+backend (``gateway.pyslurm_backend``) talks to libslurm directly
 on a login node. Every query here is per site, never per job.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import shlex
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -59,7 +59,7 @@ class SlurmCliBackend:
     """Slurm's own commands, run through any transport."""
 
     transport: FileTransport
-    accounting: str  # "slurmdbd" | "jobcomp": where finished jobs are looked up
+    accounting: slurm.SacctSource  # where finished jobs are looked up
 
     @property
     def site(self) -> str:
@@ -93,16 +93,15 @@ class SlurmCliBackend:
         """The state of every job asked for: one squeue, plus one sacct for those that left the queue."""
         if not slurm_ids:
             return {}
-        wanted = set(slurm_ids)
         result = self._run(slurm.squeue_argv())
         if not result.ok:
             raise SiteUnreachable(f"site {self.site}: squeue failed: {_last_line(result)}")
-        found = _match_records(slurm.parse_squeue(result.stdout), wanted)
-        missing = sorted(wanted - set(found))
+        found = records_by_job(slurm.parse_squeue(result.stdout), slurm_ids)
+        missing = [job_id for job_id in slurm_ids if job_id not in found]
         if missing:
             result = self._run(slurm.sacct_argv(missing, self.accounting))
             if result.ok:
-                found.update(_match_records(slurm.parse_sacct(result.stdout), set(missing)))
+                found.update(records_by_job(slurm.parse_sacct(result.stdout), missing))
         return found
 
     def cancel(self, slurm_ids: Sequence[str]) -> None:
@@ -142,19 +141,30 @@ class SlurmCliBackend:
         self.transport.close()
 
 
-def _match_records(records: Sequence[slurm.JobRecord], wanted: set[str]) -> dict[str, slurm.JobRecord]:
-    """Records by the id we hold: a plain job id, or an array's base id (its tasks folded into one)."""
+def records_by_job(
+    records: Sequence[slurm.JobRecord], slurm_ids: Sequence[str]
+) -> dict[str, slurm.JobRecord]:
+    """One record per id asked for; an array's tasks are folded into one record for the array."""
     found: dict[str, slurm.JobRecord] = {}
-    by_base: dict[str, list[slurm.JobRecord]] = {}
-    for record in records:
-        if record.job_id in wanted:
-            found[record.job_id] = record
-        elif record.array_job_id and record.array_job_id in wanted:
-            by_base.setdefault(record.array_job_id, []).append(record)
-    for base, tasks in by_base.items():
-        if base not in found:
-            found[base] = slurm.fold_array(base, tasks)
+    for job_id in slurm_ids:
+        matching = slurm.select_jobs(records, [job_id])
+        if matching:
+            found[job_id] = matching[0] if len(matching) == 1 else fold_array(job_id, matching)
     return found
+
+
+def fold_array(job_id: str, tasks: Sequence[slurm.JobRecord]) -> slurm.JobRecord:
+    """An array's state: running while any task is, else the first failure, else COMPLETED."""
+    active = [t for t in tasks if not t.state.terminal]
+    if active:
+        running = [t for t in active if t.state is slurm.JobState.RUNNING]
+        chosen = running[0] if running else active[0]
+    else:
+        failed = [t for t in tasks if t.state is not slurm.JobState.COMPLETED]
+        chosen = failed[0] if failed else tasks[0]
+    done = sum(1 for t in tasks if t.state.terminal and not t.is_pending_array_range)
+    reason = chosen.reason or f"{done} tasks ended"
+    return replace(chosen, job_id=job_id, reason=reason)
 
 
 def _last_line(result: CommandResult) -> str:
@@ -170,7 +180,7 @@ def open_backend(
 ) -> SiteBackend:
     """The backend for a site, as the user's config says to reach it (ssh by default)."""
     if access.transport == "pyslurm":
-        from gateway.transports.pyslurm_backend import PyslurmBackend
+        from gateway.pyslurm_backend import PyslurmBackend
 
         return PyslurmBackend(site=profile.name, slurm_conf=access.slurm_conf, on_command=on_command)
     if access.transport == "local":
@@ -178,7 +188,7 @@ def open_backend(
 
         env = {"SLURM_CONF": access.slurm_conf} if access.slurm_conf else None
         local = LocalTransport(profile.name, env=env, on_command=on_command)
-        return SlurmCliBackend(transport=local, accounting=profile.slurm.accounting)
+        return SlurmCliBackend(transport=local, accounting=sacct_source(profile))
     from gateway.transports.ssh import SshTarget, connection_for
 
     target = SshTarget(
@@ -191,8 +201,13 @@ def open_backend(
         proxy_jump=access.proxy_jump,
     )
     return SlurmCliBackend(
-        transport=connection_for(target, on_command=on_command), accounting=profile.slurm.accounting
+        transport=connection_for(target, on_command=on_command), accounting=sacct_source(profile)
     )
+
+
+def sacct_source(profile: SiteProfile) -> slurm.SacctSource:
+    """Where the site keeps finished jobs: slurmdbd (sacct) or the jobcomp file (sacct -c)."""
+    return "jobcomp" if profile.slurm.accounting == "jobcomp" else "slurmdbd"
 
 
 def describe_command(site: str, argv: Sequence[str]) -> str:

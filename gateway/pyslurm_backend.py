@@ -21,6 +21,7 @@ from typing import Any
 
 from gateway import slurm
 from gateway.errors import BackendMissing, SiteUnreachable
+from gateway.site import records_by_job
 
 CommandHook = Callable[[str, Sequence[str]], None]
 Progress = Callable[[int, int], None]
@@ -91,18 +92,7 @@ class PyslurmBackend:
         return list(jobs.values())
 
     def jobs(self, slurm_ids: Sequence[str]) -> dict[str, slurm.JobRecord]:
-        wanted = set(slurm_ids)
-        found: dict[str, slurm.JobRecord] = {}
-        tasks: dict[str, list[slurm.JobRecord]] = {}
-        for job in self._all_jobs():
-            record = _record_of(job)
-            if record.job_id in wanted and record.array_job_id is None:
-                found[record.job_id] = record
-            elif record.array_job_id in wanted:
-                tasks.setdefault(record.array_job_id or "", []).append(record)
-        for base, records in tasks.items():
-            found.setdefault(base, slurm.fold_array(base, records))
-        return found
+        return records_by_job([_record_of(job) for job in self._all_jobs()], slurm_ids)
 
     def cancel(self, slurm_ids: Sequence[str]) -> None:
         for job_id in slurm_ids:
