@@ -343,9 +343,7 @@ class Ledger:
             self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             problems = self._conn.execute("PRAGMA foreign_key_check").fetchall()
             if problems:
-                raise ConfigError(
-                    f"the ledger {self.path} is inconsistent after migration: {problems[:5]}"
-                )
+                raise ConfigError(f"the ledger {self.path} is inconsistent after migration: {problems[:5]}")
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -366,9 +364,7 @@ class Ledger:
         # column is one of our own literals, never user input.
         while True:
             value = make()
-            taken = self._conn.execute(
-                f"SELECT 1 FROM jobs WHERE {column} = ?", (value,)
-            ).fetchone()
+            taken = self._conn.execute(f"SELECT 1 FROM jobs WHERE {column} = ?", (value,)).fetchone()
             if taken is None:
                 return value
 
@@ -421,9 +417,7 @@ class Ledger:
         return job_id
 
     def _row(self, job_id: str) -> LedgerJob | None:
-        row = self._conn.execute(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)
-        ).fetchone()
+        row = self._conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return None if row is None else _job_from_row(row)
 
     def _require(self, job_id: str) -> LedgerJob:
@@ -570,9 +564,7 @@ class Ledger:
             )
             return self._require(job_id)
 
-    def mark_submitted(
-        self, job_id: str, slurm_job_id: str, state: str = "PENDING"
-    ) -> LedgerJob:
+    def mark_submitted(self, job_id: str, slurm_job_id: str, state: str = "PENDING") -> LedgerJob:
         """The site accepted the job as ``slurm_job_id``; it is now in ``state``.
 
         Idempotent when the job already carries this Slurm id.
@@ -649,8 +641,7 @@ class Ledger:
             return job
         if job_id.startswith(ID_PREFIX) and len(job_id) >= len(ID_PREFIX) + _MIN_PREFIX_TOKEN_CHARS:
             rows = self._conn.execute(
-                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE substr(id, 1, ?) = ? "
-                "ORDER BY seq LIMIT 6",
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE substr(id, 1, ?) = ? ORDER BY seq LIMIT 6",
                 (len(job_id), job_id),
             ).fetchall()
             if len(rows) == 1:
@@ -695,9 +686,7 @@ class Ledger:
         return [StateChange(job_id=str(j), state=str(s), reason=str(r), at=str(a)) for j, s, r, a in rows]
 
     def find_by_token(self, token: str) -> LedgerJob | None:
-        row = self._conn.execute(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE token = ?", (token,)
-        ).fetchone()
+        row = self._conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE token = ?", (token,)).fetchone()
         return None if row is None else _job_from_row(row)
 
     def unfinished_by_site(self) -> dict[str, list[LedgerJob]]:

@@ -180,9 +180,7 @@ SSHD_DAEMON = "sshd"
 # --- Slurm -----------------------------------------------------------------
 
 
-def render_slurm_conf(
-    site: SandboxSite, layout: SandboxLayout, *, hostname: str, plugin_dir: str
-) -> str:
+def render_slurm_conf(site: SandboxSite, layout: SandboxLayout, *, hostname: str, plugin_dir: str) -> str:
     """slurm.conf of one sandbox cluster; ``hostname`` is `hostname -s` (slurmctld insists)."""
     run = layout.run_dir
     log = layout.log_dir
@@ -249,10 +247,7 @@ def render_slurm_conf(
         " DefMemPerCPU=1000 State=UP"
     )
     if site.has_gpus:
-        lines.append(
-            f"PartitionName=gpu Nodes={nodes} MaxTime={GPU_MAX_WALLTIME}"
-            " DefMemPerCPU=1000 State=UP"
-        )
+        lines.append(f"PartitionName=gpu Nodes={nodes} MaxTime={GPU_MAX_WALLTIME} DefMemPerCPU=1000 State=UP")
     return "\n".join(lines) + "\n"
 
 
@@ -413,9 +408,7 @@ def profile_partitions(site: SandboxSite) -> tuple[ProfilePartition, ...]:
     standard = ProfilePartition("standard", 0, "", STANDARD_MAX_WALLTIME, len(site.nodes))
     if not site.has_gpus:
         return (standard,)
-    gpu = ProfilePartition(
-        "gpu", site.gpus_per_node, FAKE_GPU_MODEL, GPU_MAX_WALLTIME, len(site.nodes)
-    )
+    gpu = ProfilePartition("gpu", site.gpus_per_node, FAKE_GPU_MODEL, GPU_MAX_WALLTIME, len(site.nodes))
     return (standard, gpu)
 
 

@@ -15,9 +15,9 @@ The CLI (``aif sandbox up|down|status``) is a thin layer over ``up``,
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import fcntl
 import glob
+import hashlib
 import json
 import os
 import pwd
@@ -452,9 +452,7 @@ def _read_supervisor_state(layout: SandboxLayout) -> _SupervisorState | None:
 def _sinfo_node_states(conf: Path) -> dict[str, str] | None:
     """Node name -> sinfo compact state, or None when the controller does not answer."""
     try:
-        result = _run(
-            ["sinfo", "-h", "-N", "-o", "%N %t"], timeout=SINFO_TIMEOUT_S, SLURM_CONF=str(conf)
-        )
+        result = _run(["sinfo", "-h", "-N", "-o", "%N %t"], timeout=SINFO_TIMEOUT_S, SLURM_CONF=str(conf))
     except subprocess.TimeoutExpired:
         return None
     if result.returncode != 0:

@@ -186,9 +186,7 @@ class Supervisor:
             "pid": os.getpid(),
             "root": str(self.root),
             "ready": self.ready,
-            "children": {
-                name: proc.pid for name, proc in self.children.items() if name not in self.exited
-            },
+            "children": {name: proc.pid for name, proc in self.children.items() if name not in self.exited},
             "exited": dict(self.exited),
         }
         tmp = self.state_path.with_suffix(".tmp")

@@ -167,9 +167,7 @@ class FakeTransport:
         except KeyError:
             raise FileNotFoundError(f"{remote_path} not found at site {self.site}") from None
 
-    def get_file(
-        self, remote_path: str, local_path: str | Path, progress: Progress | None = None
-    ) -> int:
+    def get_file(self, remote_path: str, local_path: str | Path, progress: Progress | None = None) -> int:
         data = self.read_file(remote_path)
         fd, partial = atomic_destination(Path(local_path))
         with open(fd, "wb") as writer:
@@ -216,9 +214,7 @@ class FakeTransport:
                 scripted = queue.pop(0) if len(queue) > 1 else queue[0]
                 return scripted.answer(call)
         if self.default is not None:
-            return CommandResult(
-                call.argv, self.default.returncode, self.default.stdout, self.default.stderr
-            )
+            return CommandResult(call.argv, self.default.returncode, self.default.stdout, self.default.stderr)
         raise UnexpectedCommand(f"FakeTransport({self.site}) has no response for {call.argv!r}")
 
     def _take_drop_rule(self, command: tuple[str, ...]) -> bool:
@@ -227,4 +223,3 @@ class FakeTransport:
                 rule.remaining -= 1
                 return True
         return False
-

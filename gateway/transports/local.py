@@ -181,9 +181,7 @@ class LocalTransport:
             reader.seek(offset)
             return reader.read()
 
-    def get_file(
-        self, remote_path: str, local_path: str | Path, progress: Progress | None = None
-    ) -> int:
+    def get_file(self, remote_path: str, local_path: str | Path, progress: Progress | None = None) -> int:
         """Copy one file; returns its size. The copy appears only when complete."""
         source = Path(remote_path)
         destination = Path(local_path)

@@ -316,12 +316,8 @@ def _proxy_command(options: dict[str, Any]) -> str | None:
 def resolve_route(target: SshTarget) -> tuple[ResolvedEndpoint, ...]:
     """The servers to log in to, in order: jump hosts first, the site last."""
     config = _load_ssh_config(target)
-    final, options = _endpoint(
-        target, config, target.host, target.user, target.port, target.identity_file
-    )
-    jumps = _split_jumps(
-        target.proxy_jump if target.proxy_jump is not None else options.get("proxyjump")
-    )
+    final, options = _endpoint(target, config, target.host, target.user, target.port, target.identity_file)
+    jumps = _split_jumps(target.proxy_jump if target.proxy_jump is not None else options.get("proxyjump"))
     route: list[ResolvedEndpoint] = []
     # Like ssh -J a,b: b is reached through a, and a through whatever its own
     # config says (its own ProxyJump), so only the first hop recurses.
@@ -331,8 +327,7 @@ def resolve_route(target: SshTarget) -> tuple[ResolvedEndpoint, ...]:
         hop_count += len(pending)
         if hop_count > _MAX_JUMP_DEPTH:
             raise ConfigError(
-                f"site {target.site}: more than {_MAX_JUMP_DEPTH} ProxyJump hops "
-                "(a loop in ssh config?)"
+                f"site {target.site}: more than {_MAX_JUMP_DEPTH} ProxyJump hops (a loop in ssh config?)"
             )
         hops: list[ResolvedEndpoint] = []
         first_hop_options: dict[str, Any] = {}
@@ -433,9 +428,7 @@ def _known_hosts_entry(line: str) -> HostKeyEntry | None:
         return None
 
 
-def _changed_key_message(
-    site: str, endpoint: ResolvedEndpoint, exc: paramiko.BadHostKeyException
-) -> str:
+def _changed_key_message(site: str, endpoint: ResolvedEndpoint, exc: paramiko.BadHostKeyException) -> str:
     files = " ".join(str(path) for path in endpoint.known_hosts_files)
     return (
         f"site {site}: host key for {endpoint.known_hosts_name} has CHANGED "
@@ -700,9 +693,7 @@ def _login(
         ) from None
     except (OSError, EOFError, paramiko.SSHException) as exc:
         client.close()
-        reason = (
-            _socket_reason(exc, timeout) if isinstance(exc, OSError) else _one_line(exc)
-        )
+        reason = _socket_reason(exc, timeout) if isinstance(exc, OSError) else _one_line(exc)
         if isinstance(exc, EOFError):
             reason = "the server closed the connection during the handshake"
         raise SiteUnreachable(f"cannot connect to site {site} at {endpoint.address}: {reason}") from None
@@ -877,9 +868,7 @@ class SshTransport:
                 return connection.transport.open_session(timeout=self.target.connect_timeout)
             except (OSError, EOFError, paramiko.SSHException) as exc:
                 self._drop_connection()
-                raise SiteUnreachable(
-                    f"site {self.site}: cannot open a session: {_one_line(exc)}"
-                ) from None
+                raise SiteUnreachable(f"site {self.site}: cannot open a session: {_one_line(exc)}") from None
 
     def _exchange(
         self,
@@ -960,9 +949,7 @@ class SshTransport:
 
         return self._with_sftp(read, f"reading {remote_path}")
 
-    def get_file(
-        self, remote_path: str, local_path: str | Path, progress: Progress | None = None
-    ) -> int:
+    def get_file(self, remote_path: str, local_path: str | Path, progress: Progress | None = None) -> int:
         """Download one file; returns its size. It appears locally only when complete."""
         destination = Path(local_path)
 
@@ -1022,9 +1009,7 @@ class SshTransport:
             raise
         except (OSError, EOFError, paramiko.SSHException) as exc:
             if self._connection_died():
-                raise ConnectionLost(
-                    f"connection to site {self.site} dropped while {what}"
-                ) from None
+                raise ConnectionLost(f"connection to site {self.site} dropped while {what}") from None
             raise OSError(f"site {self.site}: {what} failed: {_one_line(exc)}") from None
 
     @staticmethod
@@ -1042,9 +1027,7 @@ class SshTransport:
         if connection is not None and connection.is_alive():
             return connection
         self._drop_connection()
-        connection = _connect_route(
-            self.site, self.route, self.target.connect_timeout, self.tcp_nodelay
-        )
+        connection = _connect_route(self.site, self.route, self.target.connect_timeout, self.tcp_nodelay)
         self._connection = connection
         self.connect_count += 1
         return connection
