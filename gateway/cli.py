@@ -35,6 +35,17 @@ def console(stderr: bool = False) -> Console:
     return _consoles[stderr]
 
 
+def new_table(title: str, columns: Sequence[str]) -> Any:
+    """A rich table whose cells fold instead of being cut: ids must stay copyable."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for index, column in enumerate(columns):
+        # The first column is the key (job id, site): kept whole on one line.
+        table.add_column(column, overflow="fold", no_wrap=index == 0)
+    return table
+
+
 def print_json(data: object) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False))
 
@@ -118,11 +129,9 @@ def sites(as_json: bool) -> None:
     if as_json:
         print_json([s.to_json() for s in summaries])
         return
-    from rich.table import Table
-
-    table = Table(title="AI Factory sites", show_lines=False)
-    for column in ("site", "factory", "country", "sectors", "GPUs/node", "data up to", "usable"):
-        table.add_column(column, overflow="fold")
+    table = new_table(
+        "AI Factory sites", ("site", "factory", "country", "sectors", "GPUs/node", "data up to", "usable")
+    )
     for s in summaries:
         table.add_row(
             s.name,
@@ -195,11 +204,7 @@ def job_json(job: Any) -> dict[str, object]:
 
 
 def jobs_table(jobs: Sequence[Any], title: str) -> None:
-    from rich.table import Table
-
-    table = Table(title=title)
-    for column in ("id", "name", "site", "slurm id", "state", "reason / message", "updated"):
-        table.add_column(column)
+    table = new_table(title, ("id", "name", "site", "slurm id", "state", "reason / message", "updated"))
     for job in jobs:
         table.add_row(
             job.id,
@@ -356,9 +361,10 @@ def _wait_live(
     started = time.monotonic()
 
     def view(report: Any) -> Table:
-        table = Table(title=f"waiting {time.monotonic() - started:.0f} s")
-        for column in ("id", "name", "site", "slurm id", "state", "reason"):
-            table.add_column(column)
+        table: Table = new_table(
+            f"waiting {time.monotonic() - started:.0f} s",
+            ("id", "name", "site", "slurm id", "state", "reason"),
+        )
         for j in report.jobs:
             table.add_row(j.id, j.name, j.site, j.slurm_job_id or "-", j.state, j.reason)
         return table
@@ -426,10 +432,10 @@ def fetch(ctx: click.Context, job_id: str, dest: str | None, as_json: bool) -> N
         )
         print_json({"id": job.id, "dest": str(where), "outputs": fetched})
         return
-    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
     with Progress(
-        "[progress.description]{task.description}",
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
@@ -487,11 +493,10 @@ def _print_sandbox(status: Any, as_json: bool) -> None:
     if as_json:
         print_json(data)
         return
-    from rich.table import Table
-
-    table = Table(title="aif sandbox: " + ("up" if data.get("up") else "down"))
-    for column in ("site", "ssh port", "controller", "nodes", "sshd"):
-        table.add_column(column)
+    table = new_table(
+        "aif sandbox: " + ("up" if data.get("up") else "down"),
+        ("site", "ssh port", "controller", "nodes", "sshd"),
+    )
     for site in data.get("sites", []):
         nodes = ", ".join(f"{n} {state}" for n, state in site.get("node_states", {}).items())
         table.add_row(
