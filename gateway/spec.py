@@ -45,6 +45,8 @@ RELPATH_ALLOWED = "expected a relative path of letters, digits and . _ + - /, wi
 NO_CONTROL_PATTERN = r"[^\x00-\x1f\x7f]+"
 CONTAINER_PATTERN = r"[^\s\x00-\x1f\x7f]{1,512}"
 DEFAULT_WALLTIME = "01:00:00"
+# Each job its own directory by default: reruns of one spec never overwrite outputs.
+DEFAULT_WORKDIR = "{name}/{id}"
 
 
 @dataclass(frozen=True)
@@ -194,7 +196,7 @@ def _parse_job(t: Table) -> JobSection:
             t.bad_value("script", script, "the script must not be empty")
     else:
         t.fail("command", "is required: give command (an argv list) or script (a bash body)")
-    workdir = t.string("workdir", "{name}")
+    workdir = t.string("workdir", DEFAULT_WORKDIR)
     _check_workdir(t, workdir)
     return JobSection(name=name, sector=sector, command=command, script=script, workdir=workdir)
 

@@ -41,8 +41,8 @@ def test_gpu_job_goes_to_the_gpu_partition_with_the_rules_of_the_site() -> None:
     assert "#SBATCH --qos=normal" in lines  # 2 h is over the short QOS's hour
     assert "#SBATCH --exclusive" in lines
     assert "#SBATCH --account=proj_1" in lines
-    assert rendered.workdir == "/work/proj_1/alice/g"
-    assert rendered.stdout_path == "/work/proj_1/alice/g/slurm-%j.out"
+    assert rendered.workdir == "/work/proj_1/alice/g/aif-render"
+    assert rendered.stdout_path == "/work/proj_1/alice/g/aif-render/slurm-%j.out"
 
 
 def test_qos_follows_size_and_time() -> None:

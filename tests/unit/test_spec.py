@@ -33,7 +33,7 @@ def test_minimal_spec_gets_documented_defaults(tmp_path: Path) -> None:
     spec = load_spec(write(tmp_path, MINIMAL))
     assert spec.name == "hello"
     assert spec.job.command == ("echo", "hi")
-    assert spec.job.workdir == "{name}"
+    assert spec.job.workdir == "{name}/{id}"
     r = spec.resources
     assert (r.nodes, r.tasks_per_node, r.gpus_per_node, r.cpus_per_task) == (1, 1, 0, None)
     assert r.walltime == "01:00:00" and r.walltime_seconds == 3600

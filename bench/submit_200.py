@@ -1,0 +1,152 @@
+"""200 submissions to one sandbox site: aif against a local sbatch loop, side by side.
+
+Run as root with `make bench` (brings the sandbox up if it is not). The
+site's nodes are drained for the measurement so every job stays pending:
+what is timed is submission alone, as in ../shared/notes/ssh-submission-facts.md.
+Methods are interleaved per repetition and the medians compared, so machine
+noise hits them alike. Prints one table of seconds, ms per job and the ratio
+to the local loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from gateway import lifecycle
+from gateway.sandbox import manager
+from gateway.transports.ssh import SshTarget, SshTransport
+
+SITE = "sandbox-east"
+SPEC_RESOURCES = '[resources]\nwalltime = "00:01:00"\n'
+SCRIPT = "#!/bin/bash\n#SBATCH --time=00:01:00\n#SBATCH --output=/dev/null\ntrue\n"
+
+
+def spec_text(i: int) -> str:
+    return f'[job]\nname = "bench-{i}"\ncommand = ["true"]\nworkdir = "bench"\n' + SPEC_RESOURCES
+
+
+def slurm(conf: str, *argv: str) -> str:
+    env = {**os.environ, "SLURM_CONF": conf}
+    return subprocess.run(argv, env=env, check=True, capture_output=True, text=True, timeout=120).stdout
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("bench: run as root (it drains sandbox nodes)", file=sys.stderr)
+        return 2
+
+    manager.up(progress=lambda line: print(f"[sandbox] {line}", file=sys.stderr))
+    facts = manager.facts()
+    site = facts.site(SITE)
+    conf = str(site.slurm_conf)
+    nodes = ",".join(load_sandbox_nodes(conf))
+
+    # A private AIF_HOME for the bench's ledger, seeing the same sandbox sites.
+    work = Path(tempfile.mkdtemp(prefix="aif-bench-"))
+    for part in ("profiles", "config.d"):
+        shutil.copytree(facts.aif_home / part, work / "home" / part)
+    os.environ["AIF_HOME"] = str(work / "home")
+    specs = []
+    scripts = work / "scripts"
+    scripts.mkdir()
+    for i in range(args.jobs):
+        spec = work / f"spec-{i:04d}.toml"
+        spec.write_text(spec_text(i))
+        specs.append(str(spec))
+        (scripts / f"{i:04d}.sh").write_text(SCRIPT)
+
+    target = SshTarget(
+        site=SITE,
+        host=site.host,
+        port=site.ssh_port,
+        user=site.user,
+        identity_file=Path(site.identity_file),
+        known_hosts=Path(site.known_hosts),
+        use_ssh_config=False,
+    )
+    per_job = SshTransport(target)
+    per_job.connect()
+
+    def local_loop() -> None:
+        subprocess.run(
+            ["bash", "-c", f'for f in {scripts}/*.sh; do sbatch --parsable "$f" >/dev/null || exit 1; done'],
+            env={**os.environ, "SLURM_CONF": conf},
+            check=True,
+        )
+
+    def aif_library() -> None:
+        jobs = lifecycle.submit(specs, site=SITE)
+        assert all(j.job.slurm_job_id for j in jobs), [j.job.message for j in jobs if not j.job.slurm_job_id]
+
+    def aif_cli() -> None:
+        aif = Path(sys.executable).parent / "aif"
+        subprocess.run(
+            [str(aif), "submit", "--site", SITE, "--json", *specs], check=True, capture_output=True
+        )
+
+    def ssh_exec_per_job() -> None:
+        for _ in range(args.jobs):
+            result = per_job.run(["sbatch", "--parsable"], stdin=SCRIPT.encode())
+            assert result.ok, result.stderr
+
+    methods: dict[str, Callable[[], None]] = {
+        "local sbatch loop (login node)": local_loop,
+        "aif submit, library (1 SSH exec)": aif_library,
+        "aif submit, CLI process (1 SSH exec)": aif_cli,
+        "paramiko, one exec per job": ssh_exec_per_job,
+    }
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    status_times: list[float] = []
+    slurm(conf, "scontrol", "update", f"nodename={nodes}", "state=drain", "reason=aif-bench")
+    try:
+        for rep in range(args.repeat):
+            for name, run in methods.items():
+                started = time.perf_counter()
+                run()
+                times[name].append(time.perf_counter() - started)
+                slurm(conf, "scancel", "--user=root")
+                slurm(conf, "scancel", f"--user={site.user}")
+            # status of every job aif submitted in this repetition: one query per site
+            started = time.perf_counter()
+            lifecycle.refresh()
+            status_times.append(time.perf_counter() - started)
+            print(f"[bench] repetition {rep + 1}/{args.repeat} done", file=sys.stderr)
+    finally:
+        slurm(conf, "scancel", "--user=root")
+        slurm(conf, "scancel", f"--user={site.user}")
+        slurm(conf, "scontrol", "update", f"nodename={nodes}", "state=resume")
+        per_job.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+    base = statistics.median(times["local sbatch loop (login node)"])
+    print(f"\n{args.jobs} submissions to {SITE}, median of {args.repeat} interleaved runs")
+    print(f"{'method':40} {'s':>8} {'ms/job':>8} {'x local':>8}")
+    for name, values in times.items():
+        median = statistics.median(values)
+        print(f"{name:40} {median:8.2f} {median / args.jobs * 1000:8.1f} {median / base:8.2f}")
+    status_ms = statistics.median(status_times) * 1000
+    print(f"\naif status of every job in the bench ledger (one squeue per site): {status_ms:.0f} ms")
+    return 0
+
+
+def load_sandbox_nodes(conf: str) -> list[str]:
+    return [
+        line.split()[0] for line in slurm(conf, "sinfo", "-h", "-N", "-o", "%N").splitlines() if line.strip()
+    ]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
