@@ -1,0 +1,23 @@
+#!/bin/bash
+#SBATCH --job-name=clinical-bert-finetune
+#SBATCH --account=hlrs-ai-0001
+#SBATCH --partition=gpu
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=4
+#SBATCH --cpus-per-task=64
+#SBATCH --mem=120G
+#SBATCH --time=02:00:00
+#SBATCH --chdir=/home/alice/aif/runs/clinical-bert-finetune
+#SBATCH --output=/home/alice/aif/runs/clinical-bert-finetune/slurm-%j.out
+# aif 0.1.0: gpu-example.toml (sha256 000000000000) for hammerhai (HammerHAI), partition gpu
+set -eo pipefail
+
+export AIF_JOB_ID=aif-render
+export AIF_SITE=hammerhai
+export HF_HOME=/tmp/hf
+if [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then export SRUN_CPUS_PER_TASK="$SLURM_CPUS_PER_TASK"; fi
+
+# the job
+apptainer exec --nv docker://nvcr.io/nvidia/pytorch:24.05-py3 python train.py --epochs 3
+

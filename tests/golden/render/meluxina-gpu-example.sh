@@ -1,0 +1,25 @@
+#!/bin/bash -l
+#SBATCH --job-name=clinical-bert-finetune
+#SBATCH --account=p200981
+#SBATCH --partition=gpu
+#SBATCH --qos=short
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=4
+#SBATCH --cpus-per-task=32
+#SBATCH --mem=120G
+#SBATCH --time=02:00:00
+#SBATCH --chdir=/project/home/p200981/alice/aif/runs/clinical-bert-finetune
+#SBATCH --output=/project/home/p200981/alice/aif/runs/clinical-bert-finetune/slurm-%j.out
+# aif 0.1.0: gpu-example.toml (sha256 000000000000) for meluxina (L-AI Factory), partition gpu
+set -eo pipefail
+
+export AIF_JOB_ID=aif-render
+export AIF_SITE=meluxina
+export HF_HOME=/tmp/hf
+if [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then export SRUN_CPUS_PER_TASK="$SLURM_CPUS_PER_TASK"; fi
+module load Apptainer
+
+# the job
+apptainer exec --nv docker://nvcr.io/nvidia/pytorch:24.05-py3 python train.py --epochs 3
+
