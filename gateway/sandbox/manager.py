@@ -562,6 +562,11 @@ def _missing_commands() -> list[str]:
     return [command for command in REQUIRED_COMMANDS if _which(command) is None]
 
 
+def ensure_packages(progress: Progress | None = None) -> None:
+    """Install slurm-wlm, munge and openssh-server from Debian when missing (root only)."""
+    _require_root_and_packages(progress or (lambda _message: None))
+
+
 def _require_root_and_packages(say: Progress) -> None:
     missing = _missing_commands()
     install = f"apt-get install -y {' '.join(DEBIAN_PACKAGES)}"

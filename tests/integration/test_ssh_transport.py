@@ -209,7 +209,10 @@ def sshd() -> Iterator[Sshd]:
     if os.geteuid() != 0:
         pytest.skip("needs root: sshd must switch to the test user aifuser")
     if not SSHD.exists():
-        pytest.skip("openssh-server is not installed")
+        # A fresh machine: the project installs what it needs (the sandbox's installer).
+        from gateway.sandbox.manager import ensure_packages
+
+        ensure_packages()
     _ensure_user()
     Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # sshd's privsep dir
     root = Path(tempfile.mkdtemp(prefix="aif-sshd-"))
