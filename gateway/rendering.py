@@ -261,7 +261,9 @@ def _environment_lines(
         var = "AIF_INPUT_" + re.sub(r"[^A-Z0-9]", "_", dataset_name.upper())
         lines.append(f"export {var}={shlex.quote(path)}")
     # Since Slurm 22.05 srun no longer inherits --cpus-per-task from the batch job.
-    lines.append('if [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then export SRUN_CPUS_PER_TASK="$SLURM_CPUS_PER_TASK"; fi')
+    lines.append(
+        'if [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then export SRUN_CPUS_PER_TASK="$SLURM_CPUS_PER_TASK"; fi'
+    )
     if env.setup or spec.environment.modules:
         lines.append("")
         lines.append("# site set-up")
