@@ -633,6 +633,10 @@ def scancel_argv(job_ids: Sequence[str]) -> list[str]:
     tasks 1-5 were still pending printed ``Terminating job 39_[1-5%1]`` and
     cancelled all of them (recorded). A filter also turns an unknown id into
     rc 1, and silently skips other users' jobs with rc 0.
+
+    A pending array task cancelled this way (``scancel 11_3``) leaves no
+    trace at all: no CANCELLED record in squeue, no jobcomp line (recorded);
+    the pending range just loses it (``11_[2-3%1]`` -> ``11_[2%1]``).
     """
     return ["scancel", *_checked_job_ids(job_ids)]
 
