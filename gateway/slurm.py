@@ -902,12 +902,28 @@ one_line() {
     message=${message//$'\n'/ / }
     message=${message//$'\t'/ }
 }
-index=0
+# Every workdir first, in ONE mkdir: a fork per job would cost more than its sbatch.
+workdirs=()
+count=0
 while :; do
-    printf -v item '%s/%06d' "$workspace" "$index"
+    printf -v item '%s/%06d' "$workspace" "$count"
     [ -d "$item" ] || break
     workdir=
     IFS= read -r -d '' workdir <"$item/workdir"
+    workdirs[count]=$workdir
+    count=$((count + 1))
+done
+wanted=()
+for workdir in ${workdirs[@]+"${workdirs[@]}"}; do
+    [ -n "$workdir" ] && [ ! -d "$workdir" ] && wanted+=("$workdir")
+done
+if [ "${#wanted[@]}" -gt 0 ]; then
+    mkdir -p -- "${wanted[@]}" 2>"$workspace/mkdir-errors" </dev/null || true
+fi
+index=0
+while [ "$index" -lt "$count" ]; do
+    printf -v item '%s/%06d' "$workspace" "$index"
+    workdir=${workdirs[index]}
     sbatch_args=()
     while IFS= read -r -d '' arg; do
         sbatch_args+=("$arg")
@@ -916,7 +932,8 @@ while :; do
     # submit directory, and the temporary directory is about to vanish.
     # Files instead of $(...) for the answers: one fork less per item.
     rc=0
-    if [ -n "$workdir" ]; then
+    if [ -n "$workdir" ] && [ ! -d "$workdir" ]; then
+        # The batch mkdir failed for this one: say why, for this item only.
         mkdir -p -- "$workdir" 2>"$workspace/errors" </dev/null || rc=$?
     fi
     if [ "$rc" -eq 0 ]; then
