@@ -342,3 +342,28 @@ def test_lost_answer_is_adopted_not_resubmitted(
     assert len(tagged) == 1 and tagged[0].split()[0] == slurm_id
     monkeypatch.setattr(SshTransport, "run", real_run)
     assert aif("wait", job["id"], "--timeout", "120").exit_code == 0
+
+
+def test_logs_follow_streams_until_the_job_ends(sandbox_home: Path, tmp_path: Path) -> None:
+    spec = write_spec(
+        tmp_path, "ticker", script_spec("ticker", "for i in 1 2 3; do echo tick $i; sleep 1; done")
+    )
+    [job] = aif_json("submit", "--site", "sandbox-east", str(spec))
+    result = aif("logs", "--follow", job["id"])
+    assert result.exit_code == 0
+    assert result.stdout.splitlines()[-3:] == ["tick 1", "tick 2", "tick 3"]
+    [status] = aif_json("status", job["id"])
+    assert status["state"] == "COMPLETED"
+
+
+def test_one_bad_spec_means_nothing_is_submitted(sandbox_home: Path, tmp_path: Path) -> None:
+    good = [write_spec(tmp_path, f"g{i}", script_spec(f"g{i}", "true")) for i in range(2)]
+    bad = write_spec(tmp_path, "bad", '[job]\nname = "bad"\ncommand = ["true"]\n[resources]\ngpus = 1\n')
+    result = aif("-v", "submit", "--site", NORTH, str(good[0]), str(bad), str(good[1]))
+    assert result.exit_code == 3
+    assert "resources.gpus: unknown key" in result.stderr and "nothing was submitted" in result.stderr
+    assert "+ [" not in result.stderr
+    with Ledger() as ledger:
+        mine = [j for j in ledger.list_jobs() if j.spec_path in {str(p) for p in [*good, bad]}]
+    assert [(j.spec_path, j.state) for j in mine] == [(str(bad), "INVALID")]
+    assert "resources.gpus" in mine[0].message

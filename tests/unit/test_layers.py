@@ -72,7 +72,7 @@ def test_the_cli_starts_without_the_heavy_layers() -> None:
     import subprocess
     import sys
 
-    heavy = ("paramiko", "rich", "gateway.lifecycle", "gateway.ledger", "sqlite3")
+    heavy = ("paramiko", "rich", "pyslurm", "gateway.lifecycle", "gateway.ledger", "sqlite3")
     code = f"import sys, gateway.cli; print([m for m in {heavy!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
