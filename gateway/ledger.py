@@ -472,28 +472,22 @@ class Ledger:
         ``token`` to Slurm (``--comment``): if the answer to sbatch is lost,
         the job can still be found at the site by that token.
         """
-        if not site:
-            raise ValueError("record_intent needs a site")
-        _check_hash(spec_hash)
-        if array_size is not None and array_size < 1:
-            raise ValueError(f"array_size must be at least 1, not {array_size}")
-        if isinstance(outputs, str):
-            raise TypeError("outputs must be a sequence of paths, not one string")
-        with self._write():
-            job_id = self._insert(
-                site=site,
-                name=name,
-                spec_path=spec_path,
-                spec_hash=spec_hash,
-                state="SUBMITTING",
-                message="",
-                workdir=workdir,
-                outputs=outputs,
-                stdout_path=stdout_path,
-                array_size=array_size,
-                depends_on=depends_on,
-            )
-            return self._require(job_id)
+        [job] = self.record_intents(
+            [
+                {
+                    "site": site,
+                    "name": name,
+                    "spec_path": spec_path,
+                    "spec_hash": spec_hash,
+                    "workdir": workdir,
+                    "outputs": outputs,
+                    "stdout_path": stdout_path,
+                    "array_size": array_size,
+                    "depends_on": depends_on,
+                }
+            ]
+        )
+        return job
 
     def record_intents(self, intents: Sequence[dict[str, Any]]) -> list[LedgerJob]:
         """Many :meth:`record_intent` calls in one transaction (one fsync for a batch).
@@ -501,9 +495,7 @@ class Ledger:
         Each item takes the keyword arguments of :meth:`record_intent`.
         """
         for intent in intents:
-            if not intent.get("site"):
-                raise ValueError("record_intents needs a site for every job")
-            _check_hash(str(intent["spec_hash"]))
+            _check_intent(intent)
         with self._write():
             ids = [self._insert(state="SUBMITTING", message="", **intent) for intent in intents]
             return [self._require(job_id) for job_id in ids]
@@ -703,6 +695,17 @@ class Ledger:
             job = _job_from_row(row)
             result.setdefault(job.site, []).append(job)
         return result
+
+
+def _check_intent(intent: dict[str, Any]) -> None:
+    if not intent.get("site"):
+        raise ValueError("record_intent needs a site")
+    _check_hash(str(intent.get("spec_hash", "")))
+    array_size = intent.get("array_size")
+    if array_size is not None and array_size < 1:
+        raise ValueError(f"array_size must be at least 1, not {array_size}")
+    if isinstance(intent.get("outputs"), str):
+        raise TypeError("outputs must be a sequence of paths, not one string")
 
 
 def _check_hash(spec_hash: str) -> None:
