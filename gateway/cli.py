@@ -9,6 +9,7 @@ Imports of the heavy layers happen inside commands so ``aif --help`` and
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -31,7 +32,12 @@ def console(stderr: bool = False) -> Console:
     if stderr not in _consoles:
         from rich.console import Console
 
-        _consoles[stderr] = Console(markup=False, highlight=False, stderr=stderr, soft_wrap=False)
+        stream = sys.stderr if stderr else sys.stdout
+        # Logs and pipes get rich's 80 columns otherwise, too narrow for the job tables.
+        width = None if stream.isatty() or "COLUMNS" in os.environ else 120
+        _consoles[stderr] = Console(
+            markup=False, highlight=False, stderr=stderr, soft_wrap=False, width=width
+        )
     return _consoles[stderr]
 
 
