@@ -21,7 +21,7 @@ from typing import Any
 
 from gateway import slurm
 from gateway.errors import BackendMissing, SiteUnreachable
-from gateway.site import records_by_job
+from gateway.site import fetch_path, records_by_job
 
 CommandHook = Callable[[str, Sequence[str]], None]
 Progress = Callable[[int, int], None]
@@ -125,7 +125,7 @@ class PyslurmBackend:
     def fetch(self, remote: str, local: Path, progress: Progress | None = None) -> None:
         from gateway.transports.local import LocalTransport
 
-        LocalTransport(self.site).get_tree(remote, local, progress)
+        fetch_path(LocalTransport(self.site), remote, local, progress)
 
     def close(self) -> None:
         return None

@@ -18,7 +18,7 @@ from typing import Protocol
 
 from gateway import slurm
 from gateway.config import SiteAccess
-from gateway.errors import SiteUnreachable
+from gateway.errors import AifError, SiteUnreachable
 from gateway.profiles import SiteProfile
 from gateway.transports.base import DEFAULT_TIMEOUT, CommandResult, Transport
 
@@ -33,6 +33,8 @@ class FileTransport(Transport, Protocol):
     def read_file(self, remote_path: str) -> bytes: ...
 
     def get_tree(self, remote_dir: str, local_dir: Path, progress: Progress | None = None) -> object: ...
+
+    def get_file(self, remote_path: str, local_path: Path, progress: Progress | None = None) -> object: ...
 
 
 class SiteBackend(Protocol):
@@ -135,10 +137,24 @@ class SlurmCliBackend:
             return b""
 
     def fetch(self, remote: str, local: Path, progress: Progress | None = None) -> None:
-        self.transport.get_tree(remote, local, progress)
+        fetch_path(self.transport, remote, local, progress)
 
     def close(self) -> None:
         self.transport.close()
+
+
+def fetch_path(transport: FileTransport, remote: str, local: Path, progress: Progress | None) -> None:
+    """Copy a directory tree or a single file back; a missing one is one clear error."""
+    try:
+        try:
+            transport.get_tree(remote, local, progress)
+        except NotADirectoryError:
+            local.parent.mkdir(parents=True, exist_ok=True)
+            transport.get_file(remote, local, progress)
+    except FileNotFoundError:
+        raise AifError(f"site {transport.site}: {remote} does not exist (did the job write it?)") from None
+    except PermissionError:
+        raise AifError(f"site {transport.site}: {remote} cannot be read (permission denied)") from None
 
 
 def records_by_job(
