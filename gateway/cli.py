@@ -294,18 +294,41 @@ def _print_dry_runs(runs: Sequence[Any], as_json: bool) -> None:
 
 @main.command()
 @click.argument("ids", nargs=-1)
+@click.option("--history", is_flag=True, help="Also show each job's state changes with their times.")
 @json_option
 @click.pass_context
-def status(ctx: click.Context, ids: Sequence[str], as_json: bool) -> None:
+def status(ctx: click.Context, ids: Sequence[str], history: bool, as_json: bool) -> None:
     """Ask the sites for the state of jobs (default: every unfinished job): one query per site."""
     from gateway import lifecycle
     from gateway.errors import SiteUnreachable
 
     report = lifecycle.refresh(list(ids) or None, on_command=command_hook(ctx))
+    changes = {j.id: lifecycle.history(j.id) for j in report.jobs} if history else {}
     if as_json:
-        print_json([job_json(j) for j in report.jobs])
+        print_json(
+            [
+                {
+                    **job_json(j),
+                    **(
+                        {
+                            "history": [
+                                dict(zip(("at", "state", "reason"), c, strict=True)) for c in changes[j.id]
+                            ]
+                        }
+                        if history
+                        else {}
+                    ),
+                }
+                for j in report.jobs
+            ]
+        )
     else:
         jobs_table(report.jobs, "jobs")
+        for job_id, rows in changes.items():
+            table = new_table(f"{job_id} history", ("at", "state", "reason"))
+            for row in rows:
+                table.add_row(*row)
+            console().print(table)
     for site, why in report.unreachable.items():
         click.echo(f"aif: warning: {site}: {why}", err=True)
     if report.unreachable:

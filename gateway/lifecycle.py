@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -493,6 +493,7 @@ def list_jobs(limit: int | None = None) -> list[LedgerJob]:
         return ledger.list_jobs(limit=limit)
 
 
-def history(job_id: str) -> Iterable[tuple[str, str, str]]:
+def history(job_id: str) -> list[tuple[str, str, str]]:
+    """(time, state, reason) of every state change of a job, oldest first."""
     with Ledger() as ledger:
         return [(c.at, c.state, c.reason) for c in ledger.history(job_id)]

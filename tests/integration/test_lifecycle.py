@@ -352,8 +352,10 @@ def test_logs_follow_streams_until_the_job_ends(sandbox_home: Path, tmp_path: Pa
     result = aif("logs", "--follow", job["id"])
     assert result.exit_code == 0
     assert result.stdout.splitlines()[-3:] == ["tick 1", "tick 2", "tick 3"]
-    [status] = aif_json("status", job["id"])
+    [status] = aif_json("status", "--history", job["id"])
     assert status["state"] == "COMPLETED"
+    states = [change["state"] for change in status["history"]]
+    assert states[0] == "SUBMITTING" and states[-1] == "COMPLETED" and "PENDING" in states
 
 
 def test_one_bad_spec_means_nothing_is_submitted(sandbox_home: Path, tmp_path: Path) -> None:
