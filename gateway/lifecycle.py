@@ -156,7 +156,7 @@ def submit(
     """Submit every spec; returns one entry per job, whatever happened to it."""
     with open_sessions(on_command) as sessions, Ledger() as ledger:
         planned = plan_submissions(spec_paths, sessions, ledger, site)
-        dependency = _dependency(ledger, after, {p.site for p in planned})
+        dependency = _dependency(sessions, ledger, after, {p.site for p in planned})
         intents = [
             {
                 "site": p.site,
@@ -172,10 +172,12 @@ def submit(
             for p in planned
         ]
         jobs = ledger.record_intents(intents)
-        rendered = [_render_for(p, job, sessions) for p, job in zip(planned, jobs, strict=True)]
+        rendered = [_render_for(p, sessions, job) for p, job in zip(planned, jobs, strict=True)]
         paths = [(job.id, r.workdir, r.stdout_path) for job, r in zip(jobs, rendered, strict=True)]
         ledger.record_paths(paths)
-        extra = (f"--dependency=afterok:{dependency.slurm_job_id}",) if dependency else ()
+        # A parent that already completed needs no Slurm dependency (and Slurm may have forgotten it).
+        waits = dependency is not None and dependency.state != "COMPLETED"
+        extra = (f"--dependency=afterok:{dependency.slurm_job_id}",) if dependency and waits else ()
         by_site: dict[str, list[int]] = {}
         for index, p in enumerate(planned):
             by_site.setdefault(p.site, []).append(index)
@@ -191,21 +193,21 @@ def submit(
 def dry_run(spec_paths: Sequence[str], *, site: str | None = None) -> list[DryRun]:
     sessions = open_sessions()
     planned = plan_submissions(spec_paths, sessions, None, site)
-    results = []
-    for p in planned:
-        profile = sessions.profiles[p.site]
-        access = sessions.config.access(p.site)
-        rendered = render_batch_script(
-            p.spec,
-            profile,
-            account=resolve_account(profile, access),
-            user=login_user(profile, sessions.config),
-        )
-        results.append(DryRun(spec=p.spec.source, site=p.site, why=p.why, rendered=rendered))
-    return results
+    return [
+        DryRun(spec=p.spec.source, site=p.site, why=p.why, rendered=_render_for(p, sessions)) for p in planned
+    ]
 
 
-def _dependency(ledger: Ledger, after: str | None, sites: set[str]) -> LedgerJob | None:
+def _dependency(
+    sessions: SiteSessions, ledger: Ledger, after: str | None, sites: set[str]
+) -> LedgerJob | None:
+    """The job given with --after, checked: at the same site, submitted, not failed.
+
+    Slurm silently drops ``afterok:N`` once job N has left its memory
+    (MinJobAge), even when N failed, so the parent's state is looked up
+    first: one that ended other than COMPLETED means the new job could
+    never start, and is refused.
+    """
     if after is None:
         return None
     parent = ledger.get(after)
@@ -219,10 +221,14 @@ def _dependency(ledger: Ledger, after: str | None, sites: set[str]) -> LedgerJob
             "dependencies across sites are not supported yet (pin the job with --site "
             f"{parent.site})"
         )
+    parent = refresh([parent.id], sessions=sessions, ledger=ledger).jobs[0]
+    if is_terminal(parent.state) and parent.state != "COMPLETED":
+        raise UsageError(f"--after {parent.id}: that job ended {parent.state}, so this one could never start")
     return parent
 
 
-def _render_for(p: _Planned, job: LedgerJob, sessions: SiteSessions) -> RenderedJob:
+def _render_for(p: _Planned, sessions: SiteSessions, job: LedgerJob | None = None) -> RenderedJob:
+    """The script for a planned job; without a ledger job (dry run) there is no id or token yet."""
     profile = sessions.profiles[p.site]
     access = sessions.config.access(p.site)
     return render_batch_script(
@@ -230,8 +236,7 @@ def _render_for(p: _Planned, job: LedgerJob, sessions: SiteSessions) -> Rendered
         profile,
         account=resolve_account(profile, access),
         user=login_user(profile, sessions.config),
-        job_id=job.id,
-        token=job.token,
+        **({"job_id": job.id, "token": job.token} if job else {}),
     )
 
 

@@ -179,6 +179,14 @@ def test_dependency_at_one_site_and_refusal_across_sites(sandbox_home: Path, tmp
     across = aif("submit", "--site", "sandbox-south", "--after", a["id"], str(second))
     assert across.exit_code == 2
     assert "dependencies across sites are not supported yet" in across.stderr
+    # after a failed parent the job could never start: refused (Slurm would silently
+    # drop the dependency once it forgot the parent, and run the job anyway)
+    failing = write_spec(tmp_path, "failing", script_spec("failing", "exit 1"))
+    [f] = aif_json("submit", "--site", NORTH, str(failing))
+    assert aif("wait", f["id"], "--timeout", "120").exit_code == 7
+    refused = aif("submit", "--site", NORTH, "--after", f["id"], str(second))
+    assert refused.exit_code == 2
+    assert "ended FAILED, so this one could never start" in refused.stderr
 
 
 HOSTILE = [
