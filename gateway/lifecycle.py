@@ -40,8 +40,9 @@ from gateway.profiles import (
     resolve_account,
 )
 from gateway.rendering import RenderedJob, render_batch_script
-from gateway.site import CommandHook, Progress, SiteBackend, open_backend
+from gateway.site import SiteBackend, open_backend
 from gateway.spec import JobSpec, load_spec
+from gateway.transports.base import CommandHook, Progress
 
 # A job may not show in squeue for a moment after sbatch returned.
 JUST_SUBMITTED_GRACE_S = 30.0

@@ -13,7 +13,7 @@ Tested with pytest-mock against pyslurm's documented API
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -22,9 +22,7 @@ from typing import Any
 from gateway import slurm
 from gateway.errors import BackendMissing, SiteUnreachable
 from gateway.site import fetch_path, records_by_job
-
-CommandHook = Callable[[str, Sequence[str]], None]
-Progress = Callable[[int, int], None]
+from gateway.transports.base import CommandHook, Progress
 
 
 def import_pyslurm() -> ModuleType:

@@ -20,10 +20,8 @@ from gateway import slurm
 from gateway.config import SiteAccess
 from gateway.errors import AifError, SiteUnreachable
 from gateway.profiles import SiteProfile
-from gateway.transports.base import DEFAULT_TIMEOUT, CommandResult, Transport
+from gateway.transports.base import DEFAULT_TIMEOUT, CommandHook, CommandResult, Progress, Transport
 
-CommandHook = Callable[[str, Sequence[str]], None]
-Progress = Callable[[int, int], None]
 SUBMIT_TIMEOUT = 300.0
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -43,3 +43,22 @@ class Transport(Protocol):
     ) -> CommandResult: ...
 
     def close(self) -> None: ...
+
+
+# Called as on_command(site, argv) just before each command (the CLI's verbose
+# mode prints it); never given stdin, which may hold secrets.
+CommandHook = Callable[[str, Sequence[str]], None]
+# Called as progress(bytes_done, bytes_total) while files are copied back.
+Progress = Callable[[int, int], None]
+
+
+def start_command(site: str, argv: Sequence[str], on_command: CommandHook | None) -> tuple[str, ...]:
+    """Check an argv every transport can run (a program, no NUL) and announce it to the hook."""
+    command = tuple(argv)
+    if not command:
+        raise ValueError("run() needs at least the program name")
+    if any("\0" in arg for arg in command):
+        raise ValueError("an argument contains a NUL byte, which no command can receive")
+    if on_command is not None:
+        on_command(site, command)
+    return command

@@ -20,10 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.errors import ConnectionLost, SiteUnreachable
-from gateway.transports.base import DEFAULT_TIMEOUT, CommandResult
+from gateway.transports.base import DEFAULT_TIMEOUT, CommandHook, CommandResult, Progress, start_command
 from gateway.transports.local import (
-    CommandHook,
-    Progress,
     TreeEntry,
     atomic_destination,
     copy_tree_entries,
@@ -136,11 +134,7 @@ class FakeTransport:
         stdin: bytes | None = None,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> CommandResult:
-        command = tuple(argv)
-        if not command:
-            raise ValueError("run() needs at least the program name")
-        if self.on_command is not None:
-            self.on_command(self.site, command)
+        command = start_command(self.site, argv, self.on_command)
         number = len(self.calls) + 1
         call = FakeCall(command, stdin, timeout)
         if number in self._fail_on:

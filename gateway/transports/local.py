@@ -19,13 +19,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from gateway.errors import ConnectionLost, SiteUnreachable
-from gateway.transports.base import DEFAULT_TIMEOUT, CommandResult
-
-# Called as progress(bytes_done, bytes_total) while files are copied.
-Progress = Callable[[int, int], None]
-# Called as on_command(site, argv) just before each command (the CLI's
-# verbose mode prints it); never given stdin, which may hold secrets.
-CommandHook = Callable[[str, Sequence[str]], None]
+from gateway.transports.base import DEFAULT_TIMEOUT, CommandHook, CommandResult, Progress, start_command
 
 _COPY_CHUNK = 1024 * 1024
 
@@ -122,11 +116,7 @@ class LocalTransport:
         stdin: bytes | None = None,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> CommandResult:
-        command = tuple(argv)
-        if not command:
-            raise ValueError("run() needs at least the program name")
-        if self.on_command is not None:
-            self.on_command(self.site, command)
+        command = start_command(self.site, argv, self.on_command)
         try:
             # A new session makes the command lead its own process group, so a
             # timeout can kill whatever it started too; otherwise a grandchild

@@ -50,10 +50,8 @@ from paramiko.hostkeys import HostKeyEntry
 from paramiko.sftp_client import SFTPClient
 
 from gateway.errors import ConfigError, ConnectionLost, HostKeyRejected, SiteUnreachable
-from gateway.transports.base import DEFAULT_TIMEOUT, CommandResult
+from gateway.transports.base import DEFAULT_TIMEOUT, CommandHook, CommandResult, Progress, start_command
 from gateway.transports.local import (
-    CommandHook,
-    Progress,
     TreeEntry,
     atomic_destination,
     copy_tree_entries,
@@ -828,16 +826,10 @@ class SshTransport:
         stdin: bytes | None = None,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> CommandResult:
-        command = tuple(argv)
-        if not command:
-            raise ValueError("run() needs at least the program name")
-        if any("\0" in arg for arg in command):
-            raise ValueError("an argument contains a NUL byte, which no command can receive")
+        command = start_command(self.site, argv, self.on_command)
         # The remote side runs this through the user's login shell: quoting
         # every argument keeps each one a single literal word.
         command_line = shlex.join(command)
-        if self.on_command is not None:
-            self.on_command(self.site, command)
         channel = self._open_channel()
         try:
             channel.exec_command(command_line)
