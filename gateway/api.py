@@ -17,7 +17,7 @@ from gateway.profiles import (
     resolve_account,
 )
 from gateway.rendering import RenderedJob, render_batch_script
-from gateway.spec import JobSpec, load_spec
+from gateway.spec import load_spec
 
 
 @dataclass(frozen=True)
@@ -97,12 +97,6 @@ def list_sites() -> list[SiteSummary]:
             )
         )
     return summaries
-
-
-def load_checked_spec(path: str | Path, profiles: dict[str, SiteProfile]) -> JobSpec:
-    spec = load_spec(path)
-    check_spec_against_profiles(spec, profiles)
-    return spec
 
 
 def render(spec_path: str | Path, site: str, *, account: str | None = None) -> RenderedJob:

@@ -31,7 +31,7 @@ from gateway.errors import (
     SiteUnreachable,
     UsageError,
 )
-from gateway.ledger import Ledger, LedgerJob, is_terminal
+from gateway.ledger import Ledger, LedgerJob, is_terminal, spec_sha256
 from gateway.profiles import (
     SiteProfile,
     check_spec_against_profiles,
@@ -106,8 +106,9 @@ class _Planned:
 
 
 def _spec_hash(path: str) -> str:
+    """The spec's hash for the ledger; an unreadable file is recorded with the hash of nothing."""
     try:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        return spec_sha256(path)
     except OSError:
         return hashlib.sha256(b"").hexdigest()
 

@@ -10,8 +10,7 @@ on a login node. Every query here is per site, never per job.
 from __future__ import annotations
 
 import shlex
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -233,13 +232,3 @@ def describe_command(site: str, argv: Sequence[str]) -> str:
         else:
             shown.append(shlex.quote(arg))
     return f"+ [{site}] " + " ".join(shown)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.5) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
