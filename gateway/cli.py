@@ -195,39 +195,58 @@ def command_hook(ctx: click.Context) -> Callable[[str, Sequence[str]], None] | N
     return hook
 
 
+def open_context(ctx: click.Context) -> Any:
+    """The lifecycle's context for this command: profiles, config, ledger, backends."""
+    from gateway.context import open_context as open_lifecycle_context
+
+    return open_lifecycle_context(command_hook(ctx))
+
+
 def job_json(job: Any) -> dict[str, object]:
     return {
         "id": job.id,
         "site": job.site,
         "slurm_job_id": job.slurm_job_id,
-        "state": job.state,
+        "state": str(job.state),
         "reason": job.reason,
         "name": job.name,
         "message": job.message,
+        "key": job.submission_key,
         "submitted_at": job.created_at,
         "updated_at": job.updated_at,
     }
 
 
-def jobs_table(jobs: Sequence[Any], title: str) -> None:
+def jobs_table(jobs: Sequence[Any], title: str, problems: dict[str, str] | None = None) -> Any:
+    """The jobs as a table; a site's problem (unreachable...) shows in its jobs' reason column."""
     table = new_table(title, ("id", "name", "site", "slurm id", "state", "reason / message", "updated"))
+    problems = problems or {}
     for job in jobs:
+        note = job.reason or job.message
+        if job.site in problems and not job.terminal:
+            note = f"site problem: {problems[job.site]}"
         table.add_row(
             job.id,
             job.name,
             job.site or "-",
             job.slurm_job_id or "-",
-            job.state,
-            job.reason or job.message,
+            str(job.state),
+            note,
             job.updated_at[:19].replace("T", " "),
         )
-    console().print(table)
+    return table
 
 
 @main.command()
 @click.argument("specs", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--site", help="Submit to this site instead of letting aif choose.")
 @click.option("--after", metavar="ID", help="Start only after job ID completed successfully.")
+@click.option(
+    "--key",
+    metavar="KEY",
+    help="Idempotency key: the same key with the same specs never submits twice (pipelines: "
+    "pass the same key on every retry). Default: a new key, printed.",
+)
 @click.option("--dry-run", is_flag=True, help="Validate, place and render; submit nothing.")
 @json_option
 @click.pass_context
@@ -236,6 +255,7 @@ def submit(
     specs: Sequence[str],
     site: str | None,
     after: str | None,
+    key: str | None,
     dry_run: bool,
     as_json: bool,
 ) -> None:
@@ -243,33 +263,38 @@ def submit(
     from gateway import lifecycle
     from gateway.errors import SchedulerRejected, SiteUnreachable
 
-    if dry_run:
-        runs = lifecycle.dry_run(list(specs), site=site)
-        _print_dry_runs(runs, as_json)
-        return
-    results = lifecycle.submit(list(specs), site=site, after=after, on_command=command_hook(ctx))
+    with open_context(ctx) as lctx:
+        if dry_run:
+            _print_dry_runs(lifecycle.dry_run(lctx, list(specs), site=site), as_json)
+            return
+        report = lifecycle.submit(lctx, list(specs), site=site, after=after, key=key)
+    results = report.jobs
     if as_json:
-        print_json([{**job_json(r.job), "why": r.why} for r in results])
+        print_json([{**job_json(r.job), "why": r.why, "how": r.how} for r in results])
     else:
         for r in results:
             if r.job.slurm_job_id:
+                how = "" if r.how == "submitted" else f"; {r.how}, not sent again"
                 click.echo(
-                    f"{r.job.id}: submitted to {r.job.site} as Slurm job {r.job.slurm_job_id} ({r.why})"
+                    f"{r.job.id}: submitted to {r.job.site} as Slurm job {r.job.slurm_job_id} ({r.why}{how})"
                 )
-            elif r.job.state == "SUBMITTING":
+            elif r.job.unresolved:
                 click.echo(
-                    f"{r.job.id}: answer from {r.job.site} lost; "
-                    f"`aif status {r.job.id}` will find it by its token"
+                    f"{r.job.id}: answer from {r.job.site} lost, maybe sent; "
+                    f"`aif status {r.job.id}` settles it from the site's record"
                 )
             else:
                 click.echo(f"{r.job.id}: {r.job.state} at {r.job.site}: {r.job.message}", err=True)
+        click.echo(
+            f"key {report.key}: rerun with --key {report.key} to finish after any interruption", err=True
+        )
     states = {r.job.state for r in results}
     if "REJECTED" in states:
         first = next(r.job for r in results if r.job.state == "REJECTED")
         raise SchedulerRejected(f"{first.site} rejected {first.id}: {first.message}")
-    if "UNREACHABLE" in states:
-        first = next(r.job for r in results if r.job.state == "UNREACHABLE")
-        raise SiteUnreachable(first.message)
+    if "UNREACHABLE" in states or any(r.job.unresolved for r in results):
+        first = next(r.job for r in results if r.job.state == "UNREACHABLE" or r.job.unresolved)
+        raise SiteUnreachable(first.message or f"{first.id}: the site's answer was lost ({first.reason})")
 
 
 def _print_dry_runs(runs: Sequence[Any], as_json: bool) -> None:
@@ -302,8 +327,9 @@ def status(ctx: click.Context, ids: Sequence[str], history: bool, as_json: bool)
     from gateway import lifecycle
     from gateway.errors import SiteUnreachable
 
-    report = lifecycle.refresh(list(ids) or None, on_command=command_hook(ctx))
-    changes = {j.id: lifecycle.history(j.id) for j in report.jobs} if history else {}
+    with open_context(ctx) as lctx:
+        report = lifecycle.refresh(lctx, list(ids) or None)
+        changes = {j.id: lifecycle.history(lctx.ledger, j.id) for j in report.jobs} if history else {}
     if as_json:
         print_json(
             [
@@ -323,16 +349,14 @@ def status(ctx: click.Context, ids: Sequence[str], history: bool, as_json: bool)
             ]
         )
     else:
-        jobs_table(report.jobs, "jobs")
+        console().print(jobs_table(report.jobs, "jobs", report.unreachable))
         for job_id, rows in changes.items():
             table = new_table(f"{job_id} history", ("at", "state", "reason"))
             for row in rows:
                 table.add_row(*row)
             console().print(table)
-    for site, why in report.unreachable.items():
-        click.echo(f"aif: warning: {site}: {why}", err=True)
     if report.unreachable:
-        raise SiteUnreachable(next(iter(report.unreachable.values())))
+        raise SiteUnreachable("; ".join(report.unreachable.values()))
 
 
 @main.command("list")
@@ -341,12 +365,14 @@ def status(ctx: click.Context, ids: Sequence[str], history: bool, as_json: bool)
 def list_command(limit: int | None, as_json: bool) -> None:
     """Every job in the ledger, newest first (no site is asked)."""
     from gateway import lifecycle
+    from gateway.ledger import Ledger
 
-    jobs = lifecycle.list_jobs(limit)
+    with Ledger() as ledger:
+        jobs = lifecycle.list_jobs(ledger, limit)
     if as_json:
         print_json([job_json(j) for j in jobs])
     else:
-        jobs_table(jobs, "ledger")
+        console().print(jobs_table(jobs, "ledger"))
 
 
 @main.command()
@@ -358,17 +384,21 @@ def wait(ctx: click.Context, ids: Sequence[str], timeout: float | None, as_json:
     """Wait until jobs end: exit 0 when all COMPLETED, 7 when any ended otherwise."""
     from gateway import lifecycle
     from gateway.errors import JobUnsuccessful, WaitTimeout
-    from gateway.ledger import is_terminal
+    from gateway.states import is_terminal
 
-    if as_json:
-        report = lifecycle.wait(list(ids), timeout=timeout, on_command=command_hook(ctx))
-        print_json([job_json(j) for j in report.jobs])
-    else:
-        report = _wait_live(list(ids), timeout, command_hook(ctx))
+    with open_context(ctx) as lctx:
+        if as_json:
+            report = lifecycle.wait(lctx, list(ids), timeout=timeout)
+            print_json([job_json(j) for j in report.jobs])
+        else:
+            report = _wait_live(lctx, list(ids), timeout)
     unfinished = [j for j in report.jobs if not is_terminal(j.state)]
     if unfinished:
+        problems = "".join(f"; {why}" for why in report.unreachable.values())
         raise WaitTimeout(
-            f"timed out after {timeout:g} s: " + ", ".join(f"{j.id} is {j.state}" for j in unfinished)
+            f"timed out after {timeout:g} s: "
+            + ", ".join(f"{j.id} is {j.state}" for j in unfinished)
+            + problems
         )
     failed = [j for j in report.jobs if j.state != "COMPLETED"]
     if failed:
@@ -377,33 +407,24 @@ def wait(ctx: click.Context, ids: Sequence[str], timeout: float | None, as_json:
         )
 
 
-def _wait_live(
-    ids: list[str], timeout: float | None, hook: Callable[[str, Sequence[str]], None] | None
-) -> Any:
+def _wait_live(lctx: Any, ids: list[str], timeout: float | None) -> Any:
     import time
 
     from rich.live import Live
-    from rich.table import Table
 
     from gateway import lifecycle
 
     started = time.monotonic()
 
-    def view(report: Any) -> Table:
-        table: Table = new_table(
-            f"waiting {time.monotonic() - started:.0f} s",
-            ("id", "name", "site", "slurm id", "state", "reason"),
-        )
-        for j in report.jobs:
-            table.add_row(j.id, j.name, j.site, j.slurm_job_id or "-", j.state, j.reason)
-        return table
+    def view(report: Any) -> Any:
+        return jobs_table(report.jobs, f"waiting {time.monotonic() - started:.0f} s", report.unreachable)
 
     with Live(console=console(stderr=True), auto_refresh=False, transient=False) as live:
 
         def update(report: Any) -> None:
             live.update(view(report), refresh=True)
 
-        return lifecycle.wait(ids, timeout=timeout, on_update=update, on_command=hook)
+        return lifecycle.wait(lctx, ids, timeout=timeout, on_update=update)
 
 
 @main.command()
@@ -419,10 +440,11 @@ def logs(ctx: click.Context, job_id: str, follow: bool, task: int | None) -> Non
         sys.stdout.buffer.write(chunk)
         sys.stdout.buffer.flush()
 
-    if follow:
-        lifecycle.follow_log(job_id, write, task=task, on_command=command_hook(ctx))
-    else:
-        write(lifecycle.read_log(job_id, task=task, on_command=command_hook(ctx)))
+    with open_context(ctx) as lctx:
+        if follow:
+            lifecycle.follow_log(lctx, job_id, write, task=task)
+        else:
+            write(lifecycle.read_log(lctx, job_id, task=task))
 
 
 @main.command()
@@ -430,18 +452,28 @@ def logs(ctx: click.Context, job_id: str, follow: bool, task: int | None) -> Non
 @json_option
 @click.pass_context
 def cancel(ctx: click.Context, ids: Sequence[str], as_json: bool) -> None:
-    """Cancel jobs and confirm they left the queue."""
+    """Cancel jobs (only ones confirmed at the site by their token) and confirm they left the queue."""
     from gateway import lifecycle
+    from gateway.errors import AifError
 
-    results = lifecycle.cancel(list(ids), on_command=command_hook(ctx))
+    with open_context(ctx) as lctx:
+        results = lifecycle.cancel(lctx, list(ids))
     if as_json:
-        print_json([{**job_json(r.job), "was": r.was} for r in results])
-        return
-    for r in results:
-        if r.job.state == "CANCELLED" and r.was != "CANCELLED":
-            click.echo(f"{r.job.id}: cancelled (was {r.was})")
-        else:
-            click.echo(f"{r.job.id}: already ended ({r.job.state}), nothing to cancel")
+        print_json(
+            [
+                {**job_json(r.job), "was": str(r.was), "cancelled": r.cancelled, "why_not": r.why_not}
+                for r in results
+            ]
+        )
+    else:
+        for r in results:
+            if r.cancelled:
+                click.echo(f"{r.job.id}: cancelled (was {r.was})")
+            else:
+                click.echo(f"{r.job.id}: {r.why_not}, nothing to cancel")
+    unconfirmed = [r for r in results if not r.cancelled and not r.job.terminal]
+    if unconfirmed:
+        raise AifError("; ".join(f"{r.job.id} {r.why_not}" for r in unconfirmed))
 
 
 @main.command()
@@ -455,29 +487,28 @@ def fetch(ctx: click.Context, job_id: str, dest: str | None, as_json: bool) -> N
 
     from gateway import lifecycle
 
-    if as_json:
-        job, where, fetched = lifecycle.fetch(
-            job_id, Path(dest) if dest else None, on_command=command_hook(ctx)
-        )
-        print_json({"id": job.id, "dest": str(where), "outputs": fetched})
-        return
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+    with open_context(ctx) as lctx:
+        if as_json:
+            job, where, fetched = lifecycle.fetch(lctx, job_id, Path(dest) if dest else None)
+            print_json({"id": job.id, "dest": str(where), "outputs": fetched})
+            return
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-    with Progress(
-        TextColumn("{task.description}", markup=False),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        console=console(stderr=True),
-    ) as bar:
-        task = bar.add_task(f"fetch {job_id}", total=None)
+        with Progress(
+            TextColumn("{task.description}", markup=False),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            console=console(stderr=True),
+        ) as bar:
+            task = bar.add_task(f"fetch {job_id}", total=None)
 
-        def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total or None)
+            def progress(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total or None)
 
-        job, where, fetched = lifecycle.fetch(
-            job_id, Path(dest) if dest else None, progress=progress, on_command=command_hook(ctx)
-        )
+            job, where, fetched = lifecycle.fetch(
+                lctx, job_id, Path(dest) if dest else None, progress=progress
+            )
     click.echo(f"{job.id}: fetched {', '.join(fetched)} into {where}")
 
 

@@ -105,3 +105,12 @@ class SandboxError(AifError):
     """The local Slurm sandbox could not be brought up, down or inspected."""
 
     exit_code = EXIT_INTERNAL
+
+
+EXIT_INTERRUPTED = 130
+
+
+class Interrupted(AifError):
+    """The user stopped aif (Ctrl-C) mid-way; the message says what was done and how to finish."""
+
+    exit_code = EXIT_INTERRUPTED

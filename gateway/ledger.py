@@ -40,6 +40,13 @@ from typing import Any
 
 from gateway.errors import ConfigError, UsageError
 from gateway.home import aif_home
+from gateway.states import (
+    ACTIVE_STATES,
+    NOT_SUBMITTED_STATES,
+    SLURM_STATES,
+    JobState,
+    is_terminal,
+)
 
 LEDGER_FILENAME = "ledger.sqlite"
 BUSY_TIMEOUT_SECONDS = 30.0
@@ -50,37 +57,6 @@ TOKEN_BYTES = 16
 _ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"  # RFC 4648 base32, lower case
 _MIN_PREFIX_TOKEN_CHARS = 3
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-
-# States as Slurm reports them, normalised by the status parser.
-SLURM_STATES = frozenset(
-    {
-        "PENDING",
-        "RUNNING",
-        "COMPLETED",
-        "FAILED",
-        "CANCELLED",
-        "TIMEOUT",
-        "PREEMPTED",
-        "NODE_FAIL",
-        "OUT_OF_MEMORY",
-        "UNKNOWN",
-    }
-)
-# The gateway's own states: before, or instead of, anything reaching Slurm.
-GATEWAY_STATES = frozenset({"SUBMITTING", "REJECTED", "UNREACHABLE", "INVALID"})
-STATES = SLURM_STATES | GATEWAY_STATES
-# Nothing was ever submitted for these: they are final, whatever comes later.
-NOT_SUBMITTED_STATES = frozenset({"REJECTED", "UNREACHABLE", "INVALID"})
-SLURM_TERMINAL_STATES = frozenset(
-    {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FAIL", "OUT_OF_MEMORY"}
-)
-TERMINAL_STATES = SLURM_TERMINAL_STATES | NOT_SUBMITTED_STATES
-ACTIVE_STATES = STATES - TERMINAL_STATES
-
-
-def is_terminal(state: str) -> bool:
-    """True for states a job never leaves for a non-terminal one."""
-    return state in TERMINAL_STATES
 
 
 def default_ledger_path() -> Path:
@@ -124,7 +100,7 @@ class LedgerJob:
     spec_path: str
     spec_hash: str
     token: str
-    state: str
+    state: JobState
     reason: str
     message: str
     workdir: str
@@ -134,10 +110,32 @@ class LedgerJob:
     depends_on: str | None
     created_at: str
     updated_at: str
+    # The submission this job belongs to (``aif submit --key``), the spec's
+    # content label within it, and the claim generation at the site.
+    submission_key: str = ""
+    item: str = ""
+    claim_gen: int = 0
+    # Where the site keeps its own record of the submission (absolute, at the site).
+    journal_dir: str = ""
+    # Slurm's job name for it, which carries the aif id: the proof of identity
+    # that Slurm's records of finished jobs keep ('' for jobs of older aif).
+    slurm_name: str = ""
+
+    @property
+    def claim(self) -> str:
+        """The claim file's name in the site's record: ``ITEM.GEN``."""
+        return f"{self.item}.{self.claim_gen}" if self.item else ""
 
     @property
     def terminal(self) -> bool:
         return is_terminal(self.state)
+
+    @property
+    def unresolved(self) -> bool:
+        """Maybe sent, no Slurm id known yet: SUBMITTING, or UNKNOWN without a Slurm id."""
+        return self.state == JobState.SUBMITTING or (
+            self.state == JobState.UNKNOWN and self.slurm_job_id is None
+        )
 
 
 @dataclass(frozen=True)
@@ -145,7 +143,7 @@ class StateChange:
     """One entry of a job's history: it entered ``state`` (for ``reason``) at ``at``."""
 
     job_id: str
-    state: str
+    state: JobState
     reason: str
     at: str
 
@@ -202,13 +200,24 @@ def _migrate_v2(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX jobs_site_state ON jobs(site, state)")
 
 
+def _migrate_v3(conn: sqlite3.Connection) -> None:
+    """Idempotency keys, the site's own record, and the second proof of identity."""
+    conn.execute("ALTER TABLE jobs ADD COLUMN submission_key TEXT NOT NULL DEFAULT ''")
+    conn.execute("ALTER TABLE jobs ADD COLUMN item TEXT NOT NULL DEFAULT ''")
+    conn.execute("ALTER TABLE jobs ADD COLUMN claim_gen INTEGER NOT NULL DEFAULT 0")
+    conn.execute("ALTER TABLE jobs ADD COLUMN journal_dir TEXT NOT NULL DEFAULT ''")
+    conn.execute("ALTER TABLE jobs ADD COLUMN slurm_name TEXT NOT NULL DEFAULT ''")
+    conn.execute("CREATE INDEX jobs_key ON jobs(submission_key)")
+
+
 # Version N of the schema is reached by applying _MIGRATIONS[:N]. Only append.
-_MIGRATIONS: tuple[Migration, ...] = (_migrate_v1, _migrate_v2)
+_MIGRATIONS: tuple[Migration, ...] = (_migrate_v1, _migrate_v2, _migrate_v3)
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 _JOB_COLUMNS = (
     "id, site, slurm_job_id, name, spec_path, spec_hash, token, state, reason, message, "
-    "workdir, outputs, stdout_path, array_size, depends_on, created_at, updated_at"
+    "workdir, outputs, stdout_path, array_size, depends_on, created_at, updated_at, "
+    "submission_key, item, claim_gen, journal_dir, slurm_name"
 )
 
 
@@ -231,6 +240,11 @@ def _job_from_row(row: Sequence[Any]) -> LedgerJob:
         depends_on,
         created_at,
         updated_at,
+        submission_key,
+        item,
+        claim_gen,
+        journal_dir,
+        slurm_name,
     ) = row
     return LedgerJob(
         id=str(job_id),
@@ -240,7 +254,7 @@ def _job_from_row(row: Sequence[Any]) -> LedgerJob:
         spec_path=str(spec_path),
         spec_hash=str(spec_hash),
         token=str(token),
-        state=str(state),
+        state=JobState(str(state)),
         reason=str(reason),
         message=str(message),
         workdir=str(workdir),
@@ -250,6 +264,11 @@ def _job_from_row(row: Sequence[Any]) -> LedgerJob:
         depends_on=None if depends_on is None else str(depends_on),
         created_at=str(created_at),
         updated_at=str(updated_at),
+        submission_key=str(submission_key),
+        item=str(item),
+        claim_gen=int(claim_gen),
+        journal_dir=str(journal_dir),
+        slurm_name=str(slurm_name),
     )
 
 
@@ -375,31 +394,41 @@ class Ledger:
         name: str,
         spec_path: str,
         spec_hash: str,
-        state: str,
+        state: JobState,
         message: str,
         workdir: str,
         outputs: Sequence[str],
         stdout_path: str,
         array_size: int | None,
         depends_on: str | None,
+        submission_key: str = "",
+        item: str = "",
+        claim_gen: int = 0,
+        journal_dir: str = "",
+        slurm_name: str = "",
+        job_id: str | None = None,
+        token: str | None = None,
+        slurm_job_id: str | None = None,
     ) -> str:
+        """One new row; ``job_id`` and ``token`` are fresh unless given (an adopted job keeps its own)."""
         conn = self._conn
         if depends_on is not None and self._row(depends_on) is None:
             raise UsageError(f"no job {depends_on} in the ledger (given as a dependency)")
-        job_id = self._fresh("id", new_job_id)
-        token = self._fresh("token", new_submission_token)
+        job_id = job_id or self._fresh("id", new_job_id)
+        token = token or self._fresh("token", new_submission_token)
         now = _now()
         conn.execute(
             f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES "
-            "(?, ?, NULL, ?, ?, ?, ?, ?, '', ?, ?, ?, ?, ?, ?, ?, ?)",
+            "(?, ?, ?, ?, ?, ?, ?, ?, '', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 job_id,
                 site,
+                slurm_job_id,
                 name,
                 spec_path,
                 spec_hash,
                 token,
-                state,
+                state.value,
                 message,
                 workdir,
                 json.dumps(list(outputs)),
@@ -408,11 +437,16 @@ class Ledger:
                 depends_on,
                 now,
                 now,
+                submission_key,
+                item,
+                claim_gen,
+                journal_dir,
+                slurm_name,
             ),
         )
         conn.execute(
             "INSERT INTO state_changes (job_id, state, reason, at) VALUES (?, ?, '', ?)",
-            (job_id, state, now),
+            (job_id, state.value, now),
         )
         return job_id
 
@@ -429,7 +463,7 @@ class Ledger:
     def _set_state(
         self,
         job: LedgerJob,
-        state: str,
+        state: JobState,
         reason: str,
         *,
         slurm_job_id: str | None = None,
@@ -441,13 +475,13 @@ class Ledger:
             "UPDATE jobs SET state = ?, reason = ?, updated_at = ?, "
             "slurm_job_id = COALESCE(?, slurm_job_id), message = COALESCE(?, message) "
             "WHERE id = ?",
-            (state, reason, now, slurm_job_id, message, job.id),
+            (state.value, reason, now, slurm_job_id, message, job.id),
         )
         if state == job.state and reason == job.reason:
             return None
         self._conn.execute(
             "INSERT INTO state_changes (job_id, state, reason, at) VALUES (?, ?, ?, ?)",
-            (job.id, state, reason, now),
+            (job.id, state.value, reason, now),
         )
         return StateChange(job_id=job.id, state=state, reason=reason, at=now)
 
@@ -497,23 +531,24 @@ class Ledger:
         for intent in intents:
             _check_intent(intent)
         with self._write():
-            ids = [self._insert(state="SUBMITTING", message="", **intent) for intent in intents]
+            ids = [self._insert(state=JobState.SUBMITTING, message="", **intent) for intent in intents]
             return [self._require(job_id) for job_id in ids]
 
-    def record_paths(self, paths: Iterable[tuple[str, str, str]]) -> None:
-        """Set ``(job_id, workdir, stdout_path)`` of jobs still SUBMITTING, in one transaction.
+    def record_paths(self, paths: Iterable[tuple[str, ...]]) -> None:
+        """Set ``(job_id, workdir, stdout_path[, slurm_name])`` of jobs still SUBMITTING, in one transaction.
 
-        The workdir may contain the job's own id, so it is known only after
-        :meth:`record_intents` gave the id, and before anything is sent.
+        The workdir and Slurm name contain the job's own id, so they are known
+        only after :meth:`record_intents` gave the id, and before anything is sent.
         """
         with self._write():
-            for job_id, workdir, stdout_path in paths:
+            for job_id, workdir, stdout_path, *rest in paths:
                 job = self._require(job_id)
-                if job.state != "SUBMITTING":
+                if job.state != JobState.SUBMITTING:
                     raise ValueError(f"job {job_id} is {job.state}; its paths are fixed")
                 self._conn.execute(
-                    "UPDATE jobs SET workdir = ?, stdout_path = ? WHERE id = ?",
-                    (workdir, stdout_path, job_id),
+                    "UPDATE jobs SET workdir = ?, stdout_path = ?, slurm_name = COALESCE(?, slurm_name) "
+                    "WHERE id = ?",
+                    (workdir, stdout_path, rest[0] if rest else None, job_id),
                 )
 
     def mark_submitted_many(self, submitted: Iterable[tuple[str, str]]) -> list[LedgerJob]:
@@ -524,9 +559,9 @@ class Ledger:
                 job = self._require(job_id)
                 if job.slurm_job_id == slurm_job_id:
                     continue
-                if job.state != "SUBMITTING":
+                if not job.unresolved:
                     raise ValueError(f"job {job_id} is {job.state}, not Slurm job {slurm_job_id}")
-                self._set_state(job, "PENDING", "", slurm_job_id=slurm_job_id)
+                self._set_state(job, JobState.PENDING, "", slurm_job_id=slurm_job_id)
             return [self._require(job_id) for job_id, _ in pairs]
 
     def record_invalid(
@@ -546,7 +581,7 @@ class Ledger:
                 name=name,
                 spec_path=spec_path,
                 spec_hash=spec_hash,
-                state="INVALID",
+                state=JobState.INVALID,
                 message=message,
                 workdir="",
                 outputs=(),
@@ -556,20 +591,19 @@ class Ledger:
             )
             return self._require(job_id)
 
-    def mark_submitted(self, job_id: str, slurm_job_id: str, state: str = "PENDING") -> LedgerJob:
+    def mark_submitted(self, job_id: str, slurm_job_id: str, state: JobState = JobState.PENDING) -> LedgerJob:
         """The site accepted the job as ``slurm_job_id``; it is now in ``state``.
 
         Idempotent when the job already carries this Slurm id.
         """
         if not slurm_job_id:
             raise ValueError("mark_submitted needs the Slurm job id")
-        if state not in SLURM_STATES:
-            raise ValueError(f"{state!r} is not a Slurm job state")
+        state = _slurm_state(state)
         with self._write():
             job = self._require(job_id)
             if job.slurm_job_id == slurm_job_id:
                 return job
-            if job.state != "SUBMITTING":
+            if not job.unresolved:
                 raise ValueError(
                     f"job {job_id} is {job.state}"
                     + (f" as Slurm job {job.slurm_job_id}" if job.slurm_job_id else "")
@@ -578,18 +612,51 @@ class Ledger:
             self._set_state(job, state, "", slurm_job_id=slurm_job_id)
             return self._require(job_id)
 
-    def mark_not_submitted(self, job_id: str, state: str, message: str) -> LedgerJob:
-        """Nothing was submitted: the scheduler refused (REJECTED) or the site
-        could not be reached (UNREACHABLE). ``message`` says what happened."""
-        if state not in ("REJECTED", "UNREACHABLE"):
-            raise ValueError(f"mark_not_submitted takes REJECTED or UNREACHABLE, not {state!r}")
+    def mark_not_submitted(self, job_id: str, state: JobState, message: str) -> LedgerJob:
+        """Nothing was submitted, and that is proven: the scheduler refused (REJECTED),
+        the site could not be reached (UNREACHABLE), or the submission stopped
+        before this job was sent (NOT_SENT). ``message`` says what happened."""
+        if state not in (JobState.REJECTED, JobState.UNREACHABLE, JobState.NOT_SENT):
+            raise ValueError(f"mark_not_submitted takes REJECTED, UNREACHABLE or NOT_SENT, not {state!r}")
+        state = JobState(state)
         with self._write():
             job = self._require(job_id)
             if job.state == state and job.message == message:
                 return job
-            if job.state != "SUBMITTING":
+            if not job.unresolved:
                 raise ValueError(f"job {job_id} is {job.state}, it cannot become {state}")
             self._set_state(job, state, "", message=message)
+            return self._require(job_id)
+
+    def mark_unresolved(self, job_id: str, reason: str) -> LedgerJob:
+        """The job may have been sent, and the site cannot confirm it yet: UNKNOWN, with why.
+
+        It stays resolvable: a later lookup by token (or the site's record)
+        may still find it (:meth:`mark_submitted`) or prove it never sent.
+        """
+        with self._write():
+            job = self._require(job_id)
+            if not job.unresolved:
+                raise ValueError(f"job {job_id} is {job.state}, it is not awaiting resolution")
+            self._set_state(job, JobState.UNKNOWN, reason)
+            return self._require(job_id)
+
+    def record_adopted(
+        self, intent: dict[str, Any], *, job_id: str, token: str, slurm_job_id: str | None
+    ) -> LedgerJob:
+        """A job another aif (another machine, or a lost ledger) submitted, found in the site's record.
+
+        It keeps its own aif id and token; with no Slurm id it is UNKNOWN (sent, not yet confirmed).
+        """
+        _check_intent(intent)
+        with self._write():
+            existing = self._row(job_id)
+            if existing is not None:
+                return existing
+            state = JobState.PENDING if slurm_job_id else JobState.UNKNOWN
+            self._insert(
+                state=state, message="", job_id=job_id, token=token, slurm_job_id=slurm_job_id, **intent
+            )
             return self._require(job_id)
 
     def update_states(self, changes: Iterable[tuple[str, str, str]]) -> list[StateChange]:
@@ -603,17 +670,14 @@ class Ledger:
         refined by another terminal state from Slurm (FAILED -> OUT_OF_MEMORY).
         Returns the changes actually recorded.
         """
-        batch = [(str(j), str(s), str(r)) for j, s, r in changes]
-        for _, state, _ in batch:
-            if state not in SLURM_STATES:
-                raise ValueError(f"{state!r} is not a Slurm job state")
+        batch = [(str(j), _slurm_state(s), str(r)) for j, s, r in changes]
         applied: list[StateChange] = []
         if not batch:
             return applied
         with self._write():
             for job_id, state, reason in batch:
                 job = self._require(job_id)
-                if job.state in NOT_SUBMITTED_STATES or job.state == "SUBMITTING":
+                if job.state in NOT_SUBMITTED_STATES or job.unresolved:
                     continue  # the scheduler cannot know about it (yet)
                 if job.terminal and not is_terminal(state):
                     continue  # stale
@@ -654,7 +718,7 @@ class Ledger:
             where.append("site = ?")
             params.append(site)
         if active_only:
-            active = sorted(ACTIVE_STATES)
+            active = sorted(s.value for s in ACTIVE_STATES)
             where.append(f"state IN ({', '.join('?' for _ in active)})")
             params.extend(active)
         sql = f"SELECT {_JOB_COLUMNS} FROM jobs"
@@ -675,7 +739,17 @@ class Ledger:
             "SELECT job_id, state, reason, at FROM state_changes WHERE job_id = ? ORDER BY seq",
             (job.id,),
         ).fetchall()
-        return [StateChange(job_id=str(j), state=str(s), reason=str(r), at=str(a)) for j, s, r, a in rows]
+        return [
+            StateChange(job_id=str(j), state=JobState(str(s)), reason=str(r), at=str(a))
+            for j, s, r, a in rows
+        ]
+
+    def jobs_with_key(self, submission_key: str) -> list[LedgerJob]:
+        """Every job of one submission (``aif submit --key``), oldest first."""
+        rows = self._conn.execute(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE submission_key = ? ORDER BY seq", (submission_key,)
+        ).fetchall()
+        return [_job_from_row(r) for r in rows]
 
     def find_by_token(self, token: str) -> LedgerJob | None:
         row = self._conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE token = ?", (token,)).fetchone()
@@ -684,7 +758,7 @@ class Ledger:
     def unfinished_by_site(self) -> dict[str, list[LedgerJob]]:
         """Submitted jobs not yet in a terminal state, grouped by site (oldest first),
         so a status poller can ask each site once about all of its jobs."""
-        active = sorted(ACTIVE_STATES)
+        active = sorted(s.value for s in ACTIVE_STATES)
         rows = self._conn.execute(
             f"SELECT {_JOB_COLUMNS} FROM jobs WHERE slurm_job_id IS NOT NULL "
             f"AND state IN ({', '.join('?' for _ in active)}) ORDER BY site, seq",
@@ -695,6 +769,12 @@ class Ledger:
             job = _job_from_row(row)
             result.setdefault(job.site, []).append(job)
         return result
+
+
+def _slurm_state(state: str) -> JobState:
+    if state not in SLURM_STATES:
+        raise ValueError(f"{state!r} is not a Slurm job state")
+    return JobState(state)
 
 
 def _check_intent(intent: dict[str, Any]) -> None:

@@ -1,85 +1,42 @@
 """A job's whole life: submit, follow, cancel, fetch. Part of the api layer.
 
-Rules kept here:
+Every function takes a :class:`~gateway.context.Context` (profiles, config,
+ledger, backends, clock). Rules kept here:
+
 - nothing is half-submitted: every spec is validated and placed before any
   is sent; each submission is in the ledger (with its token) before it
-  leaves this machine;
+  leaves this machine, and in the site's own record (``gateway.journal``)
+  before sbatch runs;
+- a submission has a key: the same key with the same specs never submits
+  twice, from any machine: what the site's record shows as sent is adopted;
 - one connection and one batched command per site for a submission, one
-  status query per site for any number of jobs;
-- a lost answer is never retried blindly: the job is looked up by its token
-  first and adopted if it exists.
+  status query per site for any number of jobs, all sites in parallel;
+- what the ledger says is what the site did: a match with Slurm is confirmed
+  by the job's token (in squeue) or its name (after it left); a job is called
+  never submitted only when that is proven; no job is signalled unconfirmed.
 """
 
 from __future__ import annotations
 
-import hashlib
-import time
+import contextlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-from gateway import slurm
+from gateway import journal, slurm
 from gateway.api import login_user
 from gateway.broker import place, site_misfit
-from gateway.config import UserConfig, load_config
-from gateway.errors import (
-    AifError,
-    ConnectionLost,
-    InvalidInput,
-    NoFit,
-    SiteUnreachable,
-    UsageError,
-)
-from gateway.ledger import Ledger, LedgerJob, is_terminal, spec_sha256
-from gateway.profiles import (
-    SiteProfile,
-    check_spec_against_profiles,
-    get_profile,
-    load_profiles,
-    resolve_account,
-)
-from gateway.rendering import RenderedJob, render_batch_script
-from gateway.site import SiteBackend, open_backend
+from gateway.context import Context, SiteResult
+from gateway.errors import AifError, Interrupted, InvalidInput, NoFit, SiteUnreachable, UsageError
+from gateway.ledger import Ledger, LedgerJob, spec_sha256
+from gateway.profiles import check_spec_against_profiles, get_profile, resolve_account
+from gateway.rendering import RenderedJob, fill_site_path, render_batch_script
+from gateway.site import SUBMIT_TIMEOUT, JobQuery, Sighting, SiteBackend
 from gateway.spec import JobSpec, load_spec
-from gateway.transports.base import CommandHook, Progress
-
-# A job may not show in squeue for a moment after sbatch returned.
-JUST_SUBMITTED_GRACE_S = 30.0
-# A SUBMITTING job whose token the site does not know after this long never got there.
-LOST_SUBMISSION_AFTER_S = 120.0
-
-
-@dataclass
-class SiteSessions:
-    """One backend (one connection) per site for the life of this process."""
-
-    profiles: dict[str, SiteProfile]
-    config: UserConfig
-    on_command: CommandHook | None = None
-    _open: dict[str, SiteBackend] = field(default_factory=dict)
-
-    def backend(self, site: str) -> SiteBackend:
-        if site not in self._open:
-            profile = get_profile(self.profiles, site)
-            self._open[site] = open_backend(profile, self.config.access(site), self.on_command)
-        return self._open[site]
-
-    def close(self) -> None:
-        for backend in self._open.values():
-            backend.close()
-        self._open.clear()
-
-    def __enter__(self) -> SiteSessions:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def open_sessions(on_command: CommandHook | None = None) -> SiteSessions:
-    return SiteSessions(profiles=load_profiles(), config=load_config(), on_command=on_command)
-
+from gateway.states import JobState, is_terminal
+from gateway.transports.base import Progress
 
 # -- submit -------------------------------------------------------------------------
 
@@ -88,6 +45,13 @@ def open_sessions(on_command: CommandHook | None = None) -> SiteSessions:
 class SubmittedJob:
     job: LedgerJob
     why: str  # why this site
+    how: str  # "submitted", "sent before", "adopted", "in doubt", or why it was not sent
+
+
+@dataclass(frozen=True)
+class SubmitReport:
+    key: str
+    jobs: list[SubmittedJob]
 
 
 @dataclass(frozen=True)
@@ -103,6 +67,7 @@ class _Planned:
     spec: JobSpec
     site: str
     why: str
+    item: str  # the spec's label in its submission (content digest and copy number)
 
 
 def _spec_hash(path: str) -> str:
@@ -110,33 +75,36 @@ def _spec_hash(path: str) -> str:
     try:
         return spec_sha256(path)
     except OSError:
-        return hashlib.sha256(b"").hexdigest()
+        return spec_sha256("/dev/null")
 
 
 def plan_submissions(
-    spec_paths: Sequence[str], sessions: SiteSessions, ledger: Ledger | None, site: str | None
+    ctx: Context, spec_paths: Sequence[str], site: str | None, *, record_invalid: bool = True
 ) -> list[_Planned]:
     """Validate and place every spec before anything is sent: all or nothing."""
     planned: list[_Planned] = []
+    copies: dict[str, int] = {}
     for path in spec_paths:
         try:
             spec = load_spec(path)
-            check_spec_against_profiles(spec, sessions.profiles)
+            check_spec_against_profiles(spec, ctx.profiles)
+            digest = spec.content_digest()
+            item = journal.item_label(digest, copies.get(digest, 0))
+            copies[digest] = copies.get(digest, 0) + 1
             chosen = site or spec.placement.site
             if chosen:
-                profile = get_profile(sessions.profiles, chosen)
-                why_not = site_misfit(spec, profile, sessions.config)
+                profile = get_profile(ctx.profiles, chosen)
+                why_not = site_misfit(spec, profile, ctx.config)
                 if why_not:
                     raise NoFit(f"{spec.name} cannot run at {chosen}: {why_not}")
-                planned.append(
-                    _Planned(spec, chosen, "named on the command line" if site else "pinned by the spec")
-                )
+                why = "named on the command line" if site else "pinned by the spec"
+                planned.append(_Planned(spec, chosen, why, item))
             else:
-                placement = place(spec, sessions.profiles, sessions.config)
-                planned.append(_Planned(spec, placement.site, placement.why))
+                placement = place(spec, ctx.profiles, ctx.config)
+                planned.append(_Planned(spec, placement.site, placement.why, item))
         except (InvalidInput, NoFit, UsageError) as exc:
-            if ledger is not None:
-                ledger.record_invalid(
+            if record_invalid:
+                ctx.ledger.record_invalid(
                     spec_path=path, spec_hash=_spec_hash(path), message=exc.message, site=site or ""
                 )
             others = len(spec_paths) - 1
@@ -148,61 +116,293 @@ def plan_submissions(
     return planned
 
 
+def dry_run(ctx: Context, spec_paths: Sequence[str], *, site: str | None = None) -> list[DryRun]:
+    planned = plan_submissions(ctx, spec_paths, site, record_invalid=False)
+    return [DryRun(spec=p.spec.source, site=p.site, why=p.why, rendered=_render_for(ctx, p)) for p in planned]
+
+
+def _work_area(ctx: Context, site: str) -> str:
+    profile = ctx.profiles[site]
+    access = ctx.config.access(site)
+    account = resolve_account(profile, access)
+    return fill_site_path(
+        profile.slurm.work_area, user=login_user(profile, ctx.config), account=account, site=site
+    )
+
+
+def _render_for(
+    ctx: Context, p: _Planned, job_id: str | None = None, token: str | None = None
+) -> RenderedJob:
+    """The script for a planned job; without an id (dry run) there is no id or token yet."""
+    profile = ctx.profiles[p.site]
+    access = ctx.config.access(p.site)
+    account = resolve_account(profile, access)
+    user = login_user(profile, ctx.config)
+    if job_id is None:
+        return render_batch_script(p.spec, profile, account=account, user=user)
+    return render_batch_script(p.spec, profile, account=account, user=user, job_id=job_id, token=token)
+
+
+def _intent(
+    p: _Planned, key: str, journal_dir: str, dependency: LedgerJob | None, gen: int
+) -> dict[str, Any]:
+    return {
+        "site": p.site,
+        "name": p.spec.name,
+        "spec_path": p.spec.source,
+        "spec_hash": p.spec.sha256,
+        "workdir": "",
+        "outputs": p.spec.data.outputs,
+        "stdout_path": "",
+        "array_size": p.spec.array.size if p.spec.array else None,
+        "depends_on": dependency.id if dependency else None,
+        "submission_key": key,
+        "item": p.item,
+        "claim_gen": gen,
+        "journal_dir": journal_dir,
+    }
+
+
 def submit(
+    ctx: Context,
     spec_paths: Sequence[str],
     *,
     site: str | None = None,
     after: str | None = None,
-    on_command: CommandHook | None = None,
-) -> list[SubmittedJob]:
-    """Submit every spec; returns one entry per job, whatever happened to it."""
-    with open_sessions(on_command) as sessions, Ledger() as ledger:
-        planned = plan_submissions(spec_paths, sessions, ledger, site)
-        dependency = _dependency(sessions, ledger, after, {p.site for p in planned})
-        intents = [
-            {
-                "site": p.site,
-                "name": p.spec.name,
-                "spec_path": p.spec.source,
-                "spec_hash": p.spec.sha256,
-                "workdir": "",
-                "outputs": p.spec.data.outputs,
-                "stdout_path": "",
-                "array_size": p.spec.array.size if p.spec.array else None,
-                "depends_on": dependency.id if dependency else None,
-            }
-            for p in planned
-        ]
-        jobs = ledger.record_intents(intents)
-        rendered = [_render_for(p, sessions, job) for p, job in zip(planned, jobs, strict=True)]
-        paths = [(job.id, r.workdir, r.stdout_path) for job, r in zip(jobs, rendered, strict=True)]
-        ledger.record_paths(paths)
-        # A parent that already completed needs no Slurm dependency (and Slurm may have forgotten it).
-        waits = dependency is not None and dependency.state != "COMPLETED"
-        extra = (f"--dependency=afterok:{dependency.slurm_job_id}",) if dependency and waits else ()
-        by_site: dict[str, list[int]] = {}
-        for index, p in enumerate(planned):
-            by_site.setdefault(p.site, []).append(index)
-        for site_name, indexes in by_site.items():
-            items = [
-                slurm.SubmissionItem(script=rendered[i].script, workdir=rendered[i].workdir, extra_args=extra)
-                for i in indexes
-            ]
-            _submit_to_site(sessions, ledger, site_name, [jobs[i] for i in indexes], items)
-        return [SubmittedJob(ledger.get(job.id), p.why) for job, p in zip(jobs, planned, strict=True)]
+    key: str | None = None,
+) -> SubmitReport:
+    """Submit every spec under one key; one entry per spec, whatever happened to it.
 
-
-def dry_run(spec_paths: Sequence[str], *, site: str | None = None) -> list[DryRun]:
-    sessions = open_sessions()
-    planned = plan_submissions(spec_paths, sessions, None, site)
-    return [
-        DryRun(spec=p.spec.source, site=p.site, why=p.why, rendered=_render_for(p, sessions)) for p in planned
+    With no ``key`` a fresh one is made (it cannot have been used). With a
+    key, what was sent under it before (from this machine or another, as the
+    sites' records show) is adopted and only the rest is sent; a spec whose
+    content was never part of that submission is refused.
+    """
+    explicit = key is not None
+    key = key if key is not None else journal.new_key()
+    if not journal.is_valid_key(key):
+        raise UsageError(f"--key {key!r}: a key is {journal.KEY_ALLOWED}")
+    planned = plan_submissions(ctx, spec_paths, site)
+    dependency = _dependency(ctx, after, {p.site for p in planned})
+    decided, next_gen = _settle_earlier(ctx, planned, key) if explicit else ({}, {})
+    to_send = [i for i in range(len(planned)) if i not in decided]
+    journal_dirs = {p.site: journal.record_dir(_work_area(ctx, p.site), key) for p in planned}
+    intents = [
+        _intent(planned[i], key, journal_dirs[planned[i].site], dependency, next_gen.get(planned[i].item, 0))
+        for i in to_send
     ]
+    jobs = dict(zip(to_send, ctx.ledger.record_intents(intents), strict=True))
+    rendered = {i: _render_for(ctx, planned[i], job.id, job.token) for i, job in jobs.items()}
+    ctx.ledger.record_paths(
+        (job.id, rendered[i].workdir, rendered[i].stdout_path, rendered[i].slurm_name)
+        for i, job in jobs.items()
+    )
+    # A parent that already completed needs no Slurm dependency (and Slurm may have forgotten it).
+    waits = dependency is not None and dependency.state != JobState.COMPLETED
+    extra = (f"--dependency=afterok:{dependency.slurm_job_id}",) if dependency and waits else ()
+    by_site: dict[str, list[int]] = {}
+    for i in to_send:
+        by_site.setdefault(planned[i].site, []).append(i)
+    batches = {
+        site_name: [
+            slurm.SubmissionItem(
+                script=rendered[i].script,
+                workdir=rendered[i].workdir,
+                extra_args=extra,
+                claim=ctx.ledger.get(jobs[i].id).claim,
+                token=jobs[i].token,
+                aif_id=jobs[i].id,
+            )
+            for i in indexes
+        ]
+        for site_name, indexes in by_site.items()
+    }
+    try:
+        answers = ctx.per_site(
+            batches,
+            lambda backend, items: backend.submit(items, journal_dirs[backend.site]),
+            deadline=ctx.clock.monotonic() + SUBMIT_TIMEOUT + 30.0,
+        )
+        for site_name, indexes in by_site.items():
+            _record_answers(ctx, site_name, [jobs[i] for i in indexes], answers[site_name])
+    except KeyboardInterrupt:
+        raise _interrupted(ctx, key, spec_paths, list(jobs.values()), decided) from None
+    for i, job in jobs.items():
+        decided[i] = SubmittedJob(ctx.ledger.get(job.id), planned[i].why, _how(ctx.ledger.get(job.id)))
+    return SubmitReport(key=key, jobs=[decided[i] for i in range(len(planned))])
 
 
-def _dependency(
-    sessions: SiteSessions, ledger: Ledger, after: str | None, sites: set[str]
-) -> LedgerJob | None:
+def _how(job: LedgerJob) -> str:
+    if job.slurm_job_id:
+        return "submitted"
+    if job.unresolved:
+        return "in doubt"
+    return job.message or str(job.state)
+
+
+def _record_answers(
+    ctx: Context, site: str, jobs: list[LedgerJob], answer: SiteResult[list[slurm.SubmissionOutcome]]
+) -> None:
+    """Write what the site answered; items whose answer was lost are settled from its record."""
+    ledger = ctx.ledger
+    unknown: list[LedgerJob] = []
+    if answer.value is None:
+        if answer.nothing_ran:
+            # Nothing was sent: the connection or the program never started.
+            for job in jobs:
+                ledger.mark_not_submitted(job.id, JobState.UNREACHABLE, answer.problem)
+            return
+        unknown = jobs
+    else:
+        accepted = []
+        for job, outcome in zip(jobs, answer.value, strict=True):
+            if outcome.kind is slurm.Outcome.ACCEPTED and outcome.job_id:
+                accepted.append((job.id, outcome.job_id))
+            elif outcome.kind is slurm.Outcome.REFUSED:
+                ledger.mark_not_submitted(job.id, JobState.REJECTED, outcome.error or "rejected")
+            elif outcome.kind is slurm.Outcome.SITE_DOWN:
+                ledger.mark_not_submitted(job.id, JobState.UNREACHABLE, f"site {site}: {outcome.error}")
+            elif outcome.kind is slurm.Outcome.CLAIMED:
+                ledger.mark_not_submitted(job.id, JobState.NOT_SENT, _claimed_by(outcome.error, job))
+            else:
+                unknown.append(job)
+        ledger.mark_submitted_many(accepted)
+    if unknown:
+        # The answer for these was lost: the site's record says what happened, and
+        # fencing the claims that have no intent proves those were never sent.
+        # If the site cannot be asked now, they stay SUBMITTING: `aif status` settles them.
+        with contextlib.suppress(AifError):
+            settle_unresolved(ctx, site, [ledger.get(j.id) for j in unknown], fence_now=True)
+
+
+def _claimed_by(held: str, job: LedgerJob) -> str:
+    fields = held.split()
+    if fields[:1] == ["fence"]:
+        return "not sent: another aif proved it unsent and fenced it (rerun with the same --key to send it)"
+    other = fields[2] if len(fields) > 2 else "another job"
+    return f"not sent: {other} already holds this spec under key {job.submission_key} at {job.site}"
+
+
+def _settle_earlier(
+    ctx: Context, planned: list[_Planned], key: str
+) -> tuple[dict[int, SubmittedJob], dict[str, int]]:
+    """What was already sent under ``key``, per planned spec, and the claim generation
+    each remaining spec must use; checks the content matches.
+
+    Reads the key's record at every site a spec could have gone to (in
+    parallel): a site that cannot be asked leaves its specs undecided, and
+    they are not sent (nothing is sent twice on a guess).
+    """
+    ledger = ctx.ledger
+    earlier = ledger.jobs_with_key(key)
+    unresolved = [j.id for j in earlier if j.unresolved]
+    if unresolved:
+        refresh(ctx, unresolved)
+        earlier = ledger.jobs_with_key(key)
+    sites = {j.site for j in earlier} | {p.site for p in planned}
+    for p in planned:
+        sites |= {
+            name for name, prof in ctx.profiles.items() if site_misfit(p.spec, prof, ctx.config) is None
+        }
+    dirs = {}
+    for name in sorted(sites):
+        try:
+            dirs[name] = journal.record_dir(_work_area(ctx, name), key)
+        except AifError:
+            continue
+    reads = ctx.per_site(dirs, lambda backend, directory: backend.read_record([directory]))
+    claims: dict[str, list[tuple[str, journal.Claim]]] = {}
+    for name, result in reads.items():
+        if result.value is not None:
+            for claim in result.value.claims[0].values():
+                claims.setdefault(claim.item, []).append((name, claim))
+    known = {j.item for j in earlier if j.item} | set(claims)
+    if known:
+        for p in planned:
+            if p.item not in known:
+                raise UsageError(
+                    f"--key {key} was used for other specs: {p.spec.source} ({p.spec.name}) is not "
+                    "one of them (nothing was submitted; use a new key for new work)"
+                )
+    unasked = {name: r.problem for name, r in reads.items() if r.value is None}
+    decided: dict[int, SubmittedJob] = {}
+    for index, p in enumerate(planned):
+        earlier_job = _earlier_job(ctx, p, key, earlier, claims.get(p.item, []), dirs)
+        if earlier_job is not None:
+            decided[index] = SubmittedJob(earlier_job[0], p.why, earlier_job[1])
+            continue
+        blind = [name for name in unasked if site_misfit(p.spec, ctx.profiles[name], ctx.config) is None]
+        if blind:
+            raise SiteUnreachable(
+                f"cannot tell whether {p.spec.source} was already sent under key {key}: "
+                + "; ".join(unasked[name] for name in blind)
+                + " (nothing was submitted; retry when the site answers)"
+            )
+    # One past every attempt known, here or in any site's record.
+    gens: dict[str, int] = {}
+    for job in earlier:
+        gens[job.item] = max(gens.get(job.item, 0), job.claim_gen + 1)
+    for item, found in claims.items():
+        for _, claim in found:
+            gens[item] = max(gens.get(item, 0), claim.gen + 1)
+    return decided, gens
+
+
+def _earlier_job(
+    ctx: Context,
+    p: _Planned,
+    key: str,
+    earlier: list[LedgerJob],
+    claims: list[tuple[str, journal.Claim]],
+    dirs: dict[str, str],
+) -> tuple[LedgerJob, str] | None:
+    """The job already standing for this spec under the key, and how; None if it must be sent."""
+    mine = {j.token: j for j in earlier if j.item == p.item}
+    for site, claim in sorted(claims, key=lambda sc: -sc[1].gen):
+        if claim.status is journal.ClaimStatus.NOT_SENT:
+            continue
+        if claim.token in mine:
+            job = ctx.ledger.get(mine[claim.token].id)
+            return job, "sent before" if job.slurm_job_id else "in doubt"
+        adopted = _adopt(ctx, replace(p, site=site), key, dirs[site], claim)
+        return adopted, "adopted from the site's record" if adopted.slurm_job_id else "in doubt"
+    for job in reversed([j for j in earlier if j.item == p.item]):
+        if job.slurm_job_id or job.unresolved:
+            return job, "sent before" if job.slurm_job_id else "in doubt"
+    return None
+
+
+def _adopt(ctx: Context, p: _Planned, key: str, journal_dir: str, claim: journal.Claim) -> LedgerJob:
+    """A job another aif sent under this key, into this ledger under its own id and token."""
+    rendered = _render_for(ctx, p, claim.aif_id, claim.token)
+    intent = _intent(p, key, journal_dir, None, claim.gen)
+    intent.update(workdir=rendered.workdir, stdout_path=rendered.stdout_path, slurm_name=rendered.slurm_name)
+    return ctx.ledger.record_adopted(
+        intent, job_id=claim.aif_id, token=claim.token, slurm_job_id=claim.slurm_job_id
+    )
+
+
+def _interrupted(
+    ctx: Context,
+    key: str,
+    spec_paths: Sequence[str],
+    sent_now: list[LedgerJob],
+    decided: dict[int, SubmittedJob],
+) -> Interrupted:
+    jobs = [ctx.ledger.get(j.id) for j in sent_now] + [d.job for d in decided.values()]
+    sent = sum(1 for j in jobs if j.slurm_job_id)
+    unknown = sum(1 for j in jobs if j.unresolved)
+    not_sent = len(jobs) - sent - unknown
+    from shlex import join
+
+    command = join(["aif", "submit", "--key", key, *spec_paths])
+    return Interrupted(
+        f"interrupted: {sent} sent, {not_sent} not sent, {unknown} unknown (the sites' records settle "
+        f"those); finish with: {command}"
+    )
+
+
+def _dependency(ctx: Context, after: str | None, sites: set[str]) -> LedgerJob | None:
     """The job given with --after, checked: at the same site, submitted, not failed.
 
     Slurm silently drops ``afterok:N`` once job N has left its memory
@@ -212,7 +412,7 @@ def _dependency(
     """
     if after is None:
         return None
-    parent = ledger.get(after)
+    parent = ctx.ledger.get(after)
     if parent.slurm_job_id is None:
         raise UsageError(f"--after {parent.id}: that job was never submitted ({parent.state})")
     other_sites = sites - {parent.site}
@@ -223,73 +423,82 @@ def _dependency(
             "dependencies across sites are not supported yet (pin the job with --site "
             f"{parent.site})"
         )
-    parent = refresh([parent.id], sessions=sessions, ledger=ledger).jobs[0]
-    if is_terminal(parent.state) and parent.state != "COMPLETED":
+    parent = refresh(ctx, [parent.id]).jobs[0]
+    if is_terminal(parent.state) and parent.state != JobState.COMPLETED:
         raise UsageError(f"--after {parent.id}: that job ended {parent.state}, so this one could never start")
     return parent
 
 
-def _render_for(p: _Planned, sessions: SiteSessions, job: LedgerJob | None = None) -> RenderedJob:
-    """The script for a planned job; without a ledger job (dry run) there is no id or token yet."""
-    profile = sessions.profiles[p.site]
-    access = sessions.config.access(p.site)
-    return render_batch_script(
-        p.spec,
-        profile,
-        account=resolve_account(profile, access),
-        user=login_user(profile, sessions.config),
-        **({"job_id": job.id, "token": job.token} if job else {}),
-    )
+# -- settling submissions whose answer was lost -------------------------------------------
 
 
-def _submit_to_site(
-    sessions: SiteSessions,
-    ledger: Ledger,
-    site: str,
-    jobs: list[LedgerJob],
-    items: list[slurm.SubmissionItem],
-) -> None:
-    """One batched submission; a lost answer is resolved by token, then retried once."""
-    pending = list(range(len(jobs)))
-    for attempt in (1, 2):
-        unknown: list[int] = []
-        try:
-            outcomes = sessions.backend(site).submit([items[i] for i in pending])
-        except ConnectionLost:
-            unknown = pending
-        except SiteUnreachable as exc:
-            # Nothing was sent: the connection or the program never started.
-            for i in pending:
-                ledger.mark_not_submitted(jobs[i].id, "UNREACHABLE", exc.message)
-            return
-        else:
-            accepted = []
-            for i, outcome in zip(pending, outcomes, strict=True):
-                if outcome.ok and outcome.job_id:
-                    accepted.append((jobs[i].id, outcome.job_id))
-                elif outcome.unknown:
-                    unknown.append(i)
-                else:
-                    ledger.mark_not_submitted(jobs[i].id, "REJECTED", outcome.error or "rejected")
-            ledger.mark_submitted_many(accepted)
-        if not unknown:
-            return
-        # The answer for these was lost: look for each token before sending anything again.
-        try:
-            found = find_tokens(sessions, site, [jobs[i].token for i in unknown])
-        except SiteUnreachable:
-            return  # still SUBMITTING: `aif status` resolves it by token later
-        ledger.mark_submitted_many(
-            (jobs[i].id, found[jobs[i].token]) for i in unknown if jobs[i].token in found
-        )
-        pending = [i for i in unknown if jobs[i].token not in found]
-        if not pending or attempt == 2:
-            return
+def settle_unresolved(ctx: Context, site: str, jobs: list[LedgerJob], *, fence_now: bool = False) -> None:
+    """Settle jobs that may have been sent, from the site's record and its queue.
+
+    An answer in the record gives the Slurm id; an intent with no answer is
+    looked up by token in squeue; a claim with no intent is fenced (once it
+    is old enough, or at once with ``fence_now``, when the sending program
+    has provably stopped) and so proven never sent. Only that, or a refusal
+    in the record, makes a job "not submitted". Raises SiteUnreachable when
+    the site cannot be asked: the jobs stay as they are.
+    """
+    backend = ctx.backend(site)
+    _settle_with(ctx, backend, jobs, fence_now)
 
 
-def find_tokens(sessions: SiteSessions, site: str, tokens: Sequence[str]) -> dict[str, str]:
-    """Slurm ids of the jobs carrying these submission tokens: one query, reconnecting if needed."""
-    return sessions.backend(site).find_tokens(tokens)
+def _settle_with(ctx: Context, backend: SiteBackend, jobs: list[LedgerJob], fence_now: bool) -> None:
+    ledger = ctx.ledger
+    with_record = [j for j in jobs if j.claim and j.journal_dir]
+    without = [j for j in jobs if not (j.claim and j.journal_dir)]
+    in_doubt: list[LedgerJob] = list(without)
+    if with_record:
+        dirs = sorted({j.journal_dir for j in with_record})
+        fences = [
+            journal.Fence(j.journal_dir, j.claim, j.token)
+            for j in with_record
+            if fence_now or _age_seconds(ctx, j) > ctx.timing.lost_submission_after_s
+        ]
+        read = backend.read_record(dirs, fences)
+        for job in with_record:
+            claim = read.claims[dirs.index(job.journal_dir)].get(job.claim)
+            if claim is None:
+                continue  # not claimed yet, too young to fence: it may still be on its way
+            if claim.token != job.token:
+                ledger.mark_not_submitted(
+                    job.id, JobState.NOT_SENT, _claimed_by(f"intent {claim.token} {claim.aif_id}", job)
+                )
+            elif claim.fenced:
+                ledger.mark_not_submitted(
+                    job.id,
+                    JobState.NOT_SENT,
+                    "never sent: the site's record proves it (the submission stopped first)",
+                )
+            elif claim.status is journal.ClaimStatus.SENT and claim.slurm_job_id:
+                ledger.mark_submitted(job.id, claim.slurm_job_id)
+            elif claim.status is journal.ClaimStatus.NOT_SENT and claim.answer is not None:
+                state = (
+                    JobState.UNREACHABLE
+                    if claim.answer.kind is slurm.Outcome.SITE_DOWN
+                    else JobState.REJECTED
+                )
+                ledger.mark_not_submitted(job.id, state, claim.answer.error)
+            else:
+                in_doubt.append(job)
+    if in_doubt:
+        found = backend.find_tokens([j.token for j in in_doubt])
+        for job in in_doubt:
+            if job.token in found:
+                ledger.mark_submitted(job.id, found[job.token])
+            elif _age_seconds(ctx, job) > ctx.timing.just_submitted_grace_s or fence_now:
+                why = (
+                    "maybe sent: the site's record holds its intent but no answer, "
+                    "and its token is not in the queue"
+                    if job.claim
+                    else "maybe sent: not found by its token, and it has no site record "
+                    "(older aif) to prove either way"
+                )
+                if ledger.get(job.id).reason != why:
+                    ledger.mark_unresolved(job.id, why)
 
 
 # -- status ---------------------------------------------------------------------------
@@ -299,98 +508,115 @@ def find_tokens(sessions: SiteSessions, site: str, tokens: Sequence[str]) -> dic
 class StatusReport:
     jobs: list[LedgerJob]
     unreachable: dict[str, str]  # site -> why
+    in_queue: frozenset[str] = frozenset()  # aif ids confirmed in squeue by their token, just now
 
 
-def _age_seconds(job: LedgerJob) -> float:
+def _age_seconds(ctx: Context, job: LedgerJob) -> float:
     try:
         then = datetime.fromisoformat(job.updated_at)
     except ValueError:
         return 0.0
-    return (datetime.now(timezone.utc) - then).total_seconds()
+    return (ctx.clock.now() - then).total_seconds()
+
+
+@dataclass(frozen=True)
+class _SiteQuery:
+    unresolved: list[LedgerJob]
+    queries: list[JobQuery]
+
+
+@dataclass(frozen=True)
+class _SiteAnswer:
+    sightings: dict[str, Sighting]
 
 
 def refresh(
-    job_ids: Sequence[str] | None = None,
-    *,
-    on_command: CommandHook | None = None,
-    sessions: SiteSessions | None = None,
-    ledger: Ledger | None = None,
+    ctx: Context, job_ids: Sequence[str] | None = None, *, deadline: float | None = None
 ) -> StatusReport:
-    """Bring the ledger up to date: one query per site, whatever the number of jobs."""
-    own_sessions = sessions is None
-    own_ledger = ledger is None
-    sessions = sessions or open_sessions(on_command)
-    ledger = ledger or Ledger()
-    try:
-        jobs = [ledger.get(j) for j in job_ids] if job_ids else ledger.list_jobs(active_only=True)
-        by_site: dict[str, list[LedgerJob]] = {}
-        for job in jobs:
-            if not is_terminal(job.state) and job.site:
-                by_site.setdefault(job.site, []).append(job)
-        unreachable: dict[str, str] = {}
-        for site, site_jobs in by_site.items():
+    """Bring the ledger up to date: one query per site, all sites at once."""
+    ledger = ctx.ledger
+    jobs = [ledger.get(j) for j in job_ids] if job_ids else ledger.list_jobs(active_only=True)
+    by_site: dict[str, _SiteQuery] = {}
+    for job in jobs:
+        if is_terminal(job.state) or not job.site:
+            continue
+        entry = by_site.setdefault(job.site, _SiteQuery([], []))
+        if job.unresolved:
+            entry.unresolved.append(job)
+        elif job.slurm_job_id:
+            entry.queries.append(JobQuery(job.slurm_job_id, job.token, job.slurm_name))
+
+    def ask(backend: SiteBackend, query: _SiteQuery) -> _SiteAnswer:
+        # Unresolved jobs are settled first (that writes the ledger: on this thread
+        # only through a ledger of its own); here only the site is asked.
+        return _SiteAnswer(backend.jobs(query.queries) if query.queries else {})
+
+    unreachable: dict[str, str] = {}
+    for site, query in by_site.items():
+        if query.unresolved:
             try:
-                _refresh_site(sessions, ledger, site, site_jobs)
-            except SiteUnreachable as exc:
+                settle_unresolved(ctx, site, query.unresolved)
+            except AifError as exc:
                 unreachable[site] = exc.message
-        return StatusReport(jobs=[ledger.get(j.id) for j in jobs], unreachable=unreachable)
-    finally:
-        if own_sessions:
-            sessions.close()
-        if own_ledger:
-            ledger.close()
-
-
-def _refresh_site(sessions: SiteSessions, ledger: Ledger, site: str, jobs: list[LedgerJob]) -> None:
-    backend = sessions.backend(site)
-    submitting = [j for j in jobs if j.state == "SUBMITTING"]
-    if submitting:
-        found = find_tokens(sessions, site, [j.token for j in submitting])
-        ledger.mark_submitted_many((j.id, found[j.token]) for j in submitting if j.token in found)
-        for job in submitting:
-            if job.token not in found and _age_seconds(job) > LOST_SUBMISSION_AFTER_S:
-                ledger.mark_not_submitted(job.id, "UNREACHABLE", "the submission never reached the site")
-        jobs = [ledger.get(j.id) for j in jobs]
-    queued = [j for j in jobs if j.slurm_job_id and not is_terminal(j.state)]
-    if not queued:
-        return
-    records = backend.jobs([j.slurm_job_id for j in queued if j.slurm_job_id])
+    answers = ctx.per_site({s: q for s, q in by_site.items() if q.queries}, ask, deadline=deadline)
+    in_queue: set[str] = set()
     changes: list[tuple[str, str, str]] = []
-    for job in queued:
-        record = records.get(job.slurm_job_id or "")
-        if record is not None:
-            changes.append((job.id, record.state.value, record.reason))
-        elif _age_seconds(job) > JUST_SUBMITTED_GRACE_S:
-            changes.append((job.id, "UNKNOWN", "not found at the site"))
+    by_slurm_id = {(j.site, j.slurm_job_id): j for j in jobs if j.slurm_job_id}
+    for site, answer in answers.items():
+        if answer.value is None:
+            unreachable.setdefault(site, answer.problem)
+            continue
+        for slurm_id, sighting in answer.value.sightings.items():
+            job = by_slurm_id[(site, slurm_id)]
+            if sighting.record is not None:
+                changes.append((job.id, sighting.record.state.value, sighting.record.reason))
+                if sighting.in_queue:
+                    in_queue.add(job.id)
+            elif _age_seconds(ctx, job) > ctx.timing.just_submitted_grace_s:
+                changes.append((job.id, JobState.UNKNOWN.value, _one_line(sighting.problem)))
     ledger.update_states(changes)
+    return StatusReport(
+        jobs=[ledger.get(j.id) for j in jobs], unreachable=unreachable, in_queue=frozenset(in_queue)
+    )
+
+
+def _one_line(text: str) -> str:
+    return text.lstrip("; ").replace("\n", " ")
 
 
 # -- wait -------------------------------------------------------------------------------
 
 
 def wait(
+    ctx: Context,
     job_ids: Sequence[str],
     *,
     timeout: float | None = None,
     on_update: Callable[[StatusReport], None] | None = None,
-    on_command: CommandHook | None = None,
     poll_interval: float = 1.0,
+    max_interval: float = 10.0,
 ) -> StatusReport:
-    """Poll until every job ended (or ``timeout``); returns the last report."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    with open_sessions(on_command) as sessions, Ledger() as ledger:
-        interval = poll_interval
-        while True:
-            report = refresh(job_ids, sessions=sessions, ledger=ledger)
-            if on_update is not None:
-                on_update(report)
-            if all(is_terminal(j.state) for j in report.jobs):
-                return report
-            if deadline is not None and time.monotonic() >= deadline:
-                return report
-            sleep = interval if deadline is None else min(interval, max(0.0, deadline - time.monotonic()))
-            time.sleep(sleep)
-            interval = min(interval * 1.2, 5.0)
+    """Poll until every job ended, or ``timeout`` seconds passed; returns the last report.
+
+    A site that cannot be reached is shown (``report.unreachable``) and asked
+    again with a growing back-off; no query may outlast the deadline.
+    """
+    clock = ctx.clock
+    deadline = None if timeout is None else clock.monotonic() + timeout
+    interval = poll_interval
+    while True:
+        report = refresh(ctx, job_ids, deadline=deadline)
+        if on_update is not None:
+            on_update(report)
+        if all(is_terminal(j.state) for j in report.jobs):
+            return report
+        if deadline is not None and clock.monotonic() >= deadline:
+            return report
+        pause = interval if deadline is None else min(interval, max(0.0, deadline - clock.monotonic()))
+        clock.sleep(pause)
+        # Back off while nothing can be learnt: faster when all sites answer.
+        growth = 2.0 if report.unreachable else 1.2
+        interval = min(interval * growth, max_interval)
 
 
 # -- logs, cancel, fetch --------------------------------------------------------------------
@@ -403,104 +629,113 @@ def stdout_path_of(job: LedgerJob, task: int | None = None) -> str:
     return path.replace("%a", str(task if task is not None else 0))
 
 
-def read_log(
-    job_id: str, *, task: int | None = None, offset: int = 0, on_command: CommandHook | None = None
-) -> bytes:
-    with open_sessions(on_command) as sessions, Ledger() as ledger:
-        job = ledger.get(job_id)
-        return sessions.backend(job.site).read_file(stdout_path_of(job, task), offset)
+def read_log(ctx: Context, job_id: str, *, task: int | None = None, offset: int = 0) -> bytes:
+    job = ctx.ledger.get(job_id)
+    return ctx.backend(job.site).read_file(stdout_path_of(job, task), offset)
 
 
 def follow_log(
+    ctx: Context,
     job_id: str,
     write: Callable[[bytes], None],
     *,
     task: int | None = None,
-    on_command: CommandHook | None = None,
     poll_interval: float = 1.0,
 ) -> LedgerJob:
     """Write the job's output as it grows, until the job has ended and all output is shown."""
-    with open_sessions(on_command) as sessions, Ledger() as ledger:
-        job = ledger.get(job_id)
-        path = stdout_path_of(job, task)
-        backend = sessions.backend(job.site)
-        offset = 0
-        while True:
-            report = refresh([job.id], sessions=sessions, ledger=ledger)
-            ended = all(is_terminal(j.state) for j in report.jobs)
-            chunk = backend.read_file(path, offset)
-            if chunk:
-                write(chunk)
-                offset += len(chunk)
-            elif ended:
-                return ledger.get(job.id)
-            else:
-                time.sleep(poll_interval)
+    job = ctx.ledger.get(job_id)
+    path = stdout_path_of(job, task)
+    backend = ctx.backend(job.site)
+    offset = 0
+    while True:
+        report = refresh(ctx, [job.id])
+        ended = all(is_terminal(j.state) for j in report.jobs)
+        chunk = backend.read_file(path, offset)
+        if chunk:
+            write(chunk)
+            offset += len(chunk)
+        elif ended:
+            return ctx.ledger.get(job.id)
+        else:
+            ctx.clock.sleep(poll_interval)
 
 
 @dataclass(frozen=True)
 class CancelResult:
     job: LedgerJob
-    was: str  # the state before
+    was: JobState  # the state before
+    cancelled: bool  # scancel was sent for it
+    why_not: str = ""  # why it was not signalled (ended already, or not confirmed)
 
 
-def cancel(
-    job_ids: Sequence[str], *, on_command: CommandHook | None = None, confirm_timeout: float = 20.0
-) -> list[CancelResult]:
-    """scancel, then confirm each job really left the queue (scancel exits 0 even for unknown jobs)."""
-    with open_sessions(on_command) as sessions, Ledger() as ledger:
-        before = {j: ledger.get(j) for j in job_ids}
-        report = refresh(list(job_ids), sessions=sessions, ledger=ledger)
+def cancel(ctx: Context, job_ids: Sequence[str]) -> list[CancelResult]:
+    """scancel the jobs confirmed (by token, in squeue, just now), then check they left the queue.
+
+    A job whose identity at the site cannot be confirmed is never signalled:
+    its Slurm id may belong to another job by now.
+    """
+    ledger = ctx.ledger
+    before = {j: ledger.get(j) for j in job_ids}
+    report = refresh(ctx, [b.id for b in before.values()])
+    if report.unreachable:
+        raise SiteUnreachable("; ".join(report.unreachable.values()) + " (nothing was cancelled there)")
+    targets = [j for j in report.jobs if j.id in report.in_queue and not is_terminal(j.state)]
+    by_site: dict[str, list[LedgerJob]] = {}
+    for job in targets:
+        by_site.setdefault(job.site, []).append(job)
+    sent = ctx.per_site(by_site, lambda backend, jobs: backend.cancel([j.slurm_job_id or "" for j in jobs]))
+    problems = {site: r.problem for site, r in sent.items() if r.problem}
+    if problems:
+        raise SiteUnreachable("; ".join(problems.values()))
+    deadline = ctx.clock.monotonic() + ctx.timing.cancel_confirm_s
+    active = list(targets)
+    while active:
+        report = refresh(ctx, [j.id for j in active])
         active = [j for j in report.jobs if not is_terminal(j.state)]
-        by_site: dict[str, list[LedgerJob]] = {}
-        for job in active:
-            by_site.setdefault(job.site, []).append(job)
-        for site, jobs in by_site.items():
-            sessions.backend(site).cancel([j.slurm_job_id for j in jobs if j.slurm_job_id])
-        deadline = time.monotonic() + confirm_timeout
-        while active:
-            report = refresh([j.id for j in active], sessions=sessions, ledger=ledger)
-            active = [j for j in report.jobs if not is_terminal(j.state)]
-            if not active or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-        if active:
-            still = ", ".join(f"{j.id} ({j.state})" for j in active)
-            raise AifError(f"scancel was sent, but these jobs are still in the queue: {still}")
-        return [CancelResult(job=ledger.get(j), was=before[j].state) for j in job_ids]
+        if not active or ctx.clock.monotonic() > deadline:
+            break
+        ctx.clock.sleep(0.5)
+    if active:
+        still = ", ".join(f"{j.id} ({j.state})" for j in active)
+        raise AifError(f"scancel was sent, but these jobs are still in the queue: {still}")
+    signalled = {j.id for j in targets}
+    results = []
+    for was in before.values():
+        job = ledger.get(was.id)
+        if job.id in signalled:
+            results.append(CancelResult(job, was.state, True))
+        elif is_terminal(job.state):
+            results.append(CancelResult(job, was.state, False, f"already ended ({job.state})"))
+        else:
+            why = job.reason or "its identity at the site cannot be confirmed"
+            results.append(CancelResult(job, was.state, False, f"not signalled: {why}"))
+    return results
 
 
 def fetch(
-    job_id: str,
-    dest: Path | None = None,
-    *,
-    progress: Progress | None = None,
-    on_command: CommandHook | None = None,
+    ctx: Context, job_id: str, dest: Path | None = None, *, progress: Progress | None = None
 ) -> tuple[LedgerJob, Path, list[str]]:
     """Copy the spec's outputs back (SFTP over SSH, a file copy locally)."""
-    with open_sessions(on_command) as sessions, Ledger() as ledger:
-        job = ledger.get(job_id)
-        if not job.slurm_job_id:
-            raise UsageError(f"{job.id} was never submitted ({job.state}): nothing to fetch")
-        if not job.outputs:
-            raise UsageError(f"{job.id}: its spec lists no [data] outputs to fetch")
-        dest = dest or Path(job.id)
-        backend = sessions.backend(job.site)
-        fetched = []
-        for output in job.outputs:
-            remote = f"{job.workdir}/{output.rstrip('/')}"
-            local = dest / output.rstrip("/")
-            backend.fetch(remote, local, progress)
-            fetched.append(output)
-        return job, dest, fetched
+    job = ctx.ledger.get(job_id)
+    if not job.slurm_job_id:
+        raise UsageError(f"{job.id} was never submitted ({job.state}): nothing to fetch")
+    if not job.outputs:
+        raise UsageError(f"{job.id}: its spec lists no [data] outputs to fetch")
+    dest = dest or Path(job.id)
+    backend = ctx.backend(job.site)
+    fetched = []
+    for output in job.outputs:
+        remote = f"{job.workdir}/{output.rstrip('/')}"
+        local = dest / output.rstrip("/")
+        backend.fetch(remote, local, progress)
+        fetched.append(output)
+    return job, dest, fetched
 
 
-def list_jobs(limit: int | None = None) -> list[LedgerJob]:
-    with Ledger() as ledger:
-        return ledger.list_jobs(limit=limit)
+def list_jobs(ledger: Ledger, limit: int | None = None) -> list[LedgerJob]:
+    return ledger.list_jobs(limit=limit)
 
 
-def history(job_id: str) -> list[tuple[str, str, str]]:
+def history(ledger: Ledger, job_id: str) -> list[tuple[str, str, str]]:
     """(time, state, reason) of every state change of a job, oldest first."""
-    with Ledger() as ledger:
-        return [(c.at, c.state, c.reason) for c in ledger.history(job_id)]
+    return [(c.at, c.state.value, c.reason) for c in ledger.history(job_id)]

@@ -19,9 +19,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from gateway import slurm
+from gateway import journal, slurm
 from gateway.errors import BackendMissing, SiteUnreachable
-from gateway.site import fetch_path, records_by_job
+from gateway.site import JobQuery, Sighting, confirm_in_queue, fetch_path
 from gateway.transports.base import CommandHook, Progress
 
 
@@ -56,28 +56,73 @@ class PyslurmBackend:
         if self.on_command is not None:
             self.on_command(self.site, ["pyslurm", *argv])
 
-    def submit(self, items: Sequence[slurm.SubmissionItem]) -> list[slurm.SubmissionOutcome]:
+    def submit(
+        self, items: Sequence[slurm.SubmissionItem], journal_dir: str = ""
+    ) -> list[slurm.SubmissionOutcome]:
+        """Each item through libslurm, with the same site record the submission program keeps."""
         outcomes = []
+        if journal_dir:
+            Path(journal_dir).mkdir(parents=True, exist_ok=True)
         for index, item in enumerate(items):
             self._note("JobSubmitDescription.submit", item.workdir)
-            try:
-                if item.workdir:
-                    Path(item.workdir).mkdir(parents=True, exist_ok=True)
-                desc = self.pyslurm.JobSubmitDescription(
-                    script=item.script, working_directory=item.workdir or None
-                )
-                dependency = _dependency_of(item.extra_args)
-                if dependency:
-                    desc.dependencies = dependency
-                desc.load_sbatch_options()
-                job_id = desc.submit()
-            except BackendMissing:
-                raise
-            except Exception as exc:  # pyslurm raises RPCError (and ValueError) with Slurm's message
-                outcomes.append(slurm.SubmissionOutcome(index=index, ok=False, job_id=None, error=str(exc)))
-            else:
-                outcomes.append(slurm.SubmissionOutcome(index=index, ok=True, job_id=str(job_id), error=""))
+            record = Path(journal_dir) / item.claim if item.claim else None
+            if record is not None:
+                try:
+                    _create_exclusive(record, f"intent\t{item.token}\t{item.aif_id}\n")
+                except FileExistsError:
+                    held = record.read_text(errors="replace").split("\n", 1)[0]
+                    outcomes.append(slurm.classify_sbatch(index, slurm.CLAIMED_RC, held))
+                    continue
+                except OSError as exc:
+                    outcomes.append(
+                        slurm.classify_sbatch(index, slurm.RECORD_FAILED_RC, f"cannot write {record}: {exc}")
+                    )
+                    continue
+            outcome = self._submit_one(index, item)
+            if record is not None:
+                answer = outcome.job_id if outcome.ok else outcome.error.replace("\n", " / ")
+                with open(record, "a", encoding="utf-8") as handle:
+                    handle.write(f"answer\t{outcome.returncode or 0}\t{answer}\n")
+            outcomes.append(outcome)
         return outcomes
+
+    def _submit_one(self, index: int, item: slurm.SubmissionItem) -> slurm.SubmissionOutcome:
+        try:
+            if item.workdir:
+                Path(item.workdir).mkdir(parents=True, exist_ok=True)
+            desc = self.pyslurm.JobSubmitDescription(
+                script=item.script, working_directory=item.workdir or None
+            )
+            dependency = _dependency_of(item.extra_args)
+            if dependency:
+                desc.dependencies = dependency
+            desc.load_sbatch_options()
+            job_id = desc.submit()
+        except BackendMissing:
+            raise
+        except Exception as exc:  # pyslurm raises RPCError (and ValueError) with Slurm's message
+            return slurm.classify_sbatch(index, 1, str(exc).replace("\n", " / "))
+        return slurm.classify_sbatch(index, 0, str(job_id))
+
+    def read_record(
+        self, directories: Sequence[str], fences: Sequence[journal.Fence] = ()
+    ) -> journal.RecordRead:
+        """The site record on the login node's own file system, fencing first."""
+        lines = []
+        for fence in fences:
+            Path(fence.directory).mkdir(parents=True, exist_ok=True)
+            try:
+                _create_exclusive(Path(fence.directory) / fence.claim, f"fence\t{fence.token}\n")
+            except FileExistsError:
+                continue
+            lines.append(f"fenced\t{fence.directory}\t{fence.claim}")
+        for index, directory in enumerate(directories):
+            folder = Path(directory)
+            for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+                for line in path.read_text(errors="replace").splitlines():
+                    lines.append(f"line\t{index}\t{path.name}\t{line}")
+        lines.append("end")
+        return journal.parse_record("\n".join(lines) + "\n", len(directories))
 
     def _all_jobs(self) -> list[Any]:
         self._note("Jobs.load")
@@ -89,8 +134,9 @@ class PyslurmBackend:
             raise SiteUnreachable(f"site {self.site}: pyslurm could not load jobs: {exc}") from None
         return list(jobs.values())
 
-    def jobs(self, slurm_ids: Sequence[str]) -> dict[str, slurm.JobRecord]:
-        return records_by_job([_record_of(job) for job in self._all_jobs()], slurm_ids)
+    def jobs(self, queries: Sequence[JobQuery]) -> dict[str, Sighting]:
+        """Confirmed by token among the jobs Slurm still holds; libslurm has no finished-job records here."""
+        return confirm_in_queue([_record_of(job) for job in self._all_jobs()], queries)
 
     def cancel(self, slurm_ids: Sequence[str]) -> None:
         for job_id in slurm_ids:
@@ -103,14 +149,7 @@ class PyslurmBackend:
                 raise SiteUnreachable(f"site {self.site}: cancelling job {job_id} failed: {exc}") from None
 
     def find_tokens(self, tokens: Sequence[str]) -> dict[str, str]:
-        wanted = {f"aif:{t}": t for t in tokens}
-        found = {}
-        for job in self._all_jobs():
-            token = wanted.get(str(getattr(job, "comment", "") or ""))
-            if token is not None:
-                base = getattr(job, "array_id", None)
-                found[token] = str(base if base else job.id)
-        return found
+        return slurm.find_tokens_in_queue([_record_of(job) for job in self._all_jobs()], tokens)
 
     def read_file(self, path: str, offset: int = 0) -> bytes:
         try:
@@ -127,6 +166,13 @@ class PyslurmBackend:
 
     def close(self) -> None:
         return None
+
+
+def _create_exclusive(path: Path, text: str) -> None:
+    """Create ``path`` with ``text`` only if it does not exist (O_EXCL), private to the user."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
 
 
 def _dependency_of(extra_args: Sequence[str]) -> str | None:
@@ -153,4 +199,5 @@ def _record_of(job: Any) -> slurm.JobRecord:
         exit_code=exit_code if isinstance(exit_code, int) else None,
         partition=str(getattr(job, "partition", "") or ""),
         nodelist=str(getattr(job, "nodes", "") or ""),
+        raw_job_id=str(job.id),
     )

@@ -46,6 +46,19 @@ class RenderedJob:
     qos: str | None
     workdir: str  # absolute, at the site
     stdout_path: str  # absolute; %j / %A_%a left for Slurm
+    slurm_name: str  # the job's name in Slurm: the spec's name and the aif id
+    work_area: str  # the site's work area for this user (the site's record lives under it)
+
+
+def slurm_job_name(spec_name: str, job_id: str) -> str:
+    """Slurm's name for the job: ``NAME.AIF_ID``.
+
+    The aif id in the name is what proves a finished job is this one: Slurm's
+    records of finished jobs (sacct, also ``sacct -c`` without slurmdbd) keep
+    the name but not the comment that carries the submission token. Whatever
+    the workdir a spec names, the name holds it.
+    """
+    return f"{spec_name}.{job_id}"
 
 
 # -- partition and QOS ----------------------------------------------------------------
@@ -168,7 +181,7 @@ def render_batch_script(
     stdout_name = "slurm-%A_%a.out" if spec.array else "slurm-%j.out"
     stdout_path = f"{workdir}/{stdout_name}"
 
-    directives: list[tuple[str, str | None]] = [("job-name", spec.name)]
+    directives: list[tuple[str, str | None]] = [("job-name", slurm_job_name(spec.name, job_id))]
     if account:
         directives.append(("account", account))
     directives.append(("partition", choice.partition.name))
@@ -215,6 +228,8 @@ def render_batch_script(
         qos=choice.qos,
         workdir=workdir,
         stdout_path=stdout_path,
+        slurm_name=slurm_job_name(spec.name, job_id),
+        work_area=work_area,
     )
 
 

@@ -15,13 +15,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
-from gateway import slurm
+from gateway import journal, slurm
 from gateway.config import SiteAccess
 from gateway.errors import AifError, SiteUnreachable
 from gateway.profiles import SiteProfile
+from gateway.states import JobState
 from gateway.transports.base import DEFAULT_TIMEOUT, CommandHook, CommandResult, Progress, Transport
 
 SUBMIT_TIMEOUT = 300.0
+# Exit statuses after which the submission program provably sent nothing: its own
+# set-up failure, and the shell's "cannot execute" / "command not found".
+_NOTHING_SENT_EXITS = frozenset({slurm.SUBMISSION_SETUP_FAILED, 126, 127})
 
 
 class FileTransport(Transport, Protocol):
@@ -34,13 +38,43 @@ class FileTransport(Transport, Protocol):
     def get_file(self, remote_path: str, local_path: Path, progress: Progress | None = None) -> object: ...
 
 
+@dataclass(frozen=True)
+class JobQuery:
+    """One job to look for at a site, with what proves a record is this job.
+
+    While the job is in squeue, its ``token`` (Slurm keeps it as the job's
+    comment) proves it; once it left squeue, Slurm's records of finished jobs
+    keep no comment, so its ``slurm_name`` (which carries the aif id) does.
+    ``slurm_name`` is '' for jobs submitted by an aif older than this proof.
+    """
+
+    slurm_job_id: str
+    token: str
+    slurm_name: str
+
+
+@dataclass(frozen=True)
+class Sighting:
+    """What a site says of one job: its record once its identity is confirmed, else why not."""
+
+    record: slurm.JobRecord | None
+    problem: str = ""
+    in_queue: bool = False  # confirmed in squeue by its token (safe to signal)
+
+
 class SiteBackend(Protocol):
     @property
     def site(self) -> str: ...
 
-    def submit(self, items: Sequence[slurm.SubmissionItem]) -> list[slurm.SubmissionOutcome]: ...
+    def submit(
+        self, items: Sequence[slurm.SubmissionItem], journal_dir: str = ""
+    ) -> list[slurm.SubmissionOutcome]: ...
 
-    def jobs(self, slurm_ids: Sequence[str]) -> dict[str, slurm.JobRecord]: ...
+    def read_record(
+        self, directories: Sequence[str], fences: Sequence[journal.Fence] = ()
+    ) -> journal.RecordRead: ...
+
+    def jobs(self, queries: Sequence[JobQuery]) -> dict[str, Sighting]: ...
 
     def cancel(self, slurm_ids: Sequence[str]) -> None: ...
 
@@ -59,28 +93,32 @@ class SlurmCliBackend:
 
     transport: FileTransport
     accounting: slurm.SacctSource  # where finished jobs are looked up
+    timeout: float = DEFAULT_TIMEOUT  # for every query (a submission gets SUBMIT_TIMEOUT)
 
     @property
     def site(self) -> str:
         return self.transport.site
 
     def _run(
-        self, argv: Sequence[str], stdin: bytes | None = None, timeout: float = DEFAULT_TIMEOUT
+        self, argv: Sequence[str], stdin: bytes | None = None, timeout: float | None = None
     ) -> CommandResult:
-        return self.transport.run(argv, stdin=stdin, timeout=timeout)
+        return self.transport.run(argv, stdin=stdin, timeout=timeout or self.timeout)
 
-    def submit(self, items: Sequence[slurm.SubmissionItem]) -> list[slurm.SubmissionOutcome]:
+    def submit(
+        self, items: Sequence[slurm.SubmissionItem], journal_dir: str = ""
+    ) -> list[slurm.SubmissionOutcome]:
         """All items in ONE command: a tar of scripts on stdin, one sbatch per script at the site."""
         if not items:
             return []
         result = self._run(
-            ["bash", "-c", slurm.submission_program(), "aif-submit"],
-            stdin=slurm.build_submission_bundle(items),
-            timeout=SUBMIT_TIMEOUT,
+            slurm.submission_argv(),
+            stdin=slurm.build_submission_bundle(items, journal_dir),
+            timeout=max(SUBMIT_TIMEOUT, self.timeout),
         )
         outcomes = slurm.parse_submission_output(result.stdout, len(items))
-        if not result.ok and not any(o.ok for o in outcomes):
-            # The program itself failed (no bash, no mktemp, no tar): nothing was submitted.
+        if result.returncode in _NOTHING_SENT_EXITS and not any(o.ok for o in outcomes):
+            # The program itself failed before any item (no bash, no mktemp, no tar): nothing was sent.
+            # Any other failure may have come after an sbatch ran: its items stay unknown.
             detail = (result.stderr or result.stdout).strip().splitlines()
             raise SiteUnreachable(
                 f"site {self.site}: the submission program failed (exit {result.returncode}): "
@@ -88,19 +126,36 @@ class SlurmCliBackend:
             )
         return outcomes
 
-    def jobs(self, slurm_ids: Sequence[str]) -> dict[str, slurm.JobRecord]:
-        """The state of every job asked for: one squeue, plus one sacct for those that left the queue."""
-        if not slurm_ids:
+    def read_record(
+        self, directories: Sequence[str], fences: Sequence[journal.Fence] = ()
+    ) -> journal.RecordRead:
+        """The site's record of these submissions, in one command (fencing first)."""
+        result = self._run(journal.read_record_argv(directories, fences))
+        if not result.ok:
+            raise SiteUnreachable(f"site {self.site}: reading its record failed: {_last_line(result)}")
+        try:
+            return journal.parse_record(result.stdout, len(directories))
+        except journal.RecordUnreadable as exc:
+            raise SiteUnreachable(f"site {self.site}: {exc}") from None
+
+    def jobs(self, queries: Sequence[JobQuery]) -> dict[str, Sighting]:
+        """Every job asked for, confirmed: one squeue, plus one sacct for those not confirmed in it."""
+        if not queries:
             return {}
         result = self._run(slurm.squeue_argv())
         if not result.ok:
             raise SiteUnreachable(f"site {self.site}: squeue failed: {_last_line(result)}")
-        found = records_by_job(slurm.parse_squeue(result.stdout), slurm_ids)
-        missing = [job_id for job_id in slurm_ids if job_id not in found]
+        queue = slurm.parse_squeue(result.stdout)
+        found = confirm_in_queue(queue, queries)
+        missing = [q for q in queries if found[q.slurm_job_id].record is None]
         if missing:
-            result = self._run(slurm.sacct_argv(missing, self.accounting))
+            result = self._run(slurm.sacct_argv([q.slurm_job_id for q in missing], self.accounting))
             if result.ok:
-                found.update(records_by_job(slurm.parse_sacct(result.stdout), missing))
+                found.update(confirm_in_accounting(slurm.parse_sacct(result.stdout), missing, found))
+            else:
+                why = f"the site's accounting cannot be read ({_last_line(result)})"
+                for q in missing:
+                    found[q.slurm_job_id] = Sighting(None, f"{found[q.slurm_job_id].problem}; {why}")
         return found
 
     def cancel(self, slurm_ids: Sequence[str]) -> None:
@@ -117,12 +172,7 @@ class SlurmCliBackend:
         result = self._run(slurm.find_by_comment_argv())
         if not result.ok:
             raise SiteUnreachable(f"site {self.site}: squeue failed: {_last_line(result)}")
-        found = {}
-        for token in tokens:
-            job_id = slurm.parse_find_by_comment(result.stdout, token)
-            if job_id is not None:
-                found[token] = job_id
-        return found
+        return slurm.find_tokens_in_queue(slurm.parse_squeue(result.stdout), tokens)
 
     def read_file(self, path: str, offset: int = 0) -> bytes:
         if offset:
@@ -140,6 +190,88 @@ class SlurmCliBackend:
         self.transport.close()
 
 
+# -- confirming identity (pure) -----------------------------------------------------------
+
+
+def _index_records(records: Sequence[slurm.JobRecord]) -> dict[str, list[slurm.JobRecord]]:
+    """Records by every id a query may use: the base id (array or job) and the raw id."""
+    index: dict[str, list[slurm.JobRecord]] = {}
+    for record in records:
+        keys = {record.array_job_id or record.job_id}
+        if record.raw_job_id:
+            keys.add(record.raw_job_id)
+        for key in keys:
+            index.setdefault(key, []).append(record)
+    return index
+
+
+def confirm_in_queue(records: Sequence[slurm.JobRecord], queries: Sequence[JobQuery]) -> dict[str, Sighting]:
+    """Each query's squeue records, kept only when they carry its token. Linear in records + queries."""
+    index = _index_records(records)
+    found: dict[str, Sighting] = {}
+    for query in queries:
+        candidates = _unique(index.get(query.slurm_job_id, ()))
+        comment = slurm.COMMENT_PREFIX + query.token
+        ours = [r for r in candidates if r.comment == comment]
+        if ours:
+            found[query.slurm_job_id] = Sighting(_fold(query.slurm_job_id, ours), in_queue=True)
+        elif candidates:
+            found[query.slurm_job_id] = Sighting(
+                None,
+                f"Slurm job {query.slurm_job_id} in the queue is another job (not this job's token): "
+                "the site reused the id",
+            )
+        else:
+            found[query.slurm_job_id] = Sighting(
+                None, f"Slurm job {query.slurm_job_id} is no longer in the queue"
+            )
+    return found
+
+
+def confirm_in_accounting(
+    records: Sequence[slurm.JobRecord], queries: Sequence[JobQuery], seen: dict[str, Sighting]
+) -> dict[str, Sighting]:
+    """Each query's finished-job records, kept only when they carry its name (the second proof)."""
+    index = _index_records(records)
+    found: dict[str, Sighting] = {}
+    for query in queries:
+        before = seen[query.slurm_job_id].problem if query.slurm_job_id in seen else ""
+        candidates = _unique(index.get(query.slurm_job_id, ()))
+        if not query.slurm_name:
+            found[query.slurm_job_id] = Sighting(
+                None,
+                f"{before}; its name carries no aif id (submitted by an older aif), "
+                "so Slurm's records of finished jobs cannot confirm which job it was",
+            )
+            continue
+        ours = [r for r in candidates if r.name == query.slurm_name]
+        if ours:
+            found[query.slurm_job_id] = Sighting(_fold(query.slurm_job_id, ours))
+        elif candidates:
+            found[query.slurm_job_id] = Sighting(
+                None, f"{before}; the finished Slurm job {query.slurm_job_id} on record is another job"
+            )
+        else:
+            found[query.slurm_job_id] = Sighting(
+                None, f"{before}; no finished job {query.slurm_job_id} on record"
+            )
+    return found
+
+
+def _unique(records: Sequence[slurm.JobRecord]) -> list[slurm.JobRecord]:
+    seen: set[int] = set()
+    result = []
+    for record in records:
+        if id(record) not in seen:
+            seen.add(id(record))
+            result.append(record)
+    return result
+
+
+def _fold(job_id: str, records: list[slurm.JobRecord]) -> slurm.JobRecord:
+    return records[0] if len(records) == 1 else fold_array(job_id, records)
+
+
 def fetch_path(transport: FileTransport, remote: str, local: Path, progress: Progress | None) -> None:
     """Copy a directory tree or a single file back; a missing one is one clear error."""
     try:
@@ -154,26 +286,14 @@ def fetch_path(transport: FileTransport, remote: str, local: Path, progress: Pro
         raise AifError(f"site {transport.site}: {remote} cannot be read (permission denied)") from None
 
 
-def records_by_job(
-    records: Sequence[slurm.JobRecord], slurm_ids: Sequence[str]
-) -> dict[str, slurm.JobRecord]:
-    """One record per id asked for; an array's tasks are folded into one record for the array."""
-    found: dict[str, slurm.JobRecord] = {}
-    for job_id in slurm_ids:
-        matching = slurm.select_jobs(records, [job_id])
-        if matching:
-            found[job_id] = matching[0] if len(matching) == 1 else fold_array(job_id, matching)
-    return found
-
-
 def fold_array(job_id: str, tasks: Sequence[slurm.JobRecord]) -> slurm.JobRecord:
     """An array's state: running while any task is, else the first failure, else COMPLETED."""
     active = [t for t in tasks if not t.state.terminal]
     if active:
-        running = [t for t in active if t.state is slurm.JobState.RUNNING]
+        running = [t for t in active if t.state is JobState.RUNNING]
         chosen = running[0] if running else active[0]
     else:
-        failed = [t for t in tasks if t.state is not slurm.JobState.COMPLETED]
+        failed = [t for t in tasks if t.state is not JobState.COMPLETED]
         chosen = failed[0] if failed else tasks[0]
     done = sum(1 for t in tasks if t.state.terminal and not t.is_pending_array_range)
     reason = chosen.reason or f"{done} tasks ended"
@@ -189,9 +309,16 @@ def _last_line(result: CommandResult) -> str:
 
 
 def open_backend(
-    profile: SiteProfile, access: SiteAccess, on_command: CommandHook | None = None
+    profile: SiteProfile,
+    access: SiteAccess,
+    on_command: CommandHook | None = None,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
 ) -> SiteBackend:
-    """The backend for a site, as the user's config says to reach it (ssh by default)."""
+    """The backend for a site, as the user's config says to reach it (ssh by default).
+
+    ``timeout`` bounds each query (connecting included); a submission gets longer.
+    """
     if access.transport == "pyslurm":
         from gateway.pyslurm_backend import PyslurmBackend
 
@@ -201,7 +328,7 @@ def open_backend(
 
         env = {"SLURM_CONF": access.slurm_conf} if access.slurm_conf else None
         local = LocalTransport(profile.name, env=env, on_command=on_command)
-        return SlurmCliBackend(transport=local, accounting=sacct_source(profile))
+        return SlurmCliBackend(transport=local, accounting=sacct_source(profile), timeout=timeout)
     from gateway.transports.ssh import SshTarget, connection_for
 
     target = SshTarget(
@@ -212,9 +339,12 @@ def open_backend(
         identity_file=Path(access.identity_file).expanduser() if access.identity_file else None,
         known_hosts=Path(access.known_hosts).expanduser() if access.known_hosts else None,
         proxy_jump=access.proxy_jump,
+        connect_timeout=min(timeout, 15.0),
     )
     return SlurmCliBackend(
-        transport=connection_for(target, on_command=on_command), accounting=sacct_source(profile)
+        transport=connection_for(target, on_command=on_command),
+        accounting=sacct_source(profile),
+        timeout=timeout,
     )
 
 

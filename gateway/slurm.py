@@ -26,6 +26,7 @@ from types import MappingProxyType
 from typing import Literal
 
 from gateway.errors import AifError
+from gateway.states import JobState
 
 FIELD_SEPARATOR = "\x1f"
 RECORD_END = "\x1e"
@@ -50,41 +51,6 @@ def is_controller_unreachable(text: str) -> bool:
 # Job states
 # ---------------------------------------------------------------------------
 
-
-class JobState(str, Enum):
-    """aif's view of a job's state; ``JobRecord.raw_state`` keeps Slurm's own word."""
-
-    PENDING = "PENDING"
-    RUNNING = "RUNNING"
-    COMPLETED = "COMPLETED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-    TIMEOUT = "TIMEOUT"
-    PREEMPTED = "PREEMPTED"
-    NODE_FAIL = "NODE_FAIL"
-    OUT_OF_MEMORY = "OUT_OF_MEMORY"
-    UNKNOWN = "UNKNOWN"
-
-    @property
-    def terminal(self) -> bool:
-        """True when the job has ended and this state will not change any more.
-
-        UNKNOWN is not terminal: we cannot tell, so callers keep looking.
-        """
-        return self in _TERMINAL_STATES
-
-
-_TERMINAL_STATES = frozenset(
-    {
-        JobState.COMPLETED,
-        JobState.FAILED,
-        JobState.CANCELLED,
-        JobState.TIMEOUT,
-        JobState.PREEMPTED,
-        JobState.NODE_FAIL,
-        JobState.OUT_OF_MEMORY,
-    }
-)
 
 # Every name squeue and sacct print (long form and squeue's %t compact form).
 # Slurm prints a state *flag* instead of the base state while the flag is set
@@ -555,12 +521,12 @@ def sacct_argv(job_ids: Sequence[str], source: SacctSource) -> list[str]:
 
 
 def parse_sacct(stdout: str) -> list[JobRecord]:
-    """Records from ``sacct_argv`` output: the last record per job, in order.
+    """Records from ``sacct_argv`` output: the last record per job (id and name), in order.
 
     sacct has no record terminator; a line that does not start a record (a
     job name with a newline in it) continues the previous record's name.
     """
-    latest: dict[str, JobRecord] = {}
+    latest: dict[tuple[str, str], JobRecord] = {}
     records: list[list[str]] = []
     for line in stdout.split("\n"):
         fields = line.split(FIELD_SEPARATOR, len(SACCT_FIELDS) - 1)
@@ -571,9 +537,12 @@ def parse_sacct(stdout: str) -> list[JobRecord]:
     for fields in records:
         record = _sacct_record(fields)
         if record is not None:
-            # Later lines are later events of the same job: the last one wins.
-            latest.pop(record.raw_job_id, None)
-            latest[record.raw_job_id] = record
+            # Later lines are later events of the same job: the last one wins. The
+            # name is part of the key: after a reinstall or MaxJobId wrap, one id
+            # names several jobs, and only the name can tell them apart.
+            key = (record.raw_job_id, record.name)
+            latest.pop(key, None)
+            latest[key] = record
     return list(latest.values())
 
 
@@ -737,9 +706,7 @@ def _partition_load(lines: list[list[str]]) -> PartitionLoad:
             nodes = int(nodes_text)
             cpu_counts = [int(x) for x in cpus_text.split("/")]
         except ValueError as exc:
-            raise SlurmOutputError(
-                f"sinfo numbers unreadable: {nodes_text!r} {cpus_text!r}"
-            ) from exc
+            raise SlurmOutputError(f"sinfo numbers unreadable: {nodes_text!r} {cpus_text!r}") from exc
         if len(cpu_counts) != 4:
             raise SlurmOutputError(f"sinfo CPU counts unreadable: {cpus_text!r}")
         nodes_total += nodes
@@ -877,23 +844,29 @@ _SCRIPT_FILE = "aif-job.sh"
 _MAX_ITEMS = 1_000_000  # six-digit directory names
 
 # Runs as: bash -c PROGRAM aif-submit  (stdin: the tar from build_submission_bundle).
-# Every value (workdir, sbatch arguments) is read from files as data: nothing an
-# item carries is ever part of this text, so no value can run anything.
+# Every value (workdir, sbatch arguments, the record's paths) is read from files as
+# data: nothing an item carries is ever part of this text, so no value can run anything.
 # Written for bash >= 3.2 (no mapfile -d, which needs 4.4).
 _SUBMISSION_PROGRAM = r"""set -u
+# noclobber: `>` creates a claim only if it does not exist yet (O_EXCL), so two
+# submissions can never both claim one item of the site's record.
+set -C
 # No umask change: sbatch hands the current umask to the job (SLURM_UMASK),
 # and mkdir -p below creates the user's directories. mktemp -d is 0700 anyway.
 workspace=$(mktemp -d "${TMPDIR:-/tmp}/aif-submit.XXXXXXXXXX") || {
     echo "aif-submit: cannot create a temporary directory" >&2
     exit 97
 }
-# Always remove the scripts, also when the connection drops (SIGHUP/SIGPIPE).
+# Always remove the scripts, also when the connection drops.
 trap 'rm -rf -- "$workspace"' EXIT
-trap 'exit 129' HUP
-trap 'exit 130' INT
-trap 'exit 141' PIPE
-trap 'exit 143' TERM
-if ! tar -x -f - -C "$workspace" --no-same-owner 2>"$workspace/tar-errors"; then
+# bash runs these only once the running command (sbatch) returns: they only note
+# the signal, so the answer of an sbatch that ran is still written to the record.
+stop=
+trap 'stop=129' HUP
+trap 'stop=130' INT
+trap 'stop=141' PIPE
+trap 'stop=143' TERM
+if ! tar -x -f - -C "$workspace" --no-same-owner 2>|"$workspace/tar-errors"; then
     echo "aif-submit: cannot unpack the submission bundle: $(cat -- "$workspace/tar-errors")" >&2
     exit 97
 fi
@@ -902,7 +875,10 @@ one_line() {
     message=${message//$'\n'/ / }
     message=${message//$'\t'/ }
 }
-# Every workdir first, in ONE mkdir: a fork per job would cost more than its sbatch.
+journal=
+[ -f "$workspace/journal" ] && IFS= read -r -d '' journal <"$workspace/journal"
+# Every workdir (and the record's directory) first, in ONE mkdir: a fork per job
+# would cost more than its sbatch.
 workdirs=()
 count=0
 while :; do
@@ -914,31 +890,51 @@ while :; do
     count=$((count + 1))
 done
 wanted=()
+[ -n "$journal" ] && [ ! -d "$journal" ] && wanted+=("$journal")
 for workdir in ${workdirs[@]+"${workdirs[@]}"}; do
     [ -n "$workdir" ] && [ ! -d "$workdir" ] && wanted+=("$workdir")
 done
 if [ "${#wanted[@]}" -gt 0 ]; then
-    mkdir -p -- "${wanted[@]}" 2>"$workspace/mkdir-errors" </dev/null || true
+    mkdir -p -- "${wanted[@]}" 2>|"$workspace/mkdir-errors" </dev/null || true
 fi
 index=0
-while [ "$index" -lt "$count" ]; do
+while [ "$index" -lt "$count" ] && [ -z "$stop" ]; do
     printf -v item '%s/%06d' "$workspace" "$index"
-    workdir=${workdirs[index]}
+    index=$((index + 1))
+    workdir=${workdirs[index - 1]}
     sbatch_args=()
     while IFS= read -r -d '' arg; do
         sbatch_args+=("$arg")
     done <"$item/args"
+    record=
+    if [ -f "$item/claim" ]; then
+        { IFS= read -r -d '' claim; IFS= read -r -d '' token; IFS= read -r -d '' aif_id; } <"$item/claim"
+        record=$journal/$claim
+        # The intent, BEFORE sbatch: an item with no intent was provably never sent.
+        if ! printf 'intent\t%s\t%s\n' "$token" "$aif_id" 2>/dev/null >"$record"; then
+            held=
+            if [ -f "$record" ]; then
+                IFS= read -r held <"$record" || true
+                one_line "$held"
+                printf '%d\t%d\t%s\n' "$((index - 1))" -2 "$message"
+            else
+                printf '%d\t%d\t%s\n' "$((index - 1))" -3 \
+                    "cannot write the site record $record: not submitted"
+            fi
+            continue
+        fi
+    fi
     # Not cd-ing anywhere: sbatch's working directory becomes the job's
     # submit directory, and the temporary directory is about to vanish.
     # Files instead of $(...) for the answers: one fork less per item.
     rc=0
     if [ -n "$workdir" ] && [ ! -d "$workdir" ]; then
         # The batch mkdir failed for this one: say why, for this item only.
-        mkdir -p -- "$workdir" 2>"$workspace/errors" </dev/null || rc=$?
+        mkdir -p -- "$workdir" 2>|"$workspace/errors" </dev/null || rc=$?
     fi
     if [ "$rc" -eq 0 ]; then
         sbatch --parsable ${sbatch_args[@]+"${sbatch_args[@]}"} "$item/aif-job.sh" \
-            >"$workspace/output" 2>"$workspace/errors" </dev/null || rc=$?
+            >|"$workspace/output" 2>|"$workspace/errors" </dev/null || rc=$?
     fi
     output=
     if [ "$rc" -eq 0 ]; then
@@ -948,11 +944,17 @@ while [ "$index" -lt "$count" ]; do
         [ -n "$output" ] || output="exited with status $rc"
     fi
     one_line "$output"
-    printf '%d\t%d\t%s\n' "$index" "$rc" "$message"
-    index=$((index + 1))
+    # The answer goes to the site's record first, then to us.
+    [ -z "$record" ] || printf 'answer\t%d\t%s\n' "$rc" "$message" >>"$record"
+    printf '%d\t%d\t%s\n' "$((index - 1))" "$rc" "$message"
 done
+[ -z "$stop" ] || exit "$stop"
 exit 0
 """
+
+# Answer codes the program uses besides sbatch's own exit status.
+CLAIMED_RC = -2  # the item is already claimed in the site's record: not sent by us
+RECORD_FAILED_RC = -3  # the site's record could not be written: not sent
 
 
 @dataclass(frozen=True)
@@ -963,50 +965,75 @@ class SubmissionItem:
     ``extra_args``: sbatch options in ``--name=value`` form, e.g.
     ``("--dependency=afterok:12",)``; each must start with ``-`` (a bare word
     would become sbatch's script argument).
+    ``claim``: the item's file in the site's record (``ITEM.GEN``, see
+    ``gateway.journal``), with the job's ``token`` and ``aif_id``; '' to
+    submit without a record.
     """
 
     script: str
     workdir: str
     extra_args: tuple[str, ...] = ()
+    claim: str = ""
+    token: str = ""
+    aif_id: str = ""
+
+
+class Outcome(str, Enum):
+    """What became of one submitted item, as the dialect classifies it."""
+
+    ACCEPTED = "accepted"  # sbatch gave a job id
+    REFUSED = "refused"  # the scheduler refused it (Slurm's words in ``error``): not submitted
+    SITE_DOWN = "site down"  # the controller could not be reached: not submitted, retryable
+    UNKNOWN = "unknown"  # maybe submitted: resolve by token before anything else
+    CLAIMED = "claimed"  # another submission with the same key holds this item: not sent by us
 
 
 @dataclass(frozen=True)
 class SubmissionOutcome:
-    """What became of one SubmissionItem.
+    """What became of one SubmissionItem (``kind`` says which case; see Outcome).
 
-    ``ok``: submitted, ``job_id`` set. Otherwise ``unknown`` says whether it
-    may have been submitted anyway (no answer line: connection dropped; or
-    sbatch timed out talking to the controller, which can still queue the
-    job): look for the job by its token before retrying. ``unknown`` False
-    and ``ok`` False: certainly not submitted, ``error`` says why (sbatch's
-    own words; ``is_controller_unreachable(error)`` tells a site that is down
-    from a job the scheduler refused). ``cluster`` is set for ``12;cluster``.
+    ``job_id`` is set for ACCEPTED; ``error`` is sbatch's (or the program's)
+    words otherwise; for CLAIMED it is the claim's first line. ``cluster``
+    is set for ``12;cluster``.
     """
 
     index: int
-    ok: bool
+    kind: Outcome
     job_id: str | None
     error: str
-    unknown: bool = False
     cluster: str | None = None
     returncode: int | None = None
 
     def __post_init__(self) -> None:
-        if self.ok and (self.job_id is None or self.unknown):
-            raise ValueError("a submitted item has a job id and is not unknown")
+        if (self.kind is Outcome.ACCEPTED) != (self.job_id is not None):
+            raise ValueError("an accepted item, and only one, has a job id")
+
+    @property
+    def ok(self) -> bool:
+        return self.kind is Outcome.ACCEPTED
+
+    @property
+    def unknown(self) -> bool:
+        """True when the item may have been submitted although no job id came back."""
+        return self.kind is Outcome.UNKNOWN
 
 
 def submission_program() -> str:
     """The bash program run as ``bash -c PROGRAM aif-submit`` with the bundle on stdin.
 
     It unpacks the tar into ``mktemp -d`` (removed on exit), then per item in
-    order: ``mkdir -p -- workdir`` if set, ``sbatch --parsable [extra args]
-    script``, and prints exactly one line ``index<TAB>rc<TAB>job-id-or-error``
-    (error text on one line). A failing item does not stop the batch; the
-    program exits 0 after the last item, or SUBMISSION_SETUP_FAILED before
-    the first. If the connection drops, it exits 129/141/143 (SIGHUP, SIGPIPE,
-    SIGTERM), still removing the temp dir; the items it did not answer may
-    include one that sbatch had just accepted, hence "unknown". Over SSH the
+    order: claims the item in the site's record (an ``intent`` line, created
+    exclusively: an item someone already claimed is answered ``CLAIMED_RC``
+    and not sent), ``mkdir -p -- workdir`` if set, ``sbatch --parsable [extra
+    args] script``, appends the ``answer`` to the record, and prints exactly
+    one line ``index<TAB>rc<TAB>job-id-or-error`` (error text on one line).
+    A failing item does not stop the batch; the program exits 0 after the
+    last item, or SUBMISSION_SETUP_FAILED before the first. A signal (the
+    connection dropped: SIGHUP, SIGPIPE, SIGTERM) is acted on only once the
+    running sbatch returned and its answer is in the record; then it exits
+    129/141/143 without starting another item, still removing the temp dir.
+    Items without an answer line are "unknown" here; the site's record
+    tells which of them were sent (``gateway.journal``). Over SSH the
     program is one argv element of about 2 KiB (the 128 KiB argv limit only
     bites if scripts were put on the command line). It spans several lines,
     which a csh-family login shell would not accept inside quotes.
@@ -1022,17 +1049,23 @@ def submission_argv() -> list[str]:
     return ["bash", "-c", _SUBMISSION_PROGRAM, "aif-submit"]
 
 
-def build_submission_bundle(items: Sequence[SubmissionItem]) -> bytes:
+def build_submission_bundle(items: Sequence[SubmissionItem], journal_dir: str = "") -> bytes:
     """An in-memory, byte-for-byte deterministic tar of the items.
 
-    Layout per item ``NNNNNN/`` (zero-padded index): ``aif-job.sh`` (the
-    script), ``workdir`` (the directory, NUL-terminated) and ``args`` (the
-    extra sbatch arguments, each NUL-terminated).
+    ``journal`` (the site record's directory for this submission,
+    NUL-terminated) when given; per item ``NNNNNN/`` (zero-padded index):
+    ``aif-job.sh`` (the script), ``workdir`` (the directory, NUL-terminated),
+    ``args`` (the extra sbatch arguments, each NUL-terminated) and, for an
+    item with a claim, ``claim`` (claim, token and aif id, each NUL-terminated).
     """
     if len(items) >= _MAX_ITEMS:
         raise ValueError(f"at most {_MAX_ITEMS - 1} items per batch")
+    if any(item.claim for item in items) and not journal_dir.startswith("/"):
+        raise ValueError(f"items with claims need the record's absolute directory, not {journal_dir!r}")
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as bundle:
+        if journal_dir:
+            _add_to_tar(bundle, "journal", journal_dir.encode() + b"\0")
         for index, item in enumerate(items):
             _check_item(index, item)
             directory = f"{index:06d}"
@@ -1041,6 +1074,9 @@ def build_submission_bundle(items: Sequence[SubmissionItem]) -> bytes:
             _add_to_tar(bundle, f"{directory}/workdir", item.workdir.encode() + b"\0")
             args = b"".join(arg.encode() + b"\0" for arg in item.extra_args)
             _add_to_tar(bundle, f"{directory}/args", args)
+            if item.claim:
+                claim = b"".join(v.encode() + b"\0" for v in (item.claim, item.token, item.aif_id))
+                _add_to_tar(bundle, f"{directory}/claim", claim)
     return buffer.getvalue()
 
 
@@ -1051,6 +1087,10 @@ def _check_item(index: int, item: SubmissionItem) -> None:
         raise ValueError(f"item {index}: the script contains a NUL byte")
     if item.workdir and (not item.workdir.startswith("/") or "\0" in item.workdir):
         raise ValueError(f"item {index}: workdir must be an absolute path: {item.workdir!r}")
+    if item.claim and not (_CLAIM_RE.fullmatch(item.claim) and _TOKEN_RE.match(item.token) and item.aif_id):
+        raise ValueError(f"item {index}: not a claim: {item.claim!r} for token {item.token!r}")
+    if "\0" in item.aif_id or "\t" in item.aif_id or "\n" in item.aif_id:
+        raise ValueError(f"item {index}: not an aif id: {item.aif_id!r}")
     for arg in item.extra_args:
         # NUL separates the arguments in the bundle; a word not starting with
         # "-" would be taken by sbatch as the script to submit.
@@ -1074,6 +1114,7 @@ def _add_to_tar(bundle: tarfile.TarFile, name: str, data: bytes | None) -> None:
         bundle.addfile(info, io.BytesIO(data))
 
 
+_CLAIM_RE = re.compile(r"[0-9a-f]{8,64}-[0-9]+\.[0-9]+")
 _OUTCOME_LINE_RE = re.compile(r"^([0-9]+)\t(-?[0-9]+)\t(.*)$")
 _PARSABLE_RE = re.compile(r"^\s*([0-9]+)(?:;(\S+))?\s*$")
 
@@ -1101,41 +1142,45 @@ def _outcome(index: int, line: tuple[int, str] | None) -> SubmissionOutcome:
     if line is None:
         return SubmissionOutcome(
             index=index,
-            ok=False,
+            kind=Outcome.UNKNOWN,
             job_id=None,
             error="no answer for this item (connection lost?): it may have been submitted",
-            unknown=True,
         )
     returncode, message = line
+    return classify_sbatch(index, returncode, message)
+
+
+def classify_sbatch(index: int, returncode: int, message: str) -> SubmissionOutcome:
+    """One answer (``rc``, sbatch's output or error on one line) as an Outcome.
+
+    Used for the program's answer lines and for the answers kept in the
+    site's record, so both read the same way.
+    """
     if returncode == 0:
         match = _PARSABLE_RE.match(message)
         if match:
             return SubmissionOutcome(
                 index=index,
-                ok=True,
+                kind=Outcome.ACCEPTED,
                 job_id=match.group(1),
                 error="",
                 cluster=match.group(2),
                 returncode=0,
             )
-        return SubmissionOutcome(
-            index=index,
-            ok=False,
-            job_id=None,
-            error=f"sbatch succeeded but printed no job id: {message!r}",
-            unknown=True,
-            returncode=0,
-        )
-    # Killed by a signal (>128) mid-RPC, or a controller timeout: unknown.
-    unknown = returncode > 128 or any(text in message for text in _MAYBE_SUBMITTED_ERRORS)
-    return SubmissionOutcome(
-        index=index,
-        ok=False,
-        job_id=None,
-        error=message,
-        unknown=unknown,
-        returncode=returncode,
-    )
+        kind, error = Outcome.UNKNOWN, f"sbatch succeeded but printed no job id: {message!r}"
+    elif returncode == CLAIMED_RC:
+        kind, error = Outcome.CLAIMED, message
+    elif returncode == RECORD_FAILED_RC:
+        kind, error = Outcome.SITE_DOWN, message
+    elif returncode > 128 or any(text in message for text in _MAYBE_SUBMITTED_ERRORS):
+        # Killed by a signal mid-RPC, or a controller timeout: it may be queued.
+        kind, error = Outcome.UNKNOWN, message
+    elif is_controller_unreachable(message):
+        # "Unable to contact slurm controller (connect failure)": nothing was queued.
+        kind, error = Outcome.SITE_DOWN, message
+    else:
+        kind, error = Outcome.REFUSED, message
+    return SubmissionOutcome(index=index, kind=kind, job_id=None, error=error, returncode=returncode)
 
 
 # ---------------------------------------------------------------------------
@@ -1176,11 +1221,23 @@ def find_all_by_comment(stdout: str, token: str) -> list[str]:
     """
     wanted = submission_comment(token)
     found = {
-        record.array_job_id or record.job_id
-        for record in parse_squeue(stdout)
-        if record.comment == wanted
+        record.array_job_id or record.job_id for record in parse_squeue(stdout) if record.comment == wanted
     }
     return sorted(found, key=int)
+
+
+def find_tokens_in_queue(records: Iterable[JobRecord], tokens: Iterable[str]) -> dict[str, str]:
+    """token -> the Slurm id (an array's base id) of the oldest job carrying it; one pass."""
+    wanted = {submission_comment(token): token for token in tokens}
+    found: dict[str, str] = {}
+    for record in records:
+        token = wanted.get(record.comment)
+        if token is None:
+            continue
+        job_id = record.array_job_id or record.job_id
+        if token not in found or int(job_id) < int(found[token]):
+            found[token] = job_id
+    return found
 
 
 def parse_find_by_comment(stdout: str, token: str) -> str | None:

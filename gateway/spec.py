@@ -12,7 +12,9 @@ text: the renderer quotes them.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,6 +120,16 @@ class JobSpec:
     def workdir_for(self, job_id: str) -> str:
         """The workdir template with {name} and {id} filled in (a safe relative path)."""
         return self.job.workdir.replace("{name}", self.job.name).replace("{id}", job_id)
+
+    def content_digest(self) -> str:
+        """sha256 of what the spec says once resolved (defaults filled in), not of its file.
+
+        Two files that differ only in layout, comments, key order or name
+        resolve to the same digest; any change to what would run does not.
+        """
+        content = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("source", "sha256")}
+        canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def load_spec(path: str | Path) -> JobSpec:

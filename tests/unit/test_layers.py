@@ -9,16 +9,16 @@ from pathlib import Path
 GATEWAY = Path(__file__).resolve().parents[2] / "gateway"
 
 LAYERS: list[set[str]] = [
-    {"gateway", "gateway.errors", "gateway.home", "gateway.tomlcheck"},
+    {"gateway", "gateway.errors", "gateway.home", "gateway.states", "gateway.tomlcheck"},
     {"gateway.spec"},
     {"gateway.config"},
     {"gateway.profiles"},
-    {"gateway.rendering", "gateway.slurm"},
+    {"gateway.rendering", "gateway.slurm", "gateway.journal"},
     {"gateway.transports"},
     {"gateway.site", "gateway.pyslurm_backend"},
     {"gateway.broker"},
     {"gateway.ledger"},
-    {"gateway.api", "gateway.lifecycle"},
+    {"gateway.api", "gateway.lifecycle", "gateway.context"},
     {"gateway.sandbox"},
     {"gateway.cli"},
 ]

@@ -16,13 +16,13 @@ from gateway import ledger as ledger_mod
 from gateway.errors import ConfigError, UsageError
 from gateway.ledger import (
     SCHEMA_VERSION,
-    TERMINAL_STATES,
     Ledger,
     LedgerJob,
     StateChange,
     new_job_id,
     spec_sha256,
 )
+from gateway.states import TERMINAL_STATES
 
 HASH = hashlib.sha256(b"spec").hexdigest()
 ID_RE = re.compile(r"aif-[a-z2-7]{10}")
@@ -155,7 +155,7 @@ def test_v1_ledger_is_migrated(tmp_path: Path) -> None:
     make_v1(path)
     assert "message" not in columns(path)
     with Ledger(path) as led:
-        assert led.schema_version() == SCHEMA_VERSION == 2
+        assert led.schema_version() == SCHEMA_VERSION == 3
         old = led.get("aif-oldoldold1")
         assert old.state == "RUNNING" and old.reason == "None" and old.slurm_job_id == "4242"
         assert old.outputs == ("a",)
@@ -175,20 +175,20 @@ def test_migration_is_one_transaction(tmp_path: Path, monkeypatch: pytest.Monkey
     path = tmp_path / "ledger.sqlite"
     make_v1(path)
 
-    def broken_v3(conn: sqlite3.Connection) -> None:
+    def broken_v4(conn: sqlite3.Connection) -> None:
         conn.execute("CREATE TABLE extra (x INTEGER)")
-        raise sqlite3.OperationalError("boom in v3")
+        raise sqlite3.OperationalError("boom in v4")
 
-    monkeypatch.setattr(ledger_mod, "_MIGRATIONS", (*ledger_mod._MIGRATIONS, broken_v3))
-    monkeypatch.setattr(ledger_mod, "SCHEMA_VERSION", 3)
-    with pytest.raises(ConfigError, match="boom in v3"):
+    monkeypatch.setattr(ledger_mod, "_MIGRATIONS", (*ledger_mod._MIGRATIONS, broken_v4))
+    monkeypatch.setattr(ledger_mod, "SCHEMA_VERSION", 4)
+    with pytest.raises(ConfigError, match="boom in v4"):
         Ledger(path)
-    # Nothing of v2 or v3 survived: still a clean v1 ledger.
+    # Nothing of v2, v3 or v4 survived: still a clean v1 ledger.
     assert user_version(path) == 1
     assert "message" not in columns(path)
     monkeypatch.undo()
     with Ledger(path) as led:
-        assert led.schema_version() == 2
+        assert led.schema_version() == 3
         assert led.get("aif-oldoldold1").name == "old"
 
 
@@ -199,7 +199,7 @@ def test_newer_ledger_is_refused(tmp_path: Path) -> None:
     conn = sqlite3.connect(path)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     conn.close()
-    with pytest.raises(ConfigError, match=r"schema version 3.*upgrade aif"):
+    with pytest.raises(ConfigError, match=r"schema version 4.*upgrade aif"):
         Ledger(path)
     # Refusing must not have touched it.
     assert user_version(path) == SCHEMA_VERSION + 1
@@ -221,6 +221,9 @@ def test_stored_columns_hold_no_secret_material(ledger: Ledger) -> None:
         "seq", "id", "site", "slurm_job_id", "name", "spec_path", "spec_hash", "token",
         "state", "reason", "message", "workdir", "outputs", "stdout_path", "array_size",
         "depends_on", "created_at", "updated_at",
+        # v3: the submission key, the spec's content label and claim generation, the
+        # site's record directory and the Slurm job name (spec name + aif id): no secrets.
+        "submission_key", "item", "claim_gen", "journal_dir", "slurm_name",
     }  # fmt: skip
 
 
@@ -320,7 +323,7 @@ def test_mark_submitted_and_not_submitted(ledger: Ledger) -> None:
         ledger.mark_submitted(b.id, "9")
     c = ledger.mark_not_submitted(intent(ledger).id, "UNREACHABLE", "ssh: connection refused")
     assert c.state == "UNREACHABLE"
-    with pytest.raises(ValueError, match="REJECTED or UNREACHABLE"):
+    with pytest.raises(ValueError, match="REJECTED, UNREACHABLE or NOT_SENT"):
         ledger.mark_not_submitted(intent(ledger).id, "FAILED", "x")
     with pytest.raises(UsageError, match="no job aif-zzzzzzzzzz in the ledger"):
         ledger.mark_submitted("aif-zzzzzzzzzz", "1")
@@ -449,9 +452,7 @@ def test_ids_unique_across_10k_allocations(tmp_path: Path) -> None:
         assert len(led.list_jobs()) == 10_000
 
 
-def test_id_and_token_collisions_are_retried(
-    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_id_and_token_collisions_are_retried(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
     first = intent(ledger)
     fake_ids = iter([first.id, first.id, "aif-fresh22222"])
     tokens = iter([first.token, "tok-fresh"])

@@ -12,7 +12,8 @@ from pytest_mock import MockerFixture
 
 from gateway.errors import BackendMissing, SiteUnreachable
 from gateway.pyslurm_backend import PyslurmBackend
-from gateway.slurm import JobState, SubmissionItem
+from gateway.site import JobQuery
+from gateway.slurm import JobState, Outcome, SubmissionItem
 
 
 @pytest.fixture
@@ -22,8 +23,12 @@ def fake_pyslurm(mocker: MockerFixture) -> Any:
     return module
 
 
-def job(job_id: int, state: str, comment: str = "", **extra: Any) -> SimpleNamespace:
+def job(job_id: int, state: str, comment: str = "aif:tok", **extra: Any) -> SimpleNamespace:
     return SimpleNamespace(id=job_id, state=state, state_reason="None", comment=comment, name="j", **extra)
+
+
+def q(slurm_id: str, token: str = "tok") -> JobQuery:
+    return JobQuery(slurm_id, token, "j")
 
 
 def test_submit_uses_job_submit_description(fake_pyslurm: Any, tmp_path: Path) -> None:
@@ -59,12 +64,35 @@ def test_jobs_one_load_for_all_and_array_folding(fake_pyslurm: Any) -> None:
         3: job(3, "RUNNING", array_id=3, array_task_id=0),
         4: job(4, "PENDING", array_id=3, array_task_id=1),
     }
-    records = PyslurmBackend(site="login").jobs(["1", "2", "3", "99"])
+    found = PyslurmBackend(site="login").jobs([q("1"), q("2"), q("3"), q("99")])
     assert fake_pyslurm.Jobs.load.call_count == 1
+    records = {k: v.record for k, v in found.items() if v.record is not None}
     assert records["1"].state is JobState.RUNNING
     assert records["2"].state is JobState.COMPLETED
     assert records["3"].state is JobState.RUNNING  # an array runs while any task does
     assert "99" not in records
+
+
+def test_jobs_are_confirmed_by_their_token(fake_pyslurm: Any) -> None:
+    fake_pyslurm.Jobs.load.return_value = {1: job(1, "RUNNING", comment="aif:someone-else")}
+    found = PyslurmBackend(site="login").jobs([q("1")])
+    assert found["1"].record is None and "reused the id" in found["1"].problem
+
+
+def test_submit_keeps_the_site_record(fake_pyslurm: Any, tmp_path: Path) -> None:
+    fake_pyslurm.JobSubmitDescription.return_value.submit.return_value = 42
+    backend = PyslurmBackend(site="login")
+    record = tmp_path / "rec"
+    claim = "0123456789abcdef0123456789abcdef-0.0"
+    item = SubmissionItem("#!/bin/bash\ntrue\n", "", claim=claim, token="aif-tok-1", aif_id="aif-a")
+    [outcome] = backend.submit([item], str(record))
+    assert outcome.ok
+    assert (record / claim).read_text() == "intent\taif-tok-1\taif-a\nanswer\t0\t42\n"
+    # The same claim again is never sent twice.
+    [again] = backend.submit([item], str(record))
+    assert again.kind is Outcome.CLAIMED and fake_pyslurm.JobSubmitDescription.call_count == 1
+    read = backend.read_record([str(record)])
+    assert read.claims[0][claim].slurm_job_id == "42"
 
 
 def test_find_tokens_and_cancel(fake_pyslurm: Any) -> None:
@@ -82,7 +110,7 @@ def test_find_tokens_and_cancel(fake_pyslurm: Any) -> None:
 def test_missing_pyslurm_is_a_clear_error(mocker: MockerFixture) -> None:
     mocker.patch.dict(sys.modules, {"pyslurm": None})  # import raises ImportError
     with pytest.raises(BackendMissing, match=r"pip install 'aif\[pyslurm\]'"):
-        PyslurmBackend(site="login").jobs(["1"])
+        PyslurmBackend(site="login").jobs([q("1")])
 
 
 def test_slurm_conf_is_exported_before_libslurm_loads(
@@ -90,7 +118,7 @@ def test_slurm_conf_is_exported_before_libslurm_loads(
 ) -> None:
     monkeypatch.delenv("SLURM_CONF", raising=False)
     fake_pyslurm.Jobs.load.return_value = {}
-    PyslurmBackend(site="login", slurm_conf="/etc/slurm/site.conf").jobs(["1"])
+    PyslurmBackend(site="login", slurm_conf="/etc/slurm/site.conf").jobs([q("1")])
     import os
 
     assert os.environ["SLURM_CONF"] == "/etc/slurm/site.conf"

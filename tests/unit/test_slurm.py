@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from gateway import slurm
-from gateway.slurm import JobRecord, JobState, SubmissionItem, SubmissionOutcome
+from gateway.slurm import JobRecord, JobState, Outcome, SubmissionItem, SubmissionOutcome
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "slurm"
 
@@ -74,7 +74,7 @@ def test_normalize_state(raw: str, expected: JobState) -> None:
 
 
 def test_terminal_states() -> None:
-    running = {JobState.PENDING, JobState.RUNNING, JobState.UNKNOWN}
+    running = {JobState.PENDING, JobState.RUNNING, JobState.UNKNOWN, JobState.SUBMITTING}
     for state in JobState:
         assert state.terminal is (state not in running)
 
@@ -341,9 +341,7 @@ def test_squeue_by_id_answers_like_select_jobs() -> None:
 
 
 def test_sacct_argv() -> None:
-    fields = (
-        "JobID,JobIDRaw,State,ExitCode,Partition,NodeList,Submit,Start,End,Reason,Comment,JobName"
-    )
+    fields = "JobID,JobIDRaw,State,ExitCode,Partition,NodeList,Submit,Start,End,Reason,Comment,JobName"
     common = ["--noheader", "--parsable2", "--delimiter=\x1f", f"--format={fields}", "--jobs=3,4_1"]
     assert slurm.sacct_argv(["3", "4_1"], "jobcomp") == ["sacct", "--completion", *common]
     assert slurm.sacct_argv(["3", "4_1"], "slurmdbd") == ["sacct", "--allocations", *common]
@@ -481,8 +479,7 @@ def test_sinfo_argv() -> None:
     assert slurm.sinfo_argv() == [
         "sinfo",
         "--noheader",
-        "--Format=Partition:|,Available:|,StateLong:|,Nodes:|,CPUsState:|,Gres:|,GresUsed:|,"
-        "Memory:|,Time:|",
+        "--Format=Partition:|,Available:|,StateLong:|,Nodes:|,CPUsState:|,Gres:|,GresUsed:|,Memory:|,Time:|",
     ]
 
 
@@ -729,10 +726,42 @@ def test_parse_submission_output_edge_cases() -> None:
 
 def test_submission_outcome_invariant() -> None:
     with pytest.raises(ValueError):
-        SubmissionOutcome(index=0, ok=True, job_id=None, error="")
+        SubmissionOutcome(index=0, kind=Outcome.ACCEPTED, job_id=None, error="")
     with pytest.raises(ValueError):
-        SubmissionOutcome(index=0, ok=True, job_id="1", error="", unknown=True)
-    assert SubmissionOutcome(index=0, ok=True, job_id="1", error="").ok
+        SubmissionOutcome(index=0, kind=Outcome.UNKNOWN, job_id="1", error="")
+    assert SubmissionOutcome(index=0, kind=Outcome.ACCEPTED, job_id="1", error="").ok
+
+
+@pytest.mark.parametrize(
+    ("rc", "message", "kind"),
+    [
+        (0, "12", Outcome.ACCEPTED),
+        (1, "sbatch: error: Batch job submission failed: Invalid partition name specified", Outcome.REFUSED),
+        (
+            1,
+            "sbatch: error: Batch job submission failed: "
+            "Unable to contact slurm controller (connect failure)",
+            Outcome.SITE_DOWN,
+        ),
+        (
+            1,
+            "sbatch: error: Batch job submission failed: Socket timed out on send/recv operation",
+            Outcome.UNKNOWN,
+        ),
+        (129, "exited with status 129", Outcome.UNKNOWN),
+        (0, "garbage", Outcome.UNKNOWN),
+        (-2, "intent\taif-tok-1\taif-x", Outcome.CLAIMED),
+        (-3, "cannot write the site record", Outcome.SITE_DOWN),
+    ],
+)
+def test_every_sbatch_answer_is_classified(rc: int, message: str, kind: Outcome) -> None:
+    """A controller that is down is "site down" (nothing queued, retryable), never a rejection."""
+    assert slurm.classify_sbatch(0, rc, message).kind is kind
+
+
+def test_controller_down_recording_is_site_down() -> None:
+    outcomes = slurm.parse_submission_output(recorded("ctld-down-submission.stdout"), 2)
+    assert [o.kind for o in outcomes] == [Outcome.SITE_DOWN, Outcome.SITE_DOWN]
 
 
 FAKE_SBATCH = r"""#!/bin/bash
@@ -770,13 +799,9 @@ def test_submission_program_runs_with_a_fake_sbatch(tmp_path: Path) -> None:
         SubmissionItem(SCRIPT + "# one\n", hostile_dir, ("--comment=$(touch " + str(pwned) + ")",)),
         SubmissionItem(SCRIPT, "", ("--partition=nosuch",)),
         SubmissionItem(SCRIPT, "/proc/aif-no-such/dir"),
-        SubmissionItem(
-            SCRIPT, "", ("--job-name=`touch " + str(pwned) + "`", "--dependency=afterok:1")
-        ),
+        SubmissionItem(SCRIPT, "", ("--job-name=`touch " + str(pwned) + "`", "--dependency=afterok:1")),
     ] + [SubmissionItem(SCRIPT + f"# item {i}\n", "") for i in range(5, 12)]
-    env = dict(
-        os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", TMPDIR=str(tmp), AIF_FAKE_LOG=str(log)
-    )
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", TMPDIR=str(tmp), AIF_FAKE_LOG=str(log))
     result = subprocess.run(
         slurm.submission_argv(),
         input=slurm.build_submission_bundle(items),

@@ -1,5 +1,5 @@
 #!/bin/bash
-#SBATCH --job-name=sensor-etl
+#SBATCH --job-name=sensor-etl.aif-render
 #SBATCH --account=ehpc536
 #SBATCH --partition=gpp
 #SBATCH --qos=gp_ehpc

@@ -1,5 +1,5 @@
 #!/bin/bash
-#SBATCH --job-name=clinical-bert-finetune
+#SBATCH --job-name=clinical-bert-finetune.aif-render
 #SBATCH --account=ehpc536
 #SBATCH --partition=acc
 #SBATCH --qos=acc_ehpc

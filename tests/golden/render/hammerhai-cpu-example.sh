@@ -1,5 +1,5 @@
 #!/bin/bash
-#SBATCH --job-name=sensor-etl
+#SBATCH --job-name=sensor-etl.aif-render
 #SBATCH --account=hlrs-ai-0001
 #SBATCH --partition=cpu
 #SBATCH --nodes=2

@@ -1,5 +1,5 @@
 #!/bin/bash
-#SBATCH --job-name=sensor-etl
+#SBATCH --job-name=sensor-etl.aif-render
 #SBATCH --account=AIFAC_F02_378
 #SBATCH --partition=dcgp_usr_prod
 #SBATCH --qos=normal

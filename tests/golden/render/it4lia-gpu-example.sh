@@ -1,5 +1,5 @@
 #!/bin/bash
-#SBATCH --job-name=clinical-bert-finetune
+#SBATCH --job-name=clinical-bert-finetune.aif-render
 #SBATCH --account=AIFAC_F02_378
 #SBATCH --partition=boost_usr_prod
 #SBATCH --qos=normal

@@ -1,5 +1,5 @@
 #!/bin/bash -l
-#SBATCH --job-name=sensor-etl
+#SBATCH --job-name=sensor-etl.aif-render
 #SBATCH --account=project_465000123
 #SBATCH --partition=small
 #SBATCH --nodes=2

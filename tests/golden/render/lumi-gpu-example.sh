@@ -1,5 +1,5 @@
 #!/bin/bash -l
-#SBATCH --job-name=clinical-bert-finetune
+#SBATCH --job-name=clinical-bert-finetune.aif-render
 #SBATCH --account=project_465000123
 #SBATCH --partition=small-g
 #SBATCH --nodes=1

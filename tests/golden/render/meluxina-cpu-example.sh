@@ -1,5 +1,5 @@
 #!/bin/bash -l
-#SBATCH --job-name=sensor-etl
+#SBATCH --job-name=sensor-etl.aif-render
 #SBATCH --account=p200981
 #SBATCH --partition=cpu
 #SBATCH --qos=short

@@ -1,5 +1,5 @@
 #!/bin/bash -l
-#SBATCH --job-name=clinical-bert-finetune
+#SBATCH --job-name=clinical-bert-finetune.aif-render
 #SBATCH --account=p200981
 #SBATCH --partition=gpu
 #SBATCH --qos=short

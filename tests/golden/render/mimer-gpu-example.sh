@@ -1,5 +1,5 @@
 #!/bin/bash
-#SBATCH --job-name=clinical-bert-finetune
+#SBATCH --job-name=clinical-bert-finetune.aif-render
 #SBATCH --account=berzelius-2025-123
 #SBATCH --partition=berzelius
 #SBATCH --nodes=1

@@ -1,5 +1,5 @@
 #!/bin/bash
-#SBATCH --job-name=sensor-etl
+#SBATCH --job-name=sensor-etl.aif-render
 #SBATCH --account=pr0001
 #SBATCH --partition=compute
 #SBATCH --nodes=2

@@ -1,5 +1,5 @@
 #!/bin/bash
-#SBATCH --job-name=clinical-bert-finetune
+#SBATCH --job-name=clinical-bert-finetune.aif-render
 #SBATCH --account=pr0001
 #SBATCH --partition=gpu
 #SBATCH --nodes=1

@@ -1,0 +1,229 @@
+"""Everything the lifecycle works with, in one object it is given: profiles, config,
+ledger, a backend per site, a clock and the timing rules.
+
+The CLI builds the real one (:func:`open_context`); unit tests build one over
+``FakeTransport`` backends, a temporary ledger and a fake clock. Sites are
+talked to in parallel, each within its own deadline (:meth:`Context.per_site`):
+seven dead sites cost one timeout, not seven, and one site's trouble is that
+site's reported problem, never an abort of the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Generic, Protocol, TypeVar
+
+from gateway.config import UserConfig, load_config
+from gateway.errors import AifError, ConfigError, ConnectionLost, SiteUnreachable
+from gateway.ledger import Ledger
+from gateway.profiles import SiteProfile, get_profile, load_profiles
+from gateway.site import SiteBackend, open_backend
+from gateway.transports.base import CommandHook
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Clock(Protocol):
+    def now(self) -> datetime: ...
+
+    def monotonic(self) -> float: ...
+
+    def sleep(self, seconds: float) -> None: ...
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(timezone.utc)
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(max(0.0, seconds))
+
+
+# Environment variables that override Timing (tests shorten them; sites never need to).
+_TIMING_ENV = {
+    "just_submitted_grace_s": "AIF_JUST_SUBMITTED_GRACE",
+    "lost_submission_after_s": "AIF_LOST_SUBMISSION_AFTER",
+    "site_timeout_s": "AIF_SITE_TIMEOUT",
+}
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How long aif waits before it concludes something.
+
+    ``just_submitted_grace_s``: a job may not show in squeue for a moment
+    after sbatch answered; not finding it sooner proves nothing.
+    ``lost_submission_after_s``: a submission still unresolved after this
+    long may be fenced in the site's record (proving it was never sent);
+    sooner, it may still be on its way.
+    ``site_timeout_s``: the deadline of one query at one site.
+    """
+
+    just_submitted_grace_s: float = 30.0
+    lost_submission_after_s: float = 120.0
+    site_timeout_s: float = 60.0
+    cancel_confirm_s: float = 20.0
+
+    @classmethod
+    def from_env(cls) -> Timing:
+        values: dict[str, float] = {}
+        for name, variable in _TIMING_ENV.items():
+            text = os.environ.get(variable)
+            if text is None:
+                continue
+            try:
+                value = float(text)
+            except ValueError:
+                value = -1.0
+            if not value >= 0 or value == float("inf"):
+                raise ConfigError(f"${variable}: {text!r} is not a number of seconds (0 or more)")
+            values[name] = value
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class SiteResult(Generic[R]):
+    """One site's answer, or its problem (one line) and how long it took.
+
+    ``nothing_ran``: the problem came before anything ran at the site (no
+    connection, a refused login); False when the command may have run
+    (the connection dropped, or no answer came by the deadline).
+    """
+
+    site: str
+    value: R | None
+    problem: str
+    seconds: float
+    nothing_ran: bool = False
+
+
+@dataclass
+class Context:
+    """What the lifecycle works with. The ledger opens on first use (a dry run never writes one)."""
+
+    profiles: dict[str, SiteProfile]
+    config: UserConfig
+    ledger_opener: Callable[[], Ledger]
+    backend_factory: Callable[[str, float], SiteBackend]
+    clock: Clock = field(default_factory=SystemClock)
+    timing: Timing = field(default_factory=Timing)
+    _ledger: Ledger | None = None
+    _open: dict[str, SiteBackend] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def ledger(self) -> Ledger:
+        if self._ledger is None:
+            self._ledger = self.ledger_opener()
+        return self._ledger
+
+    def backend(self, site: str) -> SiteBackend:
+        """One backend (one connection) per site for the life of the context."""
+        with self._lock:
+            if site not in self._open:
+                self._open[site] = self.backend_factory(site, self.timing.site_timeout_s)
+            return self._open[site]
+
+    def per_site(
+        self,
+        work: Mapping[str, T],
+        call: Callable[[SiteBackend, T], R],
+        *,
+        deadline: float | None = None,
+    ) -> dict[str, SiteResult[R]]:
+        """``call(backend, work[site])`` for every site at once, each within the deadline.
+
+        Any error at one site (unreachable, unexpected output, a bug's
+        exception) becomes that site's problem. A site that has not answered
+        by the deadline (``clock.monotonic()`` time) is reported as such; its
+        thread is a daemon, so it never holds the process up.
+        """
+        if not work:
+            return {}
+        results: dict[str, SiteResult[R]] = {}
+        started = self.clock.monotonic()
+        done = threading.Condition()
+
+        def run(site: str, item: T) -> None:
+            t0 = time.monotonic()
+            try:
+                value = call(self.backend(site), item)
+                result: SiteResult[R] = SiteResult(site, value, "", time.monotonic() - t0)
+            except ConnectionLost as exc:
+                result = SiteResult(site, None, exc.message, time.monotonic() - t0)
+            except SiteUnreachable as exc:
+                result = SiteResult(site, None, exc.message, time.monotonic() - t0, nothing_ran=True)
+            except AifError as exc:
+                result = SiteResult(site, None, exc.message, time.monotonic() - t0)
+            except Exception as exc:  # one site's surprise must not stop the others
+                result = SiteResult(
+                    site, None, f"site {site}: {type(exc).__name__}: {exc}", time.monotonic() - t0
+                )
+            with done:
+                results[site] = result
+                done.notify_all()
+
+        if len(work) == 1:
+            [(site, item)] = work.items()
+            run(site, item)
+            return results
+        for site, item in work.items():
+            threading.Thread(target=run, args=(site, item), name=f"aif-{site}", daemon=True).start()
+        limit = deadline if deadline is not None else started + self.timing.site_timeout_s + 30.0
+        with done:
+            while len(results) < len(work):
+                left = limit - self.clock.monotonic()
+                if left <= 0:
+                    break
+                done.wait(timeout=min(left, 0.5))
+            for site in work:
+                if site not in results:
+                    waited = self.clock.monotonic() - started
+                    results[site] = SiteResult(
+                        site, None, f"site {site}: no answer within {waited:.0f} s", waited
+                    )
+            return dict(results)
+
+    def close(self) -> None:
+        with self._lock:
+            for backend in self._open.values():
+                # Closing a dead connection must not hide the real outcome.
+                with contextlib.suppress(Exception):
+                    backend.close()
+            self._open.clear()
+        if self._ledger is not None:
+            self._ledger.close()
+            self._ledger = None
+
+    def __enter__(self) -> Context:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_context(on_command: CommandHook | None = None) -> Context:
+    """The real context: the user's profiles and config, the ledger, SSH/local/pyslurm backends."""
+    profiles = load_profiles()
+    config = load_config()
+
+    def backend_for(site: str, timeout: float) -> SiteBackend:
+        return open_backend(get_profile(profiles, site), config.access(site), on_command, timeout=timeout)
+
+    return Context(
+        profiles=profiles,
+        config=config,
+        ledger_opener=Ledger,
+        backend_factory=backend_for,
+        timing=Timing.from_env(),
+    )
