@@ -156,7 +156,7 @@ def test_eight_concurrent_submits_give_200_jobs_no_duplicates(
     batches = [specs(tmp_path, f"{prefix}{p}-", 25) for p in range(8)]
     processes = [aif_process("submit", "--site", EAST, "--json", *batch) for batch in batches]
     outputs = [p.communicate(timeout=300) for p in processes]
-    for process, (stdout, stderr) in zip(processes, outputs, strict=True):
+    for process, (_stdout, stderr) in zip(processes, outputs, strict=True):
         assert process.returncode == 0, stderr
         assert "database is locked" not in stderr and "Traceback" not in stderr
     ids = [job["slurm_job_id"] for stdout, _ in outputs for job in json.loads(stdout)]
