@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gateway import lifecycle
+from gateway.context import open_context
 from gateway.sandbox import manager
 from gateway.transports.ssh import SshTarget, SshTransport
 
@@ -88,7 +89,8 @@ def main() -> int:
         )
 
     def aif_library() -> None:
-        jobs = lifecycle.submit(specs, site=SITE)
+        with open_context() as ctx:
+            jobs = lifecycle.submit(ctx, specs, site=SITE).jobs
         assert all(j.job.slurm_job_id for j in jobs), [j.job.message for j in jobs if not j.job.slurm_job_id]
 
     def aif_cli() -> None:
@@ -121,7 +123,8 @@ def main() -> int:
                 slurm(conf, "scancel", f"--user={site.user}")
             # status of every job aif submitted in this repetition: one query per site
             started = time.perf_counter()
-            lifecycle.refresh()
+            with open_context() as ctx:
+                lifecycle.refresh(ctx)
             status_times.append(time.perf_counter() - started)
             print(f"[bench] repetition {rep + 1}/{args.repeat} done", file=sys.stderr)
     finally:
