@@ -221,3 +221,78 @@ def test_wait_on_an_unreachable_site_shows_it_and_keeps_its_timeout(
     assert "sandbox-east" in result.stderr and "site problem" in result.stderr
     config.write_text(config.read_text().replace("port = 2299", "port = 2233"))
     assert aif("cancel", job["id"]).exit_code == 0
+
+
+def slurm_state_at(sandbox: SandboxFacts, site: str, slurm_id: str) -> str:
+    result = at_site(sandbox, site, "squeue", "-h", "-t", "all", "-j", slurm_id, "-o", "%T")
+    return result.stdout.strip()
+
+
+def test_a_reused_slurm_id_is_never_taken_for_the_old_job(
+    sandbox_home: Path, sandbox: SandboxFacts, tmp_path: Path
+) -> None:
+    """Defect 1: after a reinstall Slurm ids start again at 1. A job that finished while nobody
+    looked keeps its true end state; a job whose id now names another job is UNKNOWN with the
+    reason, and `aif cancel` never signals the new job."""
+    from gateway.sandbox import manager
+
+    manager.restart_cluster_fresh(SOUTH, sandbox.aif_home)
+    [finished] = aif_json(
+        "submit", "--site", SOUTH, str(write_spec(tmp_path, "ra", script_spec("ra", "echo A")))
+    )
+    [lost] = aif_json(
+        "submit", "--site", SOUTH, str(write_spec(tmp_path, "rd", script_spec("rd", "sleep 300")))
+    )
+    deadline = time.monotonic() + 60
+    while slurm_state_at(sandbox, SOUTH, finished["slurm_job_id"]) != "COMPLETED":
+        assert time.monotonic() < deadline, "job A did not complete"
+        time.sleep(0.3)
+    manager.restart_cluster_fresh(SOUTH, sandbox.aif_home)
+    [new_a] = aif_json(
+        "submit", "--site", SOUTH, str(write_spec(tmp_path, "rb", script_spec("rb", "sleep 300")))
+    )
+    [new_d] = aif_json(
+        "submit", "--site", SOUTH, str(write_spec(tmp_path, "re", script_spec("re", "sleep 300")))
+    )
+    assert (new_a["slurm_job_id"], new_d["slurm_job_id"]) == (finished["slurm_job_id"], lost["slurm_job_id"])
+    os.environ["AIF_JUST_SUBMITTED_GRACE"] = "0"
+    try:
+        [a] = aif_json("status", finished["id"])
+        [d] = aif_json("status", lost["id"])
+        cancelled = aif("cancel", lost["id"])
+    finally:
+        os.environ.pop("AIF_JUST_SUBMITTED_GRACE", None)
+    assert a["state"] == "COMPLETED"  # from Slurm's finished-job record, confirmed by its name
+    assert d["state"] == "UNKNOWN" and "reused" in d["reason"]
+    assert cancelled.exit_code == 1 and "not signalled" in cancelled.output + cancelled.stderr
+    assert slurm_state_at(sandbox, SOUTH, new_d["slurm_job_id"]) in ("PENDING", "RUNNING")
+    assert aif("cancel", new_a["id"], new_d["id"]).exit_code == 0
+
+
+def test_a_controller_that_is_down_is_unreachable_not_a_rejection(
+    sandbox_home: Path, sandbox: SandboxFacts, tmp_path: Path
+) -> None:
+    """Defects 4 and 5: exit 5, nothing submitted, retryable; `wait` shows it and keeps --timeout."""
+    from gateway.sandbox import manager
+
+    [running] = aif_json(
+        "submit", "--site", EAST, str(write_spec(tmp_path, "cw", script_spec("cw", "sleep 60")))
+    )
+    manager.stop_controller(EAST, sandbox.aif_home)
+    try:
+        spec = write_spec(tmp_path, "cd", script_spec("cd", "true"))
+        result = aif("submit", "--site", EAST, "--json", str(spec))
+        assert result.exit_code == 5, result.output + result.stderr
+        assert "Unable to contact slurm controller" in result.stderr
+        [job] = json.loads(result.stdout)
+        assert job["state"] == "UNREACHABLE" and job["slurm_job_id"] is None
+        started = time.monotonic()
+        waited = aif("wait", running["id"], "--timeout", "4")
+        took = time.monotonic() - started
+        assert waited.exit_code == 8 and took < 6.0, (waited.exit_code, took)
+        assert "site problem" in waited.stderr
+    finally:
+        manager.start_controller(EAST, sandbox.aif_home)
+    # Retryable: the same spec goes through once the controller is back.
+    assert aif_json("submit", "--site", EAST, str(spec))[0]["slurm_job_id"]
+    assert aif("cancel", running["id"]).exit_code == 0
