@@ -165,6 +165,10 @@ class Context:
                 result = SiteResult(site, None, exc.message, time.monotonic() - t0, nothing_ran=True)
             except AifError as exc:
                 result = SiteResult(site, None, exc.message, time.monotonic() - t0)
+            except (KeyboardInterrupt, SystemExit):
+                if threading.current_thread() is threading.main_thread():
+                    raise  # Ctrl-C is the user's: the caller says what was done
+                result = SiteResult(site, None, f"site {site}: interrupted", time.monotonic() - t0)
             except Exception as exc:  # one site's surprise must not stop the others
                 result = SiteResult(
                     site, None, f"site {site}: {type(exc).__name__}: {exc}", time.monotonic() - t0
@@ -173,16 +177,17 @@ class Context:
                 results[site] = result
                 done.notify_all()
 
-        if len(work) == 1:
+        if len(work) == 1 and deadline is None:
+            # One site and no deadline: no thread needed (Ctrl-C reaches the call at once).
             [(site, item)] = work.items()
             run(site, item)
             return results
         for site, item in work.items():
             threading.Thread(target=run, args=(site, item), name=f"aif-{site}", daemon=True).start()
-        limit = deadline if deadline is not None else started + self.timing.site_timeout_s + 30.0
         with done:
+            # Without a deadline each site is bounded by its own command timeouts.
             while len(results) < len(work):
-                left = limit - self.clock.monotonic()
+                left = 0.5 if deadline is None else deadline - self.clock.monotonic()
                 if left <= 0:
                     break
                 done.wait(timeout=min(left, 0.5))

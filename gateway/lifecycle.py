@@ -33,7 +33,7 @@ from gateway.errors import AifError, Interrupted, InvalidInput, NoFit, SiteUnrea
 from gateway.ledger import Ledger, LedgerJob, spec_sha256
 from gateway.profiles import check_spec_against_profiles, get_profile, resolve_account
 from gateway.rendering import RenderedJob, fill_site_path, render_batch_script
-from gateway.site import SUBMIT_TIMEOUT, JobQuery, Sighting, SiteBackend
+from gateway.site import JobQuery, Sighting, SiteBackend
 from gateway.spec import JobSpec, load_spec
 from gateway.states import JobState, is_terminal
 from gateway.transports.base import Progress
@@ -221,7 +221,6 @@ def submit(
         answers = ctx.per_site(
             batches,
             lambda backend, items: backend.submit(items, journal_dirs[backend.site]),
-            deadline=ctx.clock.monotonic() + SUBMIT_TIMEOUT + 30.0,
         )
         for site_name, indexes in by_site.items():
             _record_answers(ctx, site_name, [jobs[i] for i in indexes], answers[site_name])
