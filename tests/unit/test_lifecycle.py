@@ -1,0 +1,266 @@
+"""The lifecycle over one Context: fake transports, a temporary ledger, a fake clock.
+
+A small simulated site answers the submission program, the record reader and
+squeue the way the real programs do (the real ones are tested on the sandbox):
+claims are created exclusively, answers appended, fences proven.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from gateway import slurm
+from gateway.config import SiteAccess, UserConfig
+from gateway.context import Context, Timing
+from gateway.errors import Interrupted, SiteUnreachable, UsageError
+from gateway.ledger import Ledger
+from gateway.lifecycle import refresh, submit
+from gateway.profiles import load_profile
+from gateway.site import SlurmCliBackend
+from gateway.states import JobState
+from gateway.transports.base import CommandResult
+from gateway.transports.fake import FakeCall, FakeTransport
+
+REPO = Path(__file__).resolve().parents[2]
+SITE = "testsite"
+
+
+@dataclass
+class FakeClock:
+    at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    ticks: float = 0.0
+
+    def now(self) -> datetime:
+        return self.at
+
+    def monotonic(self) -> float:
+        return self.ticks
+
+    def sleep(self, seconds: float) -> None:
+        self.ticks += seconds
+        self.at += timedelta(seconds=seconds)
+
+
+@dataclass
+class SimulatedSite:
+    """The site's files (its record) and queue, and what goes wrong there."""
+
+    claims: dict[str, list[str]] = field(default_factory=dict)  # path -> lines
+    queue: list[tuple[str, str, str]] = field(default_factory=list)  # (id, token, name)
+    next_id: int = 100
+    controller_down: bool = False
+    stop_after: int | None = None  # the program dies after this many items (answers lost)
+
+    def submission(self, call: FakeCall) -> CommandResult:
+        bundle = tarfile.open(fileobj=io.BytesIO(call.stdin or b""))
+        files = {m.name: bundle.extractfile(m).read() for m in bundle.getmembers() if m.isfile()}  # type: ignore[union-attr]
+        journal = files.get("journal", b"").rstrip(b"\0").decode()
+        lines = []
+        index = 0
+        while f"{index:06d}/aif-job.sh" in files:
+            if self.stop_after is not None and index >= self.stop_after:
+                return CommandResult(call.argv, 129, "\n".join(lines) + "\n", "")
+            claim, token, aif_id = files[f"{index:06d}/claim"].decode().split("\0")[:3]
+            path = f"{journal}/{claim}"
+            if path in self.claims:
+                lines.append(f"{index}\t-2\t{self.claims[path][0]}")
+            else:
+                self.claims[path] = [f"intent\t{token}\t{aif_id}"]
+                if self.controller_down:
+                    answer = (
+                        "1\tsbatch: error: Batch job submission failed: Unable to contact slurm controller"
+                    )
+                else:
+                    self.next_id += 1
+                    script = files[f"{index:06d}/aif-job.sh"].decode()
+                    name = script.split("--job-name=")[1].split("\n")[0]
+                    self.queue.append((str(self.next_id), token, name))
+                    answer = f"0\t{self.next_id}"
+                self.claims[path].append(f"answer\t{answer}")
+                lines.append(f"{index}\t{answer}")
+            index += 1
+        return CommandResult(call.argv, 0, "\n".join(lines) + "\n", "")
+
+    def record(self, call: FakeCall) -> CommandResult:
+        args = list(call.argv[4:])
+        out = []
+        directories = []
+        while args:
+            if args[0] == "fence":
+                _, directory, claim, token, *args = args
+                path = f"{directory}/{claim}"
+                if path not in self.claims:
+                    self.claims[path] = [f"fence\t{token}"]
+                    out.append(f"fenced\t{directory}\t{claim}")
+            else:
+                _, directory, *args = args
+                directories.append(directory)
+        for index, directory in enumerate(directories):
+            for path, content in sorted(self.claims.items()):
+                if path.rpartition("/")[0] == directory:
+                    out += [f"line\t{index}\t{path.rpartition('/')[2]}\t{line}" for line in content]
+        return CommandResult(call.argv, 0, "\n".join([*out, "end"]) + "\n", "")
+
+    def squeue(self, call: FakeCall) -> CommandResult:
+        sep, end = slurm.FIELD_SEPARATOR, slurm.RECORD_END
+        rows = []
+        for job_id, token, name in self.queue:
+            fields = [job_id, job_id, job_id, "N/A", "PENDING", "standard", "", "", "", "", "0", "None"]
+            rows.append(sep.join([*fields, f"aif:{token}", name]) + end)
+        return CommandResult(call.argv, 0, "\n".join(rows) + ("\n" if rows else ""), "")
+
+
+@pytest.fixture
+def site() -> SimulatedSite:
+    return SimulatedSite()
+
+
+def make_context(site: SimulatedSite, clock: FakeClock, ledger_path: Path) -> Context:
+    fake = FakeTransport(SITE)
+    fake.respond(["bash", "-c", slurm.submission_program()], handler=site.submission)
+    fake.respond(["bash", "-c"], handler=site.record)
+    fake.respond(["squeue"], handler=site.squeue)
+    profile = load_profile(REPO / "tests" / "data" / "profiles" / "testsite.toml")
+    config = UserConfig(sites={SITE: SiteAccess(account="proj_1", user="me")})
+    return Context(
+        profiles={SITE: profile},
+        config=config,
+        ledger_opener=lambda: Ledger(ledger_path),
+        backend_factory=lambda name, timeout: SlurmCliBackend(transport=fake, accounting="jobcomp"),
+        clock=clock,
+        timing=Timing(just_submitted_grace_s=0, lost_submission_after_s=0),
+    )
+
+
+def specs(tmp_path: Path, count: int) -> list[str]:
+    paths = []
+    for i in range(count):
+        path = tmp_path / f"s{i}.toml"
+        path.write_text(f'[job]\nname = "s{i}"\ncommand = ["echo", "{i}"]\n')
+        paths.append(str(path))
+    return paths
+
+
+def test_program_died_mid_batch_then_status_and_rerun_send_each_spec_once(
+    site: SimulatedSite, tmp_path: Path
+) -> None:
+    """Defects 2 and 3 at unit level: answers lost after 3 of 5; the record settles all five."""
+    site.stop_after = 3
+    ctx = make_context(site, FakeClock(), tmp_path / "l.sqlite")
+    report = submit(ctx, specs(tmp_path, 5), site=SITE, key="k1")
+    states = [j.job.state for j in report.jobs]
+    # Items 3 and 4 had no intent: the settling fenced them, proving them unsent.
+    assert states == [JobState.PENDING] * 3 + [JobState.NOT_SENT] * 2
+    site.stop_after = None
+    again = submit(ctx, specs(tmp_path, 5), site=SITE, key="k1")
+    assert [j.how for j in again.jobs] == ["sent before"] * 3 + ["submitted"] * 2
+    assert len(site.queue) == 5 and len({name for _, _, name in site.queue}) == 5
+
+
+def test_another_machine_with_the_same_key_adopts_instead_of_sending(
+    site: SimulatedSite, tmp_path: Path
+) -> None:
+    first = make_context(site, FakeClock(), tmp_path / "a.sqlite")
+    submit(first, specs(tmp_path, 2), site=SITE, key="shared")
+    other = make_context(site, FakeClock(), tmp_path / "b.sqlite")  # a fresh ledger: another machine
+    report = submit(other, specs(tmp_path, 2), site=SITE, key="shared")
+    assert [j.how for j in report.jobs] == ["adopted from the site's record"] * 2
+    assert [j.job.id for j in report.jobs] == [j.id for j in first.ledger.jobs_with_key("shared")]
+    assert len(site.queue) == 2
+
+
+def test_same_key_with_other_content_is_refused(site: SimulatedSite, tmp_path: Path) -> None:
+    ctx = make_context(site, FakeClock(), tmp_path / "l.sqlite")
+    [path] = specs(tmp_path, 1)
+    submit(ctx, [path], site=SITE, key="k2")
+    Path(path).write_text('[job]\nname = "s0"\ncommand = ["echo", "changed"]\n')
+    with pytest.raises(UsageError, match="s0.toml"):
+        submit(ctx, [path], site=SITE, key="k2")
+    assert len(site.queue) == 1
+
+
+def test_controller_down_is_unreachable_not_rejected(site: SimulatedSite, tmp_path: Path) -> None:
+    site.controller_down = True
+    ctx = make_context(site, FakeClock(), tmp_path / "l.sqlite")
+    [job] = submit(ctx, specs(tmp_path, 1), site=SITE).jobs
+    assert job.job.state is JobState.UNREACHABLE and "Unable to contact" in job.job.message
+
+
+def test_a_young_unanswered_claim_is_not_called_unsent(site: SimulatedSite, tmp_path: Path) -> None:
+    """Only a proof makes a job "never submitted": before the grace period no fence is written."""
+    clock = FakeClock()
+    ctx = make_context(site, clock, tmp_path / "l.sqlite")
+    ctx.timing = Timing(just_submitted_grace_s=30, lost_submission_after_s=120)
+    [intent] = ctx.ledger.record_intents(
+        [
+            {
+                "site": SITE,
+                "name": "x",
+                "spec_path": "x.toml",
+                "spec_hash": "0" * 64,
+                "workdir": "",
+                "outputs": (),
+                "stdout_path": "",
+                "array_size": None,
+                "depends_on": None,
+                "submission_key": "k3",
+                "item": "0123456789abcdef0123456789abcdef-0",
+                "journal_dir": "/w/.aif/submissions/k3",
+            }
+        ]
+    )
+    refresh(ctx, [intent.id])
+    assert ctx.ledger.get(intent.id).state is JobState.SUBMITTING and not site.claims
+    clock.sleep(121)
+    refresh(ctx, [intent.id])
+    assert ctx.ledger.get(intent.id).state is JobState.NOT_SENT
+    assert site.claims == {f"/w/.aif/submissions/k3/{intent.claim}": [f"fence\t{intent.token}"]}
+
+
+def test_ctrl_c_says_what_was_sent_and_how_to_finish(
+    site: SimulatedSite, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx = make_context(site, FakeClock(), tmp_path / "l.sqlite")
+
+    def interrupted(self: SlurmCliBackend, items: object, journal_dir: str = "") -> object:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(SlurmCliBackend, "submit", interrupted)
+    paths = specs(tmp_path, 2)
+    with pytest.raises(Interrupted) as caught:
+        submit(ctx, paths, site=SITE, key="k4")
+    assert "0 sent, 0 not sent, 2 unknown" in caught.value.message
+    assert f"aif submit --key k4 {paths[0]} {paths[1]}" in caught.value.message
+
+
+def test_an_unreachable_site_is_reported_not_raised(tmp_path: Path) -> None:
+    clock = FakeClock()
+    dead = FakeTransport(SITE)
+    dead.fail_on_call(1)
+    ctx = make_context(SimulatedSite(), clock, tmp_path / "l.sqlite")
+    ctx.backend_factory = lambda name, timeout: SlurmCliBackend(transport=dead, accounting="jobcomp")
+    [job] = ctx.ledger.record_intents(
+        [
+            {
+                "site": SITE,
+                "name": "x",
+                "spec_path": "x.toml",
+                "spec_hash": "0" * 64,
+                "workdir": "",
+                "outputs": (),
+                "stdout_path": "",
+                "array_size": None,
+                "depends_on": None,
+            }
+        ]
+    )
+    ctx.ledger.mark_submitted(job.id, "7")
+    report = refresh(ctx, [job.id])
+    assert SITE in report.unreachable and "scripted failure" in report.unreachable[SITE]
+    assert isinstance(SiteUnreachable("x"), SiteUnreachable)
