@@ -58,8 +58,8 @@ class SimulatedSite:
     stop_after: int | None = None  # the program dies after this many items (answers lost)
 
     def submission(self, call: FakeCall) -> CommandResult:
-        bundle = tarfile.open(fileobj=io.BytesIO(call.stdin or b""))
-        files = {m.name: bundle.extractfile(m).read() for m in bundle.getmembers() if m.isfile()}  # type: ignore[union-attr]
+        with tarfile.open(fileobj=io.BytesIO(call.stdin or b"")) as bundle:
+            files = {m.name: bundle.extractfile(m).read() for m in bundle.getmembers() if m.isfile()}  # type: ignore[union-attr]
         journal = files.get("journal", b"").rstrip(b"\0").decode()
         lines = []
         index = 0
@@ -180,7 +180,7 @@ def test_same_key_with_other_content_is_refused(site: SimulatedSite, tmp_path: P
     [path] = specs(tmp_path, 1)
     submit(ctx, [path], site=SITE, key="k2")
     Path(path).write_text('[job]\nname = "s0"\ncommand = ["echo", "changed"]\n')
-    with pytest.raises(UsageError, match="s0.toml"):
+    with pytest.raises(UsageError, match=r"s0\.toml"):
         submit(ctx, [path], site=SITE, key="k2")
     assert len(site.queue) == 1
 
