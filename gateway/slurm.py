@@ -737,9 +737,7 @@ def _partition_load(lines: list[list[str]]) -> PartitionLoad:
             nodes = int(nodes_text)
             cpu_counts = [int(x) for x in cpus_text.split("/")]
         except ValueError as exc:
-            raise SlurmOutputError(
-                f"sinfo numbers unreadable: {nodes_text!r} {cpus_text!r}"
-            ) from exc
+            raise SlurmOutputError(f"sinfo numbers unreadable: {nodes_text!r} {cpus_text!r}") from exc
         if len(cpu_counts) != 4:
             raise SlurmOutputError(f"sinfo CPU counts unreadable: {cpus_text!r}")
         nodes_total += nodes
@@ -1176,9 +1174,7 @@ def find_all_by_comment(stdout: str, token: str) -> list[str]:
     """
     wanted = submission_comment(token)
     found = {
-        record.array_job_id or record.job_id
-        for record in parse_squeue(stdout)
-        if record.comment == wanted
+        record.array_job_id or record.job_id for record in parse_squeue(stdout) if record.comment == wanted
     }
     return sorted(found, key=int)
 

@@ -129,7 +129,7 @@ def _run_job(site: SiteAccess, sbatch_args: str) -> tuple[str, str]:
         f' -o "aif-sandbox-test-{site.cluster}-%j.out") || exit $?;'
         " for i in $(seq 300); do"
         '  state=$(squeue -h -t all -j "$id" -o %T); case $state in COMPLETED) break;;'
-        '  PENDING|CONFIGURING|RUNNING|COMPLETING) sleep 0.1;; *) break;; esac;'
+        "  PENDING|CONFIGURING|RUNNING|COMPLETING) sleep 0.1;; *) break;; esac;"
         " done;"
         ' [ "$state" = COMPLETED ] || { echo "job $id is $state" >&2; exit 1; };'
         f' cat "{out}"; rm -f "{out}";'
@@ -150,8 +150,7 @@ def test_each_port_runs_jobs_on_its_own_cluster(sandbox: SandboxFacts) -> None:
     }
     with ThreadPoolExecutor(max_workers=len(cases)) as pool:
         futures = {
-            name: pool.submit(_run_job, sandbox.site(name), args)
-            for name, (args, *_) in cases.items()
+            name: pool.submit(_run_job, sandbox.site(name), args) for name, (args, *_) in cases.items()
         }
         results = {name: future.result() for name, future in futures.items()}
     for name, (_, cluster, gpus, count, partition) in cases.items():

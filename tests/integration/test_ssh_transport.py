@@ -45,7 +45,7 @@ HOSTILE_ARGS = [
     "> {marker}",
     "'",
     '"',
-    "it's \"quoted\"",
+    'it\'s "quoted"',
     "line one\nline two; touch {marker}\n",
     "$HOME ${{IFS}} $0 $$",
     "*",
@@ -229,8 +229,19 @@ def sshd() -> Iterator[Sshd]:
         _keygen(root / "expired_cert_key", "aif-test-expired")
         for name, validity in (("cert_key", "-5m:+1h"), ("expired_cert_key", "-2h:-1h")):
             subprocess.run(
-                [SSH_KEYGEN, "-q", "-s", str(root / "ca"), "-I", f"aif-{name}", "-n", USER,
-                 "-V", validity, str(root / f"{name}.pub")],
+                [
+                    SSH_KEYGEN,
+                    "-q",
+                    "-s",
+                    str(root / "ca"),
+                    "-I",
+                    f"aif-{name}",
+                    "-n",
+                    USER,
+                    "-V",
+                    validity,
+                    str(root / f"{name}.pub"),
+                ],
                 check=True,
             )
         authorized = root / "authorized_keys"
@@ -239,9 +250,7 @@ def sshd() -> Iterator[Sshd]:
             f"cert-authority {_public(root / 'ca')} aif-test-ca\n"
         )
         authorized.chmod(0o644)
-        server.known_hosts.write_text(
-            f"[127.0.0.1]:{server.port} {_public(root / 'host_key')}\n"
-        )
+        server.known_hosts.write_text(f"[127.0.0.1]:{server.port} {_public(root / 'host_key')}\n")
         server.config.write_text(
             f"Port {server.port}\n"
             "ListenAddress 127.0.0.1\n"
@@ -328,10 +337,7 @@ def test_large_stdin_and_stdout_at_once(sshd: Sshd) -> None:
 
 def test_large_stdout_and_stderr_together(sshd: Sshd) -> None:
     # stderr is written first and fills the shared window if nobody reads it.
-    script = (
-        "head -c 4000000 /dev/zero | tr '\\0' e >&2; "
-        "head -c 20000000 /dev/zero | tr '\\0' o"
-    )
+    script = "head -c 4000000 /dev/zero | tr '\\0' e >&2; head -c 20000000 /dev/zero | tr '\\0' o"
     with SshTransport(sshd.target()) as transport:
         result = transport.run(["sh", "-c", script], timeout=60)
     assert result.ok
@@ -526,7 +532,10 @@ def test_proxy_jump_two_hops_from_ssh_config(sshd: Sshd) -> None:
     )
     logins_before = sshd.logins()
     target = SshTarget(
-        site="jumped", host="inner", ssh_config_path=config, known_hosts=sshd.known_hosts,
+        site="jumped",
+        host="inner",
+        ssh_config_path=config,
+        known_hosts=sshd.known_hosts,
         use_agent=False,
     )
     with SshTransport(target) as transport:
@@ -609,8 +618,7 @@ def test_known_hosts_with_markers_and_junk_still_works(sshd: Sshd) -> None:
         "# comment\n"
         f"@cert-authority *.example.org {_public(sshd.key('ca'))}\n"
         "garbage line\n"
-        "host.example ssh-ed25519 not-base64!!\n"
-        + sshd.known_hosts.read_text()
+        "host.example ssh-ed25519 not-base64!!\n" + sshd.known_hosts.read_text()
     )
     with SshTransport(sshd.target(known_hosts=messy)) as transport:
         assert transport.run(["true"]).ok
@@ -619,8 +627,7 @@ def test_known_hosts_with_markers_and_junk_still_works(sshd: Sshd) -> None:
 def test_revoked_host_key_is_refused(sshd: Sshd) -> None:
     revoked = sshd.root / "revoked_known_hosts"
     revoked.write_text(
-        sshd.known_hosts.read_text()
-        + f"@revoked [127.0.0.1]:{sshd.port} {_public(sshd.key('host_key'))}\n"
+        sshd.known_hosts.read_text() + f"@revoked [127.0.0.1]:{sshd.port} {_public(sshd.key('host_key'))}\n"
     )
     transport = SshTransport(sshd.target(known_hosts=revoked))
     with transport, pytest.raises(HostKeyRejected, match="marked @revoked"):
@@ -660,9 +667,7 @@ def test_proxy_command_from_ssh_config(sshd: Sshd) -> None:
     shutil.which("ssh-agent") is None or shutil.which("ssh-add") is None,
     reason="needs ssh-agent and ssh-add",
 )
-def test_certificate_held_by_ssh_agent(
-    sshd: Sshd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_certificate_held_by_ssh_agent(sshd: Sshd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The smallstep flow (`step ssh login`) leaves key + certificate in the agent only.
     agent_socket = tmp_path / "agent.sock"
     agent = subprocess.Popen(
@@ -675,9 +680,7 @@ def test_certificate_held_by_ssh_agent(
         while not agent_socket.exists() and time.monotonic() < deadline:
             time.sleep(0.02)
         env = {**os.environ, "SSH_AUTH_SOCK": str(agent_socket)}
-        subprocess.run(
-            ["ssh-add", str(sshd.key("cert_key"))], env=env, check=True, capture_output=True
-        )
+        subprocess.run(["ssh-add", str(sshd.key("cert_key"))], env=env, check=True, capture_output=True)
         monkeypatch.setenv("SSH_AUTH_SOCK", str(agent_socket))
         target = sshd.target(identity_file=sshd.root / "no_such_key", use_agent=True)
         with SshTransport(target) as transport:

@@ -449,9 +449,7 @@ def test_ids_unique_across_10k_allocations(tmp_path: Path) -> None:
         assert len(led.list_jobs()) == 10_000
 
 
-def test_id_and_token_collisions_are_retried(
-    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_id_and_token_collisions_are_retried(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
     first = intent(ledger)
     fake_ids = iter([first.id, first.id, "aif-fresh22222"])
     tokens = iter([first.token, "tok-fresh"])

@@ -341,9 +341,7 @@ def test_squeue_by_id_answers_like_select_jobs() -> None:
 
 
 def test_sacct_argv() -> None:
-    fields = (
-        "JobID,JobIDRaw,State,ExitCode,Partition,NodeList,Submit,Start,End,Reason,Comment,JobName"
-    )
+    fields = "JobID,JobIDRaw,State,ExitCode,Partition,NodeList,Submit,Start,End,Reason,Comment,JobName"
     common = ["--noheader", "--parsable2", "--delimiter=\x1f", f"--format={fields}", "--jobs=3,4_1"]
     assert slurm.sacct_argv(["3", "4_1"], "jobcomp") == ["sacct", "--completion", *common]
     assert slurm.sacct_argv(["3", "4_1"], "slurmdbd") == ["sacct", "--allocations", *common]
@@ -481,8 +479,7 @@ def test_sinfo_argv() -> None:
     assert slurm.sinfo_argv() == [
         "sinfo",
         "--noheader",
-        "--Format=Partition:|,Available:|,StateLong:|,Nodes:|,CPUsState:|,Gres:|,GresUsed:|,"
-        "Memory:|,Time:|",
+        "--Format=Partition:|,Available:|,StateLong:|,Nodes:|,CPUsState:|,Gres:|,GresUsed:|,Memory:|,Time:|",
     ]
 
 
@@ -770,13 +767,9 @@ def test_submission_program_runs_with_a_fake_sbatch(tmp_path: Path) -> None:
         SubmissionItem(SCRIPT + "# one\n", hostile_dir, ("--comment=$(touch " + str(pwned) + ")",)),
         SubmissionItem(SCRIPT, "", ("--partition=nosuch",)),
         SubmissionItem(SCRIPT, "/proc/aif-no-such/dir"),
-        SubmissionItem(
-            SCRIPT, "", ("--job-name=`touch " + str(pwned) + "`", "--dependency=afterok:1")
-        ),
+        SubmissionItem(SCRIPT, "", ("--job-name=`touch " + str(pwned) + "`", "--dependency=afterok:1")),
     ] + [SubmissionItem(SCRIPT + f"# item {i}\n", "") for i in range(5, 12)]
-    env = dict(
-        os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", TMPDIR=str(tmp), AIF_FAKE_LOG=str(log)
-    )
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", TMPDIR=str(tmp), AIF_FAKE_LOG=str(log))
     result = subprocess.run(
         slurm.submission_argv(),
         input=slurm.build_submission_bundle(items),

@@ -281,11 +281,7 @@ def test_quoting_survives_a_real_shell(tmp_path: Path) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(
-    st.lists(
-        st.text(st.characters(exclude_characters="\0", exclude_categories=["Cs"])), min_size=1
-    )
-)
+@given(st.lists(st.text(st.characters(exclude_characters="\0", exclude_categories=["Cs"])), min_size=1))
 def test_quoting_round_trips_any_text(args: list[str]) -> None:
     assert _through_shell(args) == args
 
@@ -400,9 +396,7 @@ def test_explicit_target_values_win_over_config(fake_home: Path) -> None:
 
 def test_use_ssh_config_false_ignores_the_file(fake_home: Path) -> None:
     config = _config(fake_home, "Host *\n    Port 2222\n    User alice\n")
-    (endpoint,) = resolve_route(
-        SshTarget("s", "h", user="me", ssh_config_path=config, use_ssh_config=False)
-    )
+    (endpoint,) = resolve_route(SshTarget("s", "h", user="me", ssh_config_path=config, use_ssh_config=False))
     assert (endpoint.port, endpoint.user) == (22, "me")
 
 
@@ -468,14 +462,10 @@ def _write_key(path: Path, kind: str, password: bytes | None = None) -> Any:
     else:
         private = ec.generate_private_key(ec.SECP256R1())
     encryption: serialization.KeySerializationEncryption = (
-        serialization.BestAvailableEncryption(password)
-        if password
-        else serialization.NoEncryption()
+        serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
     )
     path.write_bytes(
-        private.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, encryption
-        )
+        private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, encryption)
     )
     return private
 
@@ -609,15 +599,11 @@ def _one_clean_line(error: BaseException) -> str:
         (OSError(113, "No route to host"), "no route to host"),
     ],
 )
-def test_socket_errors_become_site_unreachable(
-    mocker: MockerFixture, raised: OSError, reason: str
-) -> None:
+def test_socket_errors_become_site_unreachable(mocker: MockerFixture, raised: OSError, reason: str) -> None:
     mocker.patch.object(socket, "create_connection", side_effect=raised)
     with pytest.raises(SiteUnreachable) as caught:
         SshTransport(_target()).run(["true"])
-    assert _one_clean_line(caught.value) == (
-        f"cannot connect to site leonardo at 127.0.0.1:2231: {reason}"
-    )
+    assert _one_clean_line(caught.value) == (f"cannot connect to site leonardo at 127.0.0.1:2231: {reason}")
 
 
 @pytest.fixture
@@ -628,9 +614,7 @@ def fake_socket(mocker: MockerFixture) -> Any:
 
 
 def test_tcp_nodelay_is_set_on_our_socket(mocker: MockerFixture, fake_socket: Any) -> None:
-    connect = mocker.patch.object(
-        paramiko.SSHClient, "connect", side_effect=paramiko.SSHException("x")
-    )
+    connect = mocker.patch.object(paramiko.SSHClient, "connect", side_effect=paramiko.SSHException("x"))
     with pytest.raises(SiteUnreachable):
         SshTransport(_target()).connect()
     fake_socket.setsockopt.assert_any_call(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -747,9 +731,7 @@ def test_other_paramiko_errors_become_site_unreachable(
     mocker.patch.object(paramiko.SSHClient, "connect", side_effect=raised)
     with pytest.raises(SiteUnreachable) as caught:
         SshTransport(_target()).run(["true"])
-    assert _one_clean_line(caught.value) == (
-        f"cannot connect to site leonardo at 127.0.0.1:2231: {raised}"
-    )
+    assert _one_clean_line(caught.value) == (f"cannot connect to site leonardo at 127.0.0.1:2231: {raised}")
 
 
 # -- run() on a scripted connection ------------------------------------------------
@@ -846,9 +828,7 @@ def test_run_quotes_every_argument_and_sends_eof(connections: list[_FakeConnecti
     channel = _answer(b"out", b"err", 3)
     connections.append(_FakeConnection([channel]))
     seen: list[tuple[str, tuple[str, ...]]] = []
-    transport = SshTransport(
-        _target(), on_command=lambda site, argv: seen.append((site, tuple(argv)))
-    )
+    transport = SshTransport(_target(), on_command=lambda site, argv: seen.append((site, tuple(argv))))
     result = transport.run(["echo", "$(rm -rf ~)", "it's"])
     assert channel.command == "echo '$(rm -rf ~)' 'it'\"'\"'s'"
     assert channel.write_shut  # EOF even with no stdin, or the remote waits
@@ -903,8 +883,7 @@ def test_drop_during_a_command_raises_and_is_not_retried(
     with pytest.raises(ConnectionLost) as caught:
         transport.run(["sbatch", "--parsable"], stdin=b"#!/bin/sh\n")
     assert _one_clean_line(caught.value) == (
-        "connection to site leonardo dropped while running sbatch --parsable: "
-        "it may or may not have run"
+        "connection to site leonardo dropped while running sbatch --parsable: it may or may not have run"
     )
     assert len(first.opened) == 1 and not second.opened  # no silent retry
     # The next command logs in again by itself.
@@ -939,9 +918,7 @@ def test_timeout_closes_the_channel_and_keeps_the_connection(
     transport = SshTransport(_target())
     with pytest.raises(ConnectionLost) as caught:
         transport.run(["sleep", "100"], timeout=0.2)
-    assert _one_clean_line(caught.value) == (
-        "site leonardo: command timed out after 0.2 s: sleep 100"
-    )
+    assert _one_clean_line(caught.value) == ("site leonardo: command timed out after 0.2 s: sleep 100")
     assert hanging.closed.is_set()
     assert transport.run(["true"]).stdout == "ok"
     assert transport.connect_count == 1
