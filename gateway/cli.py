@@ -336,13 +336,21 @@ def status(ctx: click.Context, ids: Sequence[str], history: bool, as_json: bool)
 
 
 @main.command("list")
-@click.option("--limit", type=int, default=None, help="Show only the newest N jobs.")
+@click.option("--limit", type=int, default=None, help="Show only the newest N jobs (of those shown).")
+@click.option("--all", "show_all", is_flag=True, help="Also show INVALID rows.")
 @json_option
-def list_command(limit: int | None, as_json: bool) -> None:
-    """Every job in the ledger, newest first (no site is asked)."""
-    from gateway import lifecycle
+def list_command(limit: int | None, show_all: bool, as_json: bool) -> None:
+    """The jobs in the ledger, newest first (no site is asked).
 
-    jobs = lifecycle.list_jobs(limit)
+    By default INVALID rows (specs refused before anything was submitted)
+    are hidden; --all shows every row.
+    """
+    from gateway import lifecycle
+    from gateway.errors import UsageError
+
+    if limit is not None and limit < 0:
+        raise UsageError(f"--limit: {limit} is not allowed; expected 0 or more")
+    jobs = lifecycle.list_jobs(limit, include_invalid=show_all)
     if as_json:
         print_json([job_json(j) for j in jobs])
     else:

@@ -495,9 +495,13 @@ def fetch(
         return job, dest, fetched
 
 
-def list_jobs(limit: int | None = None) -> list[LedgerJob]:
+def list_jobs(limit: int | None = None, *, include_invalid: bool = True) -> list[LedgerJob]:
+    """The newest ``limit`` jobs; without ``include_invalid``, INVALID rows are skipped (not counted)."""
     with Ledger() as ledger:
-        return ledger.list_jobs(limit=limit)
+        if include_invalid:
+            return ledger.list_jobs(limit=limit)
+        shown = [job for job in ledger.list_jobs() if job.state != "INVALID"]
+        return shown if limit is None else shown[:limit]
 
 
 def history(job_id: str) -> list[tuple[str, str, str]]:

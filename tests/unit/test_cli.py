@@ -133,3 +133,51 @@ def test_wheel_ships_the_profiles(tmp_path: Path) -> None:
     assert "gateway/cli.py" in names
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt")))
     assert b"aif = gateway.cli:main" in entry_points
+
+
+# -- aif list -----------------------------------------------------------------------------
+
+HASH = "0" * 64
+
+
+def ledger_with_one_invalid_and_one_submitted() -> tuple[str, str]:
+    """(invalid id, submitted id): a spec refused before submission, and a submitted job."""
+    from gateway.ledger import Ledger
+
+    with Ledger() as ledger:
+        job = ledger.record_intent(
+            site="lumi",
+            name="train",
+            spec_path="train.toml",
+            spec_hash=HASH,
+            workdir="/w",
+            outputs=(),
+            stdout_path="/w/slurm-%j.out",
+            array_size=None,
+            depends_on=None,
+        )
+        ledger.mark_submitted(job.id, "42")
+        # The newest row: a default listing must skip it, even with --limit 1.
+        invalid = ledger.record_invalid(spec_path="bad.toml", spec_hash=HASH, message="job.name: required")
+    return invalid.id, job.id
+
+
+@pytest.mark.parametrize("limit", ["-1", "-100"])
+def test_list_refuses_a_negative_limit_exit_2(limit: str) -> None:
+    result = aif("list", "--limit", limit)
+    assert result.exit_code == 2
+    assert f"--limit: {limit} is not allowed; expected 0 or more" in one_line_error(result)
+
+
+def test_list_hides_invalid_rows_unless_all() -> None:
+    invalid, submitted = ledger_with_one_invalid_and_one_submitted()
+    shown = [j["id"] for j in json.loads(aif("list", "--json").stdout)]
+    assert shown == [submitted]
+    every = [j["id"] for j in json.loads(aif("list", "--all", "--json").stdout)]
+    assert every == [invalid, submitted]
+    # --limit counts the rows shown: the newest submitted job, not the newest row.
+    assert [j["id"] for j in json.loads(aif("list", "--limit", "1", "--json").stdout)] == [submitted]
+    table = aif("list").stdout
+    assert submitted in table and invalid not in table
+    assert "INVALID" in aif("list", "--all").stdout
+    assert "--all" in aif("list", "--help").stdout and "INVALID" in aif("list", "--help").stdout
