@@ -357,17 +357,39 @@ def list_command(limit: int | None, show_all: bool, as_json: bool) -> None:
         jobs_table(jobs, "ledger")
 
 
+def seconds(option: str, text: str | None) -> float | None:
+    """A duration given on the command line: a finite number, 0 or more (never NaN or inf)."""
+    import math
+
+    from gateway.errors import UsageError
+
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise UsageError(
+            f"{option}: {text} is not allowed; expected a number of seconds, 0 or more (e.g. 600)"
+        )
+    return value
+
+
 @main.command()
 @click.argument("ids", nargs=-1, required=True)
-@click.option("--timeout", type=float, default=None, help="Give up after this many seconds (exit 8).")
+@click.option(
+    "--timeout", "timeout_text", metavar="SECONDS", help="Give up after this many seconds (exit 8)."
+)
 @json_option
 @click.pass_context
-def wait(ctx: click.Context, ids: Sequence[str], timeout: float | None, as_json: bool) -> None:
+def wait(ctx: click.Context, ids: Sequence[str], timeout_text: str | None, as_json: bool) -> None:
     """Wait until jobs end: exit 0 when all COMPLETED, 7 when any ended otherwise."""
     from gateway import lifecycle
     from gateway.errors import JobUnsuccessful, WaitTimeout
     from gateway.ledger import is_terminal
 
+    timeout = seconds("--timeout", timeout_text)
     if as_json:
         report = lifecycle.wait(list(ids), timeout=timeout, on_command=command_hook(ctx))
         print_json([job_json(j) for j in report.jobs])

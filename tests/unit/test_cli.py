@@ -181,3 +181,14 @@ def test_list_hides_invalid_rows_unless_all() -> None:
     assert submitted in table and invalid not in table
     assert "INVALID" in aif("list", "--all").stdout
     assert "--all" in aif("list", "--help").stdout and "INVALID" in aif("list", "--help").stdout
+
+
+# -- aif wait --timeout -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("timeout", ["-1", "-0.5", "nan", "NaN", "inf", "-inf", "Infinity", "soon"])
+def test_wait_refuses_a_timeout_that_is_not_a_finite_positive_number_exit_2(timeout: str) -> None:
+    result = aif("wait", "aif-whatever", "--timeout", timeout)
+    assert result.exit_code == 2
+    message = one_line_error(result)
+    assert f"--timeout: {timeout} is not allowed; expected a number of seconds, 0 or more" in message
