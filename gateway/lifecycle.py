@@ -399,6 +399,13 @@ def wait(
 def stdout_path_of(job: LedgerJob, task: int | None = None) -> str:
     if not job.slurm_job_id or not job.stdout_path:
         raise UsageError(f"{job.id} was never submitted ({job.state}): it has no output")
+    if task is not None and job.array_size is None:
+        raise UsageError(f"--task {task}: {job.id} is not an array job; leave out --task")
+    if task is not None and job.array_size is not None and not 0 <= task < job.array_size:
+        raise UsageError(
+            f"--task {task}: {job.id} is an array of {job.array_size} tasks; "
+            f"expected 0 to {job.array_size - 1}"
+        )
     path = job.stdout_path.replace("%A", job.slurm_job_id).replace("%j", job.slurm_job_id)
     return path.replace("%a", str(task if task is not None else 0))
 
@@ -408,7 +415,8 @@ def read_log(
 ) -> bytes:
     with open_sessions(on_command) as sessions, Ledger() as ledger:
         job = ledger.get(job_id)
-        return sessions.backend(job.site).read_file(stdout_path_of(job, task), offset)
+        path = stdout_path_of(job, task)  # before connecting: a bad --task needs no site
+        return sessions.backend(job.site).read_file(path, offset)
 
 
 def follow_log(

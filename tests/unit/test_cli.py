@@ -6,6 +6,7 @@ import json
 import shutil
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
@@ -192,3 +193,66 @@ def test_wait_refuses_a_timeout_that_is_not_a_finite_positive_number_exit_2(time
     assert result.exit_code == 2
     message = one_line_error(result)
     assert f"--timeout: {timeout} is not allowed; expected a number of seconds, 0 or more" in message
+
+
+# -- commands that reach a site, over the fake transport -----------------------------------
+
+
+@pytest.fixture
+def fake_sites(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Every site is a FakeTransport (created on first use); returns them by site name."""
+    from gateway import lifecycle
+    from gateway.site import SlurmCliBackend
+    from gateway.transports.fake import FakeTransport
+
+    opened: dict[str, Any] = {}
+
+    def open_backend(profile: Any, access: Any, on_command: Any = None) -> SlurmCliBackend:
+        transport = opened.setdefault(profile.name, FakeTransport(site=profile.name))
+        return SlurmCliBackend(transport=transport, accounting="jobcomp")
+
+    monkeypatch.setattr(lifecycle, "open_backend", open_backend)
+    return opened
+
+
+def submitted_job(*, array_size: int | None = None, site: str = "lumi", outputs: tuple[str, ...] = ()) -> Any:
+    from gateway.ledger import Ledger
+
+    with Ledger() as ledger:
+        job = ledger.record_intent(
+            site=site,
+            name="train",
+            spec_path="train.toml",
+            spec_hash=HASH,
+            workdir="/w/train",
+            outputs=outputs,
+            stdout_path="/w/train/slurm-%A_%a.out" if array_size else "/w/train/slurm-%j.out",
+            array_size=array_size,
+            depends_on=None,
+        )
+        return ledger.mark_submitted(job.id, "42")
+
+
+def test_logs_of_an_array_task(fake_sites: dict[str, Any]) -> None:
+    job = submitted_job(array_size=4)
+    from gateway.transports.fake import FakeTransport
+
+    fake_sites["lumi"] = FakeTransport(site="lumi", files={"/w/train/slurm-42_3.out": b"task three\n"})
+    result = aif("logs", job.id, "--task", "3")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "task three\n"
+
+
+@pytest.mark.parametrize(("task", "array_size"), [("4", 4), ("-1", 4), ("100000", 4), ("0", None)])
+def test_logs_refuses_a_task_the_job_does_not_have_exit_2(
+    fake_sites: dict[str, Any], task: str, array_size: int | None
+) -> None:
+    job = submitted_job(array_size=array_size)
+    result = aif("logs", job.id, "--task", task)
+    assert result.exit_code == 2
+    message = one_line_error(result)
+    if array_size:
+        assert f"--task {task}: {job.id} is an array of 4 tasks; expected 0 to 3" in message
+    else:
+        assert f"--task {task}: {job.id} is not an array job; leave out --task" in message
+    assert not fake_sites, "nothing may be asked of the site"
