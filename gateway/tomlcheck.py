@@ -41,6 +41,11 @@ def show_value(value: object, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def show_key(key: str) -> str:
+    """A key as it appears in a key path: bare when TOML allows it bare, else quoted and escaped."""
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else show_value(key)
+
+
 def suggest(word: str, options: Sequence[str]) -> str | None:
     """The option the user most likely meant: a close spelling, else a prefix or part of it."""
     close = difflib.get_close_matches(word, options, n=1)
@@ -135,7 +140,7 @@ class Table:
                 maybe = did_you_mean(key, self._allowed)
                 where = f"in [{self.path}]" if self.path else "at the top level"
                 self.fail(
-                    key,
+                    show_key(key),
                     f"unknown key, {maybe}(allowed {where}: {', '.join(self._allowed)})",
                 )
 
@@ -237,7 +242,7 @@ class Table:
             self.fail(key, f"{show_value(value)} is {type_name(value)}; expected a table")
         pairs: list[tuple[str, str]] = []
         for name, item in value.items():
-            item_key = f"{key}.{name}"
+            item_key = f"{key}.{show_key(name)}"
             if not re.fullmatch(key_pattern, name):
                 self.fail(item_key, f"{show_value(name)} is not allowed as a name; {key_allowed}")
             if not isinstance(item, str):

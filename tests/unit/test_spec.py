@@ -240,3 +240,41 @@ def test_random_documents_through_the_cli_never_show_a_traceback(tmp_path: Path,
     assert result.exit_code in (0, 2, 3, 4), result.output
     assert "Traceback" not in result.output
     assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
+
+
+# -- every bad value is escaped: an error stays on one line ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (
+            '[job]\nname="a"\ncommand=["x"]\n[environment.variables]\n"A\\nB" = "x"\n',
+            "environment.variables.'A\\nB': 'A\\nB' is not allowed as a name",
+        ),
+        ('[job]\nname="a"\ncommand=["x"]\n"na\\rme" = 1\n', "job.'na\\rme': unknown key"),
+        ('"\\u2028" = 1\n', "'\\u2028': unknown key"),
+        ('[job]\nname="a"\ncommand=["x"]\n[environment]\nvariables={"X\\tY"="1"}\n', "'X\\tY'"),
+    ],
+)
+def test_keys_with_control_characters_are_escaped(tmp_path: Path, body: str, expected: str) -> None:
+    path = write(tmp_path, body)
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    message = str(info.value)
+    assert expected in message
+    assert message.isprintable(), message
+
+
+def test_a_file_name_with_a_newline_stays_on_one_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "[job\n", name="two\nlines.toml")
+    result = CliRunner().invoke(main, ["render", str(path), "--site", "lumi"])
+    assert result.exit_code == 3
+    assert result.stderr.count("\n") == 1 and "two\\nlines.toml" in result.stderr
+
+
+def test_every_aif_error_is_one_line() -> None:
+    from gateway.errors import AifError
+
+    assert AifError("a\nb\r\x1b[31mc\u2028").message == "a\\nb\\r\\x1b[31mc\\u2028"
+    assert str(AifError("été ok")) == "été ok"
