@@ -23,6 +23,7 @@ else:  # pragma: no cover - exercised only on Python 3.10
 E = TypeVar("E", bound=InvalidInput)
 
 _MISSING = object()
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 def show_value(value: object, limit: int = 60) -> str:
@@ -91,10 +92,15 @@ def load_toml_file(path: Path, error: type[E]) -> dict[str, object]:
 
 
 def parse_toml_bytes(raw: bytes, source: str, error: type[E]) -> dict[str, object]:
+    """Parse a TOML document; a UTF-8 byte-order mark at the start is accepted and dropped.
+
+    Editors on Windows write one, and the TOML grammar has no place for it.
+    """
+    start = len(UTF8_BOM) if raw.startswith(UTF8_BOM) else 0
     try:
-        text = raw.decode("utf-8")
+        text = raw[start:].decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise error(f"{source}: not valid UTF-8 (byte {exc.start})") from None
+        raise error(f"{source}: not valid UTF-8 (byte {start + exc.start})") from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

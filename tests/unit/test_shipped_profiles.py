@@ -256,3 +256,15 @@ def test_readme_documents_every_key() -> None:
     }
     missing = sorted(key for key in keys if f"| `{key}` |" not in text)
     assert not missing
+
+
+def test_a_profile_with_a_byte_order_mark_is_accepted(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from gateway.cli import main
+
+    path = tmp_path / "lumi.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + (PROFILES_DIR / "lumi.toml").read_bytes())
+    assert load_profile(path).name == "lumi"
+    result = CliRunner().invoke(main, ["profile", "validate", str(path)])
+    assert result.exit_code == 0, result.output

@@ -278,3 +278,14 @@ def test_every_aif_error_is_one_line() -> None:
 
     assert AifError("a\nb\r\x1b[31mc\u2028").message == "a\\nb\\r\\x1b[31mc\\u2028"
     assert str(AifError("été ok")) == "été ok"
+
+
+def test_a_byte_order_mark_is_accepted(tmp_path: Path) -> None:
+    """Editors on Windows save UTF-8 with a BOM; TOML parsers refuse it as a stray character."""
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + MINIMAL.encode())
+    assert load_spec(path).name == "hello"
+    # Only one BOM, at the very start: anywhere else it is still an error.
+    path.write_bytes(b"\xef\xbb\xbf\xef\xbb\xbf" + MINIMAL.encode())
+    with pytest.raises(SpecError, match="not valid TOML"):
+        load_spec(path)
