@@ -491,6 +491,8 @@ def fetch(ctx: click.Context, job_id: str, dest: str | None, as_json: bool) -> N
         )
         print_json({"id": job.id, "dest": str(where), "outputs": fetched})
         return
+    # Whatever can be refused without the site is refused before a progress bar is drawn.
+    job_id = lifecycle.fetchable_job(job_id).id
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
     with Progress(

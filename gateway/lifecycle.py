@@ -487,11 +487,7 @@ def fetch(
 ) -> tuple[LedgerJob, Path, list[str]]:
     """Copy the spec's outputs back (SFTP over SSH, a file copy locally)."""
     with open_sessions(on_command) as sessions, Ledger() as ledger:
-        job = ledger.get(job_id)
-        if not job.slurm_job_id:
-            raise UsageError(f"{job.id} was never submitted ({job.state}): nothing to fetch")
-        if not job.outputs:
-            raise UsageError(f"{job.id}: its spec lists no [data] outputs to fetch")
+        job = _check_fetchable(ledger.get(job_id))
         dest = dest or Path(job.id)
         backend = sessions.backend(job.site)
         fetched = []
@@ -501,6 +497,21 @@ def fetch(
             backend.fetch(remote, local, progress)
             fetched.append(output)
         return job, dest, fetched
+
+
+def fetchable_job(job_id: str) -> LedgerJob:
+    """The job :func:`fetch` would copy from, checked without asking its site (known, submitted,
+    with outputs)."""
+    with Ledger() as ledger:
+        return _check_fetchable(ledger.get(job_id))
+
+
+def _check_fetchable(job: LedgerJob) -> LedgerJob:
+    if not job.slurm_job_id:
+        raise UsageError(f"{job.id} was never submitted ({job.state}): nothing to fetch")
+    if not job.outputs:
+        raise UsageError(f"{job.id}: its spec lists no [data] outputs to fetch")
+    return job
 
 
 def list_jobs(limit: int | None = None, *, include_invalid: bool = True) -> list[LedgerJob]:

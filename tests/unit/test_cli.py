@@ -256,3 +256,30 @@ def test_logs_refuses_a_task_the_job_does_not_have_exit_2(
     else:
         assert f"--task {task}: {job.id} is not an array job; leave out --task" in message
     assert not fake_sites, "nothing may be asked of the site"
+
+
+def test_fetch_of_an_unknown_job_draws_no_progress_bar() -> None:
+    result = aif("fetch", "aif-nosuchjob0")
+    assert result.exit_code == 2
+    assert "no job aif-nosuchjob0 in the ledger" in one_line_error(result)
+
+
+def test_fetch_of_a_job_it_cannot_fetch_draws_no_progress_bar(fake_sites: dict[str, Any]) -> None:
+    invalid, _ = ledger_with_one_invalid_and_one_submitted()
+    never = aif("fetch", invalid)
+    assert never.exit_code == 2 and "was never submitted" in one_line_error(never)
+    nothing = aif("fetch", submitted_job(outputs=()).id)
+    assert nothing.exit_code == 2 and "lists no [data] outputs" in one_line_error(nothing)
+    assert not fake_sites
+
+
+def test_fetch_copies_the_outputs_with_a_progress_bar(fake_sites: dict[str, Any], tmp_path: Path) -> None:
+    from gateway.transports.fake import FakeTransport
+
+    job = submitted_job(outputs=("results/",))
+    fake_sites["lumi"] = FakeTransport(site="lumi", files={"/w/train/results/metrics.json": b"{}"})
+    result = aif("fetch", job.id, str(tmp_path / "out"))
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "results" / "metrics.json").read_bytes() == b"{}"
+    assert f"{job.id}: fetched results/" in result.stdout
+    assert f"fetch {job.id}" in result.stderr
