@@ -428,12 +428,22 @@ def _wait_live(
             table.add_row(j.id, j.name, j.site, j.slurm_job_id or "-", j.state, j.reason)
         return table
 
-    with Live(console=console(stderr=True), auto_refresh=False, transient=False) as live:
+    err = console(stderr=True)
+    drawn = False
+    try:
+        with Live(console=err, auto_refresh=False, transient=False) as live:
 
-        def update(report: Any) -> None:
-            live.update(view(report), refresh=True)
+            def update(report: Any) -> None:
+                nonlocal drawn
+                live.update(view(report), refresh=True)
+                drawn = True
 
-        return lifecycle.wait(ids, timeout=timeout, on_update=update, on_command=hook)
+            return lifecycle.wait(ids, timeout=timeout, on_update=update, on_command=hook)
+    finally:
+        # On a terminal Live ends its last line itself; into a file or pipe it does not,
+        # and the error line that may follow would be glued to the table.
+        if drawn and not err.is_terminal:
+            err.line()
 
 
 @main.command()

@@ -283,3 +283,27 @@ def test_fetch_copies_the_outputs_with_a_progress_bar(fake_sites: dict[str, Any]
     assert (tmp_path / "out" / "results" / "metrics.json").read_bytes() == b"{}"
     assert f"{job.id}: fetched results/" in result.stdout
     assert f"fetch {job.id}" in result.stderr
+
+
+def test_the_live_wait_table_ends_its_line_before_the_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway import lifecycle
+
+    job = submitted_job()
+
+    def wait(ids: Any, *, timeout: Any = None, on_update: Any = None, **_: Any) -> Any:
+        report = lifecycle.StatusReport(jobs=[job], unreachable={})
+        on_update(report)
+        return report
+
+    monkeypatch.setattr(lifecycle, "wait", wait)
+    result = aif("wait", job.id, "--timeout", "1")
+    assert result.exit_code == 8
+    last = result.stderr.splitlines()[-1]
+    assert last == f"aif: error: timed out after 1 s: {job.id} is PENDING"
+    assert "waiting 0 s" in result.stderr and job.id in result.stderr.splitlines()[-3]
+
+
+def test_wait_for_an_unknown_job_is_one_line() -> None:
+    result = aif("wait", "aif-nosuchjob0")
+    assert result.exit_code == 2
+    assert "no job aif-nosuchjob0" in one_line_error(result)
