@@ -329,10 +329,11 @@ def status(ctx: click.Context, ids: Sequence[str], history: bool, as_json: bool)
             for row in rows:
                 table.add_row(*row)
             console().print(table)
-    for site, why in report.unreachable.items():
-        click.echo(f"aif: warning: {site}: {why}", err=True)
     if report.unreachable:
-        raise SiteUnreachable(next(iter(report.unreachable.values())))
+        # One error line naming every site that could not be asked, each once.
+        raise SiteUnreachable(
+            "; ".join(why if site in why else f"{site}: {why}" for site, why in report.unreachable.items())
+        )
 
 
 @main.command("list")

@@ -307,3 +307,24 @@ def test_wait_for_an_unknown_job_is_one_line() -> None:
     result = aif("wait", "aif-nosuchjob0")
     assert result.exit_code == 2
     assert "no job aif-nosuchjob0" in one_line_error(result)
+
+
+@pytest.mark.parametrize("sites", [("lumi",), ("lumi", "bsc")])
+def test_status_names_each_unreachable_site_once(
+    monkeypatch: pytest.MonkeyPatch, sites: tuple[str, ...]
+) -> None:
+    from gateway import lifecycle
+    from gateway.errors import SiteUnreachable
+
+    jobs = [submitted_job(site=site) for site in sites]
+
+    def open_backend(profile: Any, access: Any, on_command: Any = None) -> Any:
+        raise SiteUnreachable(f"cannot connect to site {profile.name} at {profile.host}:22: timed out")
+
+    monkeypatch.setattr(lifecycle, "open_backend", open_backend)
+    result = aif("status", "--json")
+    assert result.exit_code == 5
+    assert {j["id"] for j in json.loads(result.stdout)} == {j.id for j in jobs}
+    message = one_line_error(result)
+    for site in sites:
+        assert message.count(f"cannot connect to site {site} at ") == 1
