@@ -356,36 +356,69 @@ def status(ctx: click.Context, ids: Sequence[str], history: bool, as_json: bool)
                 table.add_row(*row)
             console().print(table)
     if report.unreachable:
-        raise SiteUnreachable("; ".join(report.unreachable.values()))
+        # One error line naming every site that could not be asked, each once.
+        raise SiteUnreachable(
+            "; ".join(why if site in why else f"{site}: {why}" for site, why in report.unreachable.items())
+        )
 
 
 @main.command("list")
-@click.option("--limit", type=int, default=None, help="Show only the newest N jobs.")
+@click.option("--limit", type=int, default=None, help="Show only the newest N jobs (of those shown).")
+@click.option("--all", "show_all", is_flag=True, help="Also show INVALID rows.")
 @json_option
-def list_command(limit: int | None, as_json: bool) -> None:
-    """Every job in the ledger, newest first (no site is asked)."""
+def list_command(limit: int | None, show_all: bool, as_json: bool) -> None:
+    """The jobs in the ledger, newest first (no site is asked).
+
+    By default INVALID rows (specs refused before anything was submitted)
+    are hidden; --all shows every row.
+    """
     from gateway import lifecycle
+    from gateway.errors import UsageError
     from gateway.ledger import Ledger
 
+    if limit is not None and limit < 0:
+        raise UsageError(f"--limit: {limit} is not allowed; expected 0 or more")
     with Ledger() as ledger:
-        jobs = lifecycle.list_jobs(ledger, limit)
+        jobs = lifecycle.list_jobs(ledger, limit, include_invalid=show_all)
     if as_json:
         print_json([job_json(j) for j in jobs])
     else:
         console().print(jobs_table(jobs, "ledger"))
 
 
+def seconds(option: str, text: str | None) -> float | None:
+    """A duration given on the command line: a finite number, 0 or more (never NaN or inf)."""
+    import math
+
+    from gateway.errors import UsageError
+
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise UsageError(
+            f"{option}: {text} is not allowed; expected a number of seconds, 0 or more (e.g. 600)"
+        )
+    return value
+
+
 @main.command()
 @click.argument("ids", nargs=-1, required=True)
-@click.option("--timeout", type=float, default=None, help="Give up after this many seconds (exit 8).")
+@click.option(
+    "--timeout", "timeout_text", metavar="SECONDS", help="Give up after this many seconds (exit 8)."
+)
 @json_option
 @click.pass_context
-def wait(ctx: click.Context, ids: Sequence[str], timeout: float | None, as_json: bool) -> None:
+def wait(ctx: click.Context, ids: Sequence[str], timeout_text: str | None, as_json: bool) -> None:
     """Wait until jobs end: exit 0 when all COMPLETED, 7 when any ended otherwise."""
     from gateway import lifecycle
     from gateway.errors import JobUnsuccessful, WaitTimeout
     from gateway.states import is_terminal
 
+    timeout = seconds("--timeout", timeout_text)
     with open_context(ctx) as lctx:
         if as_json:
             report = lifecycle.wait(lctx, list(ids), timeout=timeout)
@@ -419,12 +452,22 @@ def _wait_live(lctx: Any, ids: list[str], timeout: float | None) -> Any:
     def view(report: Any) -> Any:
         return jobs_table(report.jobs, f"waiting {time.monotonic() - started:.0f} s", report.unreachable)
 
-    with Live(console=console(stderr=True), auto_refresh=False, transient=False) as live:
+    err = console(stderr=True)
+    drawn = False
+    try:
+        with Live(console=err, auto_refresh=False, transient=False) as live:
 
-        def update(report: Any) -> None:
-            live.update(view(report), refresh=True)
+            def update(report: Any) -> None:
+                nonlocal drawn
+                live.update(view(report), refresh=True)
+                drawn = True
 
-        return lifecycle.wait(lctx, ids, timeout=timeout, on_update=update)
+            return lifecycle.wait(lctx, ids, timeout=timeout, on_update=update)
+    finally:
+        # On a terminal Live ends its last line itself; into a file or pipe it does not,
+        # and the error line that may follow would be glued to the table.
+        if drawn and not err.is_terminal:
+            err.line()
 
 
 @main.command()
@@ -492,6 +535,8 @@ def fetch(ctx: click.Context, job_id: str, dest: str | None, as_json: bool) -> N
             job, where, fetched = lifecycle.fetch(lctx, job_id, Path(dest) if dest else None)
             print_json({"id": job.id, "dest": str(where), "outputs": fetched})
             return
+        # Whatever can be refused without the site is refused before a progress bar is drawn.
+        job_id = lifecycle.fetchable_job(lctx.ledger, job_id).id
         from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
         with Progress(

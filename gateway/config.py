@@ -14,7 +14,7 @@ from pathlib import Path
 from gateway.errors import ConfigError
 from gateway.home import aif_home
 from gateway.spec import SITE_ALLOWED, SITE_PATTERN
-from gateway.tomlcheck import Table, load_toml_file
+from gateway.tomlcheck import Table, load_toml_file, show_key, show_value
 
 TRANSPORTS = ("ssh", "local", "pyslurm")
 # Accounts reach an #SBATCH line: keep them to characters that need no quoting.
@@ -85,7 +85,7 @@ def parse_config(data: dict[str, object], *, source: str) -> dict[str, SiteAcces
     result: dict[str, SiteAccess] = {}
     for name in raw_sites:
         if not isinstance(name, str) or not _matches(SITE_PATTERN, name):
-            sites_table.fail(name, f"{name!r} is not a site name; {SITE_ALLOWED}")
+            sites_table.fail(show_key(name), f"{show_value(name)} is not a site name; {SITE_ALLOWED}")
         # Each site's table is read on its own so that unknown keys name the site.
         t = Table(
             _as_table(sites_table, name, raw_sites[name]),

@@ -18,12 +18,28 @@ EXIT_JOB_FAILED = 7
 EXIT_TIMEOUT = 8
 
 
+def one_line(text: str) -> str:
+    """``text`` with every character that is not printable escaped (``\\n``, ``\\x1b``, ``\\u2028``).
+
+    Users' values end up in messages (a variable name may hold a newline, a
+    file name an escape sequence): escaped, they can neither break the one
+    line nor drive the terminal.
+    """
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
 class AifError(Exception):
-    """Base of every error meant for the user: one clear line, one exit code."""
+    """Base of every error meant for the user: one clear line, one exit code.
+
+    The message is made one line here (:func:`one_line`), whatever it holds.
+    """
 
     exit_code: int = EXIT_INTERNAL
 
     def __init__(self, message: str) -> None:
+        message = one_line(message)
         super().__init__(message)
         self.message = message
 

@@ -624,13 +624,21 @@ def wait(
 def stdout_path_of(job: LedgerJob, task: int | None = None) -> str:
     if not job.slurm_job_id or not job.stdout_path:
         raise UsageError(f"{job.id} was never submitted ({job.state}): it has no output")
+    if task is not None and job.array_size is None:
+        raise UsageError(f"--task {task}: {job.id} is not an array job; leave out --task")
+    if task is not None and job.array_size is not None and not 0 <= task < job.array_size:
+        raise UsageError(
+            f"--task {task}: {job.id} is an array of {job.array_size} tasks; "
+            f"expected 0 to {job.array_size - 1}"
+        )
     path = job.stdout_path.replace("%A", job.slurm_job_id).replace("%j", job.slurm_job_id)
     return path.replace("%a", str(task if task is not None else 0))
 
 
 def read_log(ctx: Context, job_id: str, *, task: int | None = None, offset: int = 0) -> bytes:
     job = ctx.ledger.get(job_id)
-    return ctx.backend(job.site).read_file(stdout_path_of(job, task), offset)
+    path = stdout_path_of(job, task)  # before connecting: a bad --task needs no site
+    return ctx.backend(job.site).read_file(path, offset)
 
 
 def follow_log(
@@ -715,11 +723,7 @@ def fetch(
     ctx: Context, job_id: str, dest: Path | None = None, *, progress: Progress | None = None
 ) -> tuple[LedgerJob, Path, list[str]]:
     """Copy the spec's outputs back (SFTP over SSH, a file copy locally)."""
-    job = ctx.ledger.get(job_id)
-    if not job.slurm_job_id:
-        raise UsageError(f"{job.id} was never submitted ({job.state}): nothing to fetch")
-    if not job.outputs:
-        raise UsageError(f"{job.id}: its spec lists no [data] outputs to fetch")
+    job = _check_fetchable(ctx.ledger.get(job_id))
     dest = dest or Path(job.id)
     backend = ctx.backend(job.site)
     fetched = []
@@ -731,8 +735,26 @@ def fetch(
     return job, dest, fetched
 
 
-def list_jobs(ledger: Ledger, limit: int | None = None) -> list[LedgerJob]:
-    return ledger.list_jobs(limit=limit)
+def fetchable_job(ledger: Ledger, job_id: str) -> LedgerJob:
+    """The job :func:`fetch` would copy from, checked without asking its site (known, submitted,
+    with outputs)."""
+    return _check_fetchable(ledger.get(job_id))
+
+
+def _check_fetchable(job: LedgerJob) -> LedgerJob:
+    if not job.slurm_job_id:
+        raise UsageError(f"{job.id} was never submitted ({job.state}): nothing to fetch")
+    if not job.outputs:
+        raise UsageError(f"{job.id}: its spec lists no [data] outputs to fetch")
+    return job
+
+
+def list_jobs(ledger: Ledger, limit: int | None = None, *, include_invalid: bool = True) -> list[LedgerJob]:
+    """The newest ``limit`` jobs; without ``include_invalid``, INVALID rows are skipped (not counted)."""
+    if include_invalid:
+        return ledger.list_jobs(limit=limit)
+    shown = [job for job in ledger.list_jobs() if job.state != JobState.INVALID]
+    return shown if limit is None else shown[:limit]
 
 
 def history(ledger: Ledger, job_id: str) -> list[tuple[str, str, str]]:

@@ -19,6 +19,7 @@ from gateway.spec import (
     COUNTRY_PATTERN,
     IDENT_ALLOWED,
     IDENT_PATTERN,
+    PATH_MAX_LENGTH,
     SECTOR_PATTERN,
     SENSITIVITIES,
     SITE_ALLOWED,
@@ -302,6 +303,7 @@ def _parse_slurm(t: Table) -> SlurmRules:
             "/home/{user}/aif",
             pattern=WORK_AREA_PATTERN,
             allowed="expected an absolute path; {user}, {account} and {site} are filled in",
+            max_length=PATH_MAX_LENGTH,
         ),
     )
 
@@ -347,7 +349,9 @@ def _parse_dataset(t: Table) -> Dataset:
     size = t.string("size", pattern=SIZE_PATTERN, allowed=SIZE_ALLOWED)
     return Dataset(
         name=t.string("name", pattern=IDENT_PATTERN, allowed=IDENT_ALLOWED),
-        path=t.string("path", pattern=WORK_AREA_PATTERN, allowed="expected an absolute path"),
+        path=t.string(
+            "path", pattern=WORK_AREA_PATTERN, allowed="expected an absolute path", max_length=PATH_MAX_LENGTH
+        ),
         size=size,
         size_mb=size_to_mb(size),
         sensitivity=t.string("sensitivity", "public", choices=SENSITIVITIES),

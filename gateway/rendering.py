@@ -15,13 +15,15 @@ import shlex
 from dataclasses import dataclass
 
 from gateway import __version__
-from gateway.errors import NoFit, ProfileError
+from gateway.errors import NoFit, ProfileError, SpecError
 from gateway.profiles import Partition, QosRule, SiteProfile
 from gateway.spec import JobSpec
-from gateway.tomlcheck import format_walltime
+from gateway.tomlcheck import format_walltime, show_value
 
 _DIRECTIVE_VALUE = re.compile(r"[A-Za-z0-9._+/:%=,@{}-]*")
 RENDER_JOB_ID = "aif-render"
+# Linux's PATH_MAX (4096) less room for the output files Slurm and the job write in it.
+SITE_WORKDIR_MAX_LENGTH = 4000
 
 
 def fill_site_path(template: str, *, user: str, account: str | None, site: str) -> str:
@@ -180,6 +182,12 @@ def render_batch_script(
     workdir = f"{work_area.rstrip('/')}/{spec.workdir_for(job_id)}".rstrip("/")
     stdout_name = "slurm-%A_%a.out" if spec.array else "slurm-%j.out"
     stdout_path = f"{workdir}/{stdout_name}"
+    if len(workdir) > SITE_WORKDIR_MAX_LENGTH:
+        raise SpecError(
+            f"{spec.source}: job.workdir: at {profile.name} the job's directory would be "
+            f"{len(workdir)} characters long ({show_value(workdir)}); "
+            f"at most {SITE_WORKDIR_MAX_LENGTH} allowed"
+        )
 
     directives: list[tuple[str, str | None]] = [("job-name", slurm_job_name(spec.name, job_id))]
     if account:

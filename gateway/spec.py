@@ -46,6 +46,20 @@ RELPATH_PATTERN = r"[A-Za-z0-9._+/-]+"
 RELPATH_ALLOWED = "expected a relative path of letters, digits and . _ + - /, without '..'"
 NO_CONTROL_PATTERN = r"[^\x00-\x1f\x7f]+"
 CONTAINER_PATTERN = r"[^\s\x00-\x1f\x7f]{1,512}"
+# Bounds on what a spec may hold, so a runaway value is refused here and not
+# half-way through a site's sbatch. Paths: what file systems and tools take
+# without surprises (a name between slashes is at most 255 bytes in Linux).
+PATH_MAX_LENGTH = 1024
+PATH_PART_MAX_LENGTH = 255
+# One argument or environment value: Linux's limit for one string given to exec.
+ARGUMENT_MAX_BYTES = 131_072
+# The whole script: well under Slurm's default batch script limit (4 MB).
+SCRIPT_MAX_BYTES = 1_048_576
+MAX_ARGUMENTS = 4096
+MAX_VARIABLES = 1024
+MAX_LIST_ITEMS = 256
+# The longest aif job id, ``aif-`` and 10 characters, which fills {id}.
+LONGEST_JOB_ID = "aif-" + "x" * 10
 DEFAULT_WALLTIME = "01:00:00"
 # Each job its own directory by default: reruns of one spec never overwrite outputs.
 DEFAULT_WORKDIR = "{name}/{id}"
@@ -199,27 +213,45 @@ def _parse_job(t: Table) -> JobSection:
     if t.has("command") and t.has("script"):
         t.fail("command", "give exactly one of command (an argv list) or script (a bash body), not both")
     if t.has("command"):
-        command = t.string_list("command", non_empty=True)
+        command = t.string_list("command", non_empty=True, max_items=MAX_ARGUMENTS)
         if command[0] == "":
             t.bad_value("command[0]", command[0], "the program name must not be empty")
+        for index, argument in enumerate(command):
+            t.check_bytes(f"command[{index}]", argument, ARGUMENT_MAX_BYTES)
+        t.check_bytes("command", "\0".join(command), SCRIPT_MAX_BYTES)
     elif t.has("script"):
         script = t.string("script")
         if not script.strip():
             t.bad_value("script", script, "the script must not be empty")
+        t.check_bytes("script", script, SCRIPT_MAX_BYTES)
     else:
         t.fail("command", "is required: give command (an argv list) or script (a bash body)")
-    workdir = t.string("workdir", DEFAULT_WORKDIR)
-    _check_workdir(t, workdir)
+    workdir = t.string("workdir", DEFAULT_WORKDIR, max_length=PATH_MAX_LENGTH)
+    _check_workdir(t, workdir, name)
     return JobSection(name=name, sector=sector, command=command, script=script, workdir=workdir)
 
 
-def _check_workdir(t: Table, template: str) -> None:
+def _check_workdir(t: Table, template: str, name: str) -> None:
     for placeholder in re.findall(r"\{([^}]*)\}", template):
         if placeholder not in WORKDIR_PLACEHOLDERS:
             t.bad_value("workdir", template, "the only placeholders are {name} and {id}")
     filled = template.replace("{name}", "n").replace("{id}", "i")
     if not is_safe_relative_path(filled):
         t.bad_value("workdir", template, RELPATH_ALLOWED + " (placeholders {name} and {id} allowed)")
+    longest = template.replace("{name}", name).replace("{id}", LONGEST_JOB_ID)
+    if len(longest) > PATH_MAX_LENGTH:
+        t.bad_value(
+            "workdir",
+            template,
+            f"with this job's name and id it is {len(longest)} characters long; "
+            f"at most {PATH_MAX_LENGTH} allowed",
+        )
+    _check_path_parts(t, "workdir", template, longest)
+
+
+def _check_path_parts(t: Table, key: str, value: str, path: str) -> None:
+    if any(len(part) > PATH_PART_MAX_LENGTH for part in path.split("/")):
+        t.bad_value(key, value, f"at most {PATH_PART_MAX_LENGTH} characters between slashes")
 
 
 def is_safe_relative_path(text: str) -> bool:
@@ -258,34 +290,52 @@ def _parse_environment(t: Table) -> Environment:
         allowed="expected an image reference without spaces, e.g. docker://nvcr.io/nvidia/pytorch:24.05-py3",
     )
     modules = t.string_list(
-        "modules", (), pattern=CONTAINER_PATTERN, allowed="expected a module name without spaces"
+        "modules",
+        (),
+        pattern=CONTAINER_PATTERN,
+        allowed="expected a module name without spaces",
+        max_items=MAX_LIST_ITEMS,
     )
-    variables = t.string_map("variables", key_pattern=VARIABLE_PATTERN, key_allowed=VARIABLE_ALLOWED)
-    for name, _ in variables:
+    variables = t.string_map(
+        "variables", key_pattern=VARIABLE_PATTERN, key_allowed=VARIABLE_ALLOWED, max_items=MAX_VARIABLES
+    )
+    for name, value in variables:
         if name.startswith(("SLURM_", "AIF_")):
             t.bad_value(
                 f"variables.{name}", name, "names starting with SLURM_ or AIF_ are set by Slurm and aif"
             )
+        t.check_bytes(f"variables.{name}", value, ARGUMENT_MAX_BYTES)
     return Environment(container=container, modules=modules, variables=variables)
 
 
 def _parse_data(t: Table) -> DataSection:
     inputs = t.string_list(
-        "inputs", (), pattern=IDENT_PATTERN, allowed="expected dataset names: " + IDENT_ALLOWED
+        "inputs",
+        (),
+        pattern=IDENT_PATTERN,
+        allowed="expected dataset names: " + IDENT_ALLOWED,
+        max_items=MAX_LIST_ITEMS,
     )
     sensitivity = t.string("sensitivity", "public", choices=SENSITIVITIES)
-    outputs = t.string_list("outputs", ())
+    outputs = t.string_list("outputs", (), max_items=MAX_LIST_ITEMS, max_length=PATH_MAX_LENGTH)
     for index, output in enumerate(outputs):
         if not is_safe_relative_path(output.rstrip("/") or "."):
             t.bad_value(f"outputs[{index}]", output, RELPATH_ALLOWED + " (relative to the job's workdir)")
+        _check_path_parts(t, f"outputs[{index}]", output, output)
     return DataSection(inputs=inputs, sensitivity=sensitivity, outputs=outputs)
 
 
 def _parse_placement(t: Table) -> PlacementSection:
     site = t.optional_string("site", pattern=SITE_PATTERN, allowed=SITE_ALLOWED)
-    exclude = t.string_list("exclude", (), pattern=SITE_PATTERN, allowed=SITE_ALLOWED)
+    exclude = t.string_list(
+        "exclude", (), pattern=SITE_PATTERN, allowed=SITE_ALLOWED, max_items=MAX_LIST_ITEMS
+    )
     countries = t.string_list(
-        "countries", (), pattern=COUNTRY_PATTERN, allowed="expected ISO 3166 country codes such as 'FI'"
+        "countries",
+        (),
+        pattern=COUNTRY_PATTERN,
+        allowed="expected ISO 3166 country codes such as 'FI'",
+        max_items=MAX_LIST_ITEMS,
     )
     if site is not None and site in exclude:
         t.bad_value("site", site, "this site is also in placement.exclude")

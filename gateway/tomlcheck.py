@@ -23,6 +23,7 @@ else:  # pragma: no cover - exercised only on Python 3.10
 E = TypeVar("E", bound=InvalidInput)
 
 _MISSING = object()
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 def show_value(value: object, limit: int = 60) -> str:
@@ -39,6 +40,11 @@ def show_value(value: object, limit: int = 60) -> str:
         text = repr(value)
     text = text.replace("\n", "\\n").replace("\r", "\\r")
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def show_key(key: str) -> str:
+    """A key as it appears in a key path: bare when TOML allows it bare, else quoted and escaped."""
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else show_value(key)
 
 
 def suggest(word: str, options: Sequence[str]) -> str | None:
@@ -86,10 +92,15 @@ def load_toml_file(path: Path, error: type[E]) -> dict[str, object]:
 
 
 def parse_toml_bytes(raw: bytes, source: str, error: type[E]) -> dict[str, object]:
+    """Parse a TOML document; a UTF-8 byte-order mark at the start is accepted and dropped.
+
+    Editors on Windows write one, and the TOML grammar has no place for it.
+    """
+    start = len(UTF8_BOM) if raw.startswith(UTF8_BOM) else 0
     try:
-        text = raw.decode("utf-8")
+        text = raw[start:].decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise error(f"{source}: not valid UTF-8 (byte {exc.start})") from None
+        raise error(f"{source}: not valid UTF-8 (byte {start + exc.start})") from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -135,7 +146,7 @@ class Table:
                 maybe = did_you_mean(key, self._allowed)
                 where = f"in [{self.path}]" if self.path else "at the top level"
                 self.fail(
-                    key,
+                    show_key(key),
                     f"unknown key, {maybe}(allowed {where}: {', '.join(self._allowed)})",
                 )
 
@@ -162,6 +173,7 @@ class Table:
         pattern: str | None = None,
         choices: Sequence[str] | None = None,
         allowed: str = "",
+        max_length: int | None = None,
     ) -> str:
         if self._absent(key, default):
             return default  # type: ignore[return-value]
@@ -170,12 +182,30 @@ class Table:
             self.fail(key, f"{show_value(value)} is {type_name(value)}; expected a string")
         if "\x00" in value:
             self.bad_value(key, value, "NUL characters are not allowed")
+        self.check_length(key, value, max_length)
         if choices is not None and value not in choices:
             maybe = did_you_mean(value, choices)
             self.bad_value(key, value, f"{maybe}expected one of: {', '.join(choices)}")
         if pattern is not None and not re.fullmatch(pattern, value):
             self.bad_value(key, value, allowed or f"expected a value matching {pattern}")
         return value
+
+    def check_length(self, key: str, value: str, max_length: int | None) -> None:
+        """Refuse a string longer than ``max_length`` characters (None: no bound)."""
+        if max_length is not None and len(value) > max_length:
+            self.fail(
+                key, f"{show_value(value)} is {len(value)} characters long; at most {max_length} allowed"
+            )
+
+    def check_bytes(self, key: str, value: str, max_bytes: int) -> None:
+        """Refuse a string whose UTF-8 encoding is longer than ``max_bytes``."""
+        size = len(value.encode("utf-8", "surrogatepass"))
+        if size > max_bytes:
+            self.fail(key, f"{show_value(value)} is {size} bytes (UTF-8); at most {max_bytes} allowed")
+
+    def check_count(self, key: str, count: int, max_items: int | None) -> None:
+        if max_items is not None and count > max_items:
+            self.fail(key, f"{count} entries; at most {max_items} allowed")
 
     def optional_string(self, key: str, **kwargs: object) -> str | None:
         if key not in self._data:
@@ -213,6 +243,8 @@ class Table:
         pattern: str | None = None,
         allowed: str = "",
         non_empty: bool = False,
+        max_items: int | None = None,
+        max_length: int | None = None,
     ) -> tuple[str, ...]:
         if self._absent(key, default):
             return tuple(default)  # type: ignore[arg-type]
@@ -221,23 +253,28 @@ class Table:
             self.fail(key, f"{show_value(value)} is {type_name(value)}; expected an array of strings")
         if non_empty and not value:
             self.fail(key, "must not be empty")
+        self.check_count(key, len(value), max_items)
         for index, item in enumerate(value):
             item_key = f"{key}[{index}]"
             if not isinstance(item, str):
                 self.fail(item_key, f"{show_value(item)} is {type_name(item)}; expected a string")
             if "\x00" in item:
                 self.bad_value(item_key, item, "NUL characters are not allowed")
+            self.check_length(item_key, item, max_length)
             if pattern is not None and not re.fullmatch(pattern, item):
                 self.bad_value(item_key, item, allowed or f"expected a value matching {pattern}")
         return tuple(value)
 
-    def string_map(self, key: str, *, key_pattern: str, key_allowed: str) -> tuple[tuple[str, str], ...]:
+    def string_map(
+        self, key: str, *, key_pattern: str, key_allowed: str, max_items: int | None = None
+    ) -> tuple[tuple[str, str], ...]:
         value = self._data.get(key, {})
         if not isinstance(value, dict):
             self.fail(key, f"{show_value(value)} is {type_name(value)}; expected a table")
+        self.check_count(key, len(value), max_items)
         pairs: list[tuple[str, str]] = []
         for name, item in value.items():
-            item_key = f"{key}.{name}"
+            item_key = f"{key}.{show_key(name)}"
             if not re.fullmatch(key_pattern, name):
                 self.fail(item_key, f"{show_value(name)} is not allowed as a name; {key_allowed}")
             if not isinstance(item, str):

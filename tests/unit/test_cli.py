@@ -6,6 +6,7 @@ import json
 import shutil
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
@@ -133,3 +134,197 @@ def test_wheel_ships_the_profiles(tmp_path: Path) -> None:
     assert "gateway/cli.py" in names
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt")))
     assert b"aif = gateway.cli:main" in entry_points
+
+
+# -- aif list -----------------------------------------------------------------------------
+
+HASH = "0" * 64
+
+
+def ledger_with_one_invalid_and_one_submitted() -> tuple[str, str]:
+    """(invalid id, submitted id): a spec refused before submission, and a submitted job."""
+    from gateway.ledger import Ledger
+
+    with Ledger() as ledger:
+        job = ledger.record_intent(
+            site="lumi",
+            name="train",
+            spec_path="train.toml",
+            spec_hash=HASH,
+            workdir="/w",
+            outputs=(),
+            stdout_path="/w/slurm-%j.out",
+            array_size=None,
+            depends_on=None,
+        )
+        ledger.mark_submitted(job.id, "42")
+        # The newest row: a default listing must skip it, even with --limit 1.
+        invalid = ledger.record_invalid(spec_path="bad.toml", spec_hash=HASH, message="job.name: required")
+    return invalid.id, job.id
+
+
+@pytest.mark.parametrize("limit", ["-1", "-100"])
+def test_list_refuses_a_negative_limit_exit_2(limit: str) -> None:
+    result = aif("list", "--limit", limit)
+    assert result.exit_code == 2
+    assert f"--limit: {limit} is not allowed; expected 0 or more" in one_line_error(result)
+
+
+def test_list_hides_invalid_rows_unless_all() -> None:
+    invalid, submitted = ledger_with_one_invalid_and_one_submitted()
+    shown = [j["id"] for j in json.loads(aif("list", "--json").stdout)]
+    assert shown == [submitted]
+    every = [j["id"] for j in json.loads(aif("list", "--all", "--json").stdout)]
+    assert every == [invalid, submitted]
+    # --limit counts the rows shown: the newest submitted job, not the newest row.
+    assert [j["id"] for j in json.loads(aif("list", "--limit", "1", "--json").stdout)] == [submitted]
+    table = aif("list").stdout
+    assert submitted in table and invalid not in table
+    assert "INVALID" in aif("list", "--all").stdout
+    assert "--all" in aif("list", "--help").stdout and "INVALID" in aif("list", "--help").stdout
+
+
+# -- aif wait --timeout -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("timeout", ["-1", "-0.5", "nan", "NaN", "inf", "-inf", "Infinity", "soon"])
+def test_wait_refuses_a_timeout_that_is_not_a_finite_positive_number_exit_2(timeout: str) -> None:
+    result = aif("wait", "aif-whatever", "--timeout", timeout)
+    assert result.exit_code == 2
+    message = one_line_error(result)
+    assert f"--timeout: {timeout} is not allowed; expected a number of seconds, 0 or more" in message
+
+
+# -- commands that reach a site, over the fake transport -----------------------------------
+
+
+@pytest.fixture
+def fake_sites(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Every site is a FakeTransport (created on first use); returns them by site name."""
+    from gateway import context
+    from gateway.site import SlurmCliBackend
+    from gateway.transports.fake import FakeTransport
+
+    opened: dict[str, Any] = {}
+
+    def open_backend(profile: Any, access: Any, on_command: Any = None, **_: Any) -> SlurmCliBackend:
+        transport = opened.setdefault(profile.name, FakeTransport(site=profile.name))
+        return SlurmCliBackend(transport=transport, accounting="jobcomp")
+
+    monkeypatch.setattr(context, "open_backend", open_backend)
+    return opened
+
+
+def submitted_job(*, array_size: int | None = None, site: str = "lumi", outputs: tuple[str, ...] = ()) -> Any:
+    from gateway.ledger import Ledger
+
+    with Ledger() as ledger:
+        job = ledger.record_intent(
+            site=site,
+            name="train",
+            spec_path="train.toml",
+            spec_hash=HASH,
+            workdir="/w/train",
+            outputs=outputs,
+            stdout_path="/w/train/slurm-%A_%a.out" if array_size else "/w/train/slurm-%j.out",
+            array_size=array_size,
+            depends_on=None,
+        )
+        return ledger.mark_submitted(job.id, "42")
+
+
+def test_logs_of_an_array_task(fake_sites: dict[str, Any]) -> None:
+    job = submitted_job(array_size=4)
+    from gateway.transports.fake import FakeTransport
+
+    fake_sites["lumi"] = FakeTransport(site="lumi", files={"/w/train/slurm-42_3.out": b"task three\n"})
+    result = aif("logs", job.id, "--task", "3")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "task three\n"
+
+
+@pytest.mark.parametrize(("task", "array_size"), [("4", 4), ("-1", 4), ("100000", 4), ("0", None)])
+def test_logs_refuses_a_task_the_job_does_not_have_exit_2(
+    fake_sites: dict[str, Any], task: str, array_size: int | None
+) -> None:
+    job = submitted_job(array_size=array_size)
+    result = aif("logs", job.id, "--task", task)
+    assert result.exit_code == 2
+    message = one_line_error(result)
+    if array_size:
+        assert f"--task {task}: {job.id} is an array of 4 tasks; expected 0 to 3" in message
+    else:
+        assert f"--task {task}: {job.id} is not an array job; leave out --task" in message
+    assert not fake_sites, "nothing may be asked of the site"
+
+
+def test_fetch_of_an_unknown_job_draws_no_progress_bar() -> None:
+    result = aif("fetch", "aif-nosuchjob0")
+    assert result.exit_code == 2
+    assert "no job aif-nosuchjob0 in the ledger" in one_line_error(result)
+
+
+def test_fetch_of_a_job_it_cannot_fetch_draws_no_progress_bar(fake_sites: dict[str, Any]) -> None:
+    invalid, _ = ledger_with_one_invalid_and_one_submitted()
+    never = aif("fetch", invalid)
+    assert never.exit_code == 2 and "was never submitted" in one_line_error(never)
+    nothing = aif("fetch", submitted_job(outputs=()).id)
+    assert nothing.exit_code == 2 and "lists no [data] outputs" in one_line_error(nothing)
+    assert not fake_sites
+
+
+def test_fetch_copies_the_outputs_with_a_progress_bar(fake_sites: dict[str, Any], tmp_path: Path) -> None:
+    from gateway.transports.fake import FakeTransport
+
+    job = submitted_job(outputs=("results/",))
+    fake_sites["lumi"] = FakeTransport(site="lumi", files={"/w/train/results/metrics.json": b"{}"})
+    result = aif("fetch", job.id, str(tmp_path / "out"))
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "results" / "metrics.json").read_bytes() == b"{}"
+    assert f"{job.id}: fetched results/" in result.stdout
+    assert f"fetch {job.id}" in result.stderr
+
+
+def test_the_live_wait_table_ends_its_line_before_the_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway import lifecycle
+
+    job = submitted_job()
+
+    def wait(ctx: Any, ids: Any, *, timeout: Any = None, on_update: Any = None, **_: Any) -> Any:
+        report = lifecycle.StatusReport(jobs=[job], unreachable={})
+        on_update(report)
+        return report
+
+    monkeypatch.setattr(lifecycle, "wait", wait)
+    result = aif("wait", job.id, "--timeout", "1")
+    assert result.exit_code == 8
+    last = result.stderr.splitlines()[-1]
+    assert last == f"aif: error: timed out after 1 s: {job.id} is PENDING"
+    assert "waiting 0 s" in result.stderr and job.id in result.stderr.splitlines()[-3]
+
+
+def test_wait_for_an_unknown_job_is_one_line() -> None:
+    result = aif("wait", "aif-nosuchjob0")
+    assert result.exit_code == 2
+    assert "no job aif-nosuchjob0" in one_line_error(result)
+
+
+@pytest.mark.parametrize("sites", [("lumi",), ("lumi", "bsc")])
+def test_status_names_each_unreachable_site_once(
+    monkeypatch: pytest.MonkeyPatch, sites: tuple[str, ...]
+) -> None:
+    from gateway import context
+    from gateway.errors import SiteUnreachable
+
+    jobs = [submitted_job(site=site) for site in sites]
+
+    def open_backend(profile: Any, access: Any, on_command: Any = None, **_: Any) -> Any:
+        raise SiteUnreachable(f"cannot connect to site {profile.name} at {profile.host}:22: timed out")
+
+    monkeypatch.setattr(context, "open_backend", open_backend)
+    result = aif("status", "--json")
+    assert result.exit_code == 5
+    assert {j["id"] for j in json.loads(result.stdout)} == {j.id for j in jobs}
+    message = one_line_error(result)
+    for site in sites:
+        assert message.count(f"cannot connect to site {site} at ") == 1

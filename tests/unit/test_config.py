@@ -45,3 +45,16 @@ def test_config_errors_name_the_file_and_key(aif_home: Path, text: str, expected
         load_config()
     assert str(info.value).startswith(str(aif_home / "config.toml"))
     assert expected in str(info.value)
+
+
+def test_a_site_name_with_a_newline_is_escaped(aif_home: Path) -> None:
+    (aif_home / "config.toml").write_text('[sites."lu\\nmi"]\naccount = "x"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config()
+    assert "sites.'lu\\nmi': 'lu\\nmi' is not a site name" in str(info.value)
+    assert len(str(info.value).splitlines()) == 1
+
+
+def test_a_byte_order_mark_is_accepted(aif_home: Path) -> None:
+    (aif_home / "config.toml").write_bytes(b"\xef\xbb\xbf" + b'[sites.lumi]\naccount = "project_465000123"\n')
+    assert load_config().access("lumi").account == "project_465000123"

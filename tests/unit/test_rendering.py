@@ -188,3 +188,18 @@ def test_datasets_become_environment_variables() -> None:
     missing = spec_from({"job": {"name": "d", "command": ["true"]}, "data": {"inputs": ["other"]}})
     with pytest.raises(NoFit, match="dataset other"):
         render_batch_script(missing, TESTSITE, account="proj_1", user="a")
+
+
+def test_the_workdir_at_the_site_is_bounded() -> None:
+    """Each part is bounded at validation; their combination at a site is checked when rendering."""
+    from gateway.errors import SpecError
+
+    deep = replace(TESTSITE, slurm=replace(TESTSITE.slurm, work_area="/" + "{user}/" * 140))
+    spec = spec_from({"job": {"name": "n" * 128, "command": ["true"], "workdir": "{name}/{id}"}})
+    assert len(render_batch_script(spec, deep, account=None, user="u").workdir) < 4000
+    with pytest.raises(SpecError) as info:
+        render_batch_script(spec, deep, account=None, user="u" * 32)
+    message = str(info.value)
+    assert message.startswith("t.toml: job.workdir: ")
+    assert "at testsite the job's directory would be 4" in message
+    assert "characters long (" in message and "; at most 4000 allowed" in message

@@ -256,3 +256,31 @@ def test_readme_documents_every_key() -> None:
     }
     missing = sorted(key for key in keys if f"| `{key}` |" not in text)
     assert not missing
+
+
+def test_a_profile_with_a_byte_order_mark_is_accepted(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from gateway.cli import main
+
+    path = tmp_path / "lumi.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + (PROFILES_DIR / "lumi.toml").read_bytes())
+    assert load_profile(path).name == "lumi"
+    result = CliRunner().invoke(main, ["profile", "validate", str(path)])
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize(
+    ("site", "old", "new", "key"),
+    [
+        ("lumi", 'work_area = "', 'work_area = "/' + "w" * 1024, "slurm.work_area"),
+        ("it4lia", '\npath = "', '\npath = "/' + "d" * 1024, "datasets[0].path"),
+    ],
+)
+def test_profile_paths_are_bounded(tmp_path: Path, site: str, old: str, new: str, key: str) -> None:
+    text = (PROFILES_DIR / f"{site}.toml").read_text()
+    assert old in text
+    path = tmp_path / f"{site}.toml"
+    path.write_text(text.replace(old, new, 1))
+    with pytest.raises(ProfileError, match=rf"{re.escape(key)}: .* characters long; at most 1024 allowed"):
+        load_profile(path)

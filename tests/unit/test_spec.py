@@ -240,3 +240,109 @@ def test_random_documents_through_the_cli_never_show_a_traceback(tmp_path: Path,
     assert result.exit_code in (0, 2, 3, 4), result.output
     assert "Traceback" not in result.output
     assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
+
+
+# -- every bad value is escaped: an error stays on one line ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (
+            '[job]\nname="a"\ncommand=["x"]\n[environment.variables]\n"A\\nB" = "x"\n',
+            "environment.variables.'A\\nB': 'A\\nB' is not allowed as a name",
+        ),
+        ('[job]\nname="a"\ncommand=["x"]\n"na\\rme" = 1\n', "job.'na\\rme': unknown key"),
+        ('"\\u2028" = 1\n', "'\\u2028': unknown key"),
+        ('[job]\nname="a"\ncommand=["x"]\n[environment]\nvariables={"X\\tY"="1"}\n', "'X\\tY'"),
+    ],
+)
+def test_keys_with_control_characters_are_escaped(tmp_path: Path, body: str, expected: str) -> None:
+    path = write(tmp_path, body)
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    message = str(info.value)
+    assert expected in message
+    assert message.isprintable(), message
+
+
+def test_a_file_name_with_a_newline_stays_on_one_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "[job\n", name="two\nlines.toml")
+    result = CliRunner().invoke(main, ["render", str(path), "--site", "lumi"])
+    assert result.exit_code == 3
+    assert result.stderr.count("\n") == 1 and "two\\nlines.toml" in result.stderr
+
+
+def test_every_aif_error_is_one_line() -> None:
+    from gateway.errors import AifError
+
+    assert AifError("a\nb\r\x1b[31mc\u2028").message == "a\\nb\\r\\x1b[31mc\\u2028"
+    assert str(AifError("été ok")) == "été ok"
+
+
+def test_a_byte_order_mark_is_accepted(tmp_path: Path) -> None:
+    """Editors on Windows save UTF-8 with a BOM; TOML parsers refuse it as a stray character."""
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + MINIMAL.encode())
+    assert load_spec(path).name == "hello"
+    # Only one BOM, at the very start: anywhere else it is still an error.
+    path.write_bytes(b"\xef\xbb\xbf\xef\xbb\xbf" + MINIMAL.encode())
+    with pytest.raises(SpecError, match="not valid TOML"):
+        load_spec(path)
+
+
+# -- lengths are bounded at validation -----------------------------------------------------
+
+LONG = "a" * 100_000
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (f"workdir = '{LONG}'", "job.workdir: 'aaaa"),
+        (f"workdir = '{LONG}'", "is 100000 characters long; at most 1024 allowed"),
+        (
+            "workdir = '" + "{name}" * 170 + "'",
+            "with this job's name and id it is 21760 characters long; at most 1024 allowed",
+        ),
+        ("workdir = 'runs/" + "b" * 256 + "'", "at most 255 characters between slashes"),
+        (f"[data]\noutputs = ['ok/', '{LONG}']", "data.outputs[1]: 'aaa"),
+        (f"[data]\noutputs = ['ok/', '{LONG}']", "is 100000 characters long; at most 1024 allowed"),
+        ("[data]\noutputs = [" + "'x', " * 257 + "]", "data.outputs: 257 entries; at most 256 allowed"),
+        ("script = '''" + "echo é\n" * 150_000 + "'''", "is 1200000 bytes (UTF-8); at most 1048576 allowed"),
+        (f"command = ['echo', '{'x' * 131_073}']", "is 131073 bytes (UTF-8); at most 131072 allowed"),
+        ("command = [" + "'x', " * 4097 + "]", "job.command: 4097 entries; at most 4096 allowed"),
+        (f"[environment]\nvariables = {{ A = '{'v' * 131_073}' }}", "environment.variables.A: 'vvv"),
+        ("[environment]\nmodules = [" + "'m', " * 257 + "]", "environment.modules: 257 entries"),
+        ("[data]\ninputs = [" + "'d', " * 257 + "]", "data.inputs: 257 entries; at most 256 allowed"),
+    ],
+)
+def test_lengths_are_bounded_and_the_bound_is_named(tmp_path: Path, body: str, expected: str) -> None:
+    job = f"[job]\nname = '{'n' * 128}'\n"
+    if not body.startswith(("script", "command")):
+        job += "command = ['x']\n"
+    path = write(tmp_path, job + body + "\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    message = str(info.value)
+    assert expected in message
+    assert len(message) < 1000
+
+
+def test_many_variables_are_bounded(tmp_path: Path) -> None:
+    names = ", ".join(f"V{i} = 'x'" for i in range(1025))
+    path = write(tmp_path, f"[job]\nname = 'n'\ncommand = ['x']\n[environment]\nvariables = {{ {names} }}\n")
+    with pytest.raises(SpecError, match=r"environment.variables: 1025 entries; at most 1024 allowed"):
+        load_spec(path)
+
+
+def test_the_largest_allowed_values_are_accepted(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "[job]\nname = 'n'\n"
+        f"workdir = 'w/{'a' * 255}/{'b' * 255}/{'c' * 255}/{'d' * 254}'\n"
+        f"command = ['echo', '{'x' * 131_072}']\n"
+        f"[data]\noutputs = ['{'/'.join(['o' * 255] * 4)}/']\n",
+    )
+    spec = load_spec(path)
+    assert len(spec.job.workdir) == 1024 and len(spec.data.outputs[0]) == 1024
