@@ -560,13 +560,13 @@ def refresh(
     answers = ctx.per_site({s: q for s, q in by_site.items() if q.queries}, ask, deadline=deadline)
     in_queue: set[str] = set()
     changes: list[tuple[str, str, str]] = []
-    by_slurm_id = {(j.site, j.slurm_job_id): j for j in jobs if j.slurm_job_id}
+    by_token = {j.token: j for j in jobs}
     for site, answer in answers.items():
         if answer.value is None:
             unreachable.setdefault(site, answer.problem)
             continue
-        for slurm_id, sighting in answer.value.sightings.items():
-            job = by_slurm_id[(site, slurm_id)]
+        for token, sighting in answer.value.sightings.items():
+            job = by_token[token]
             if sighting.record is not None:
                 changes.append((job.id, sighting.record.state.value, sighting.record.reason))
                 if sighting.in_queue:

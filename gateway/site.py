@@ -74,7 +74,9 @@ class SiteBackend(Protocol):
         self, directories: Sequence[str], fences: Sequence[journal.Fence] = ()
     ) -> journal.RecordRead: ...
 
-    def jobs(self, queries: Sequence[JobQuery]) -> dict[str, Sighting]: ...
+    def jobs(self, queries: Sequence[JobQuery]) -> dict[str, Sighting]:
+        """A sighting per query, keyed by the query's token (a Slurm id may name two jobs)."""
+        ...
 
     def cancel(self, slurm_ids: Sequence[str]) -> None: ...
 
@@ -139,7 +141,10 @@ class SlurmCliBackend:
             raise SiteUnreachable(f"site {self.site}: {exc}") from None
 
     def jobs(self, queries: Sequence[JobQuery]) -> dict[str, Sighting]:
-        """Every job asked for, confirmed: one squeue, plus one sacct for those not confirmed in it."""
+        """Every job asked for, confirmed: one squeue, plus one sacct for those not confirmed in it.
+
+        Keyed by token: after an id was reused, the ledger may hold two jobs with one Slurm id.
+        """
         if not queries:
             return {}
         result = self._run(slurm.squeue_argv())
@@ -147,7 +152,7 @@ class SlurmCliBackend:
             raise SiteUnreachable(f"site {self.site}: squeue failed: {_last_line(result)}")
         queue = slurm.parse_squeue(result.stdout)
         found = confirm_in_queue(queue, queries)
-        missing = [q for q in queries if found[q.slurm_job_id].record is None]
+        missing = [q for q in queries if found[q.token].record is None]
         if missing:
             result = self._run(slurm.sacct_argv([q.slurm_job_id for q in missing], self.accounting))
             if result.ok:
@@ -155,7 +160,7 @@ class SlurmCliBackend:
             else:
                 why = f"the site's accounting cannot be read ({_last_line(result)})"
                 for q in missing:
-                    found[q.slurm_job_id] = Sighting(None, f"{found[q.slurm_job_id].problem}; {why}")
+                    found[q.token] = Sighting(None, f"{found[q.token].problem}; {why}")
         return found
 
     def cancel(self, slurm_ids: Sequence[str]) -> None:
@@ -214,15 +219,15 @@ def confirm_in_queue(records: Sequence[slurm.JobRecord], queries: Sequence[JobQu
         comment = slurm.COMMENT_PREFIX + query.token
         ours = [r for r in candidates if r.comment == comment]
         if ours:
-            found[query.slurm_job_id] = Sighting(_fold(query.slurm_job_id, ours), in_queue=True)
+            found[query.token] = Sighting(_fold(query.slurm_job_id, ours), in_queue=True)
         elif candidates:
-            found[query.slurm_job_id] = Sighting(
+            found[query.token] = Sighting(
                 None,
                 f"Slurm job {query.slurm_job_id} in the queue is another job (not this job's token): "
                 "the site reused the id",
             )
         else:
-            found[query.slurm_job_id] = Sighting(
+            found[query.token] = Sighting(
                 None, f"Slurm job {query.slurm_job_id} is no longer in the queue"
             )
     return found
@@ -235,10 +240,10 @@ def confirm_in_accounting(
     index = _index_records(records)
     found: dict[str, Sighting] = {}
     for query in queries:
-        before = seen[query.slurm_job_id].problem if query.slurm_job_id in seen else ""
+        before = seen[query.token].problem if query.token in seen else ""
         candidates = _unique(index.get(query.slurm_job_id, ()))
         if not query.slurm_name:
-            found[query.slurm_job_id] = Sighting(
+            found[query.token] = Sighting(
                 None,
                 f"{before}; its name carries no aif id (submitted by an older aif), "
                 "so Slurm's records of finished jobs cannot confirm which job it was",
@@ -246,13 +251,13 @@ def confirm_in_accounting(
             continue
         ours = [r for r in candidates if r.name == query.slurm_name]
         if ours:
-            found[query.slurm_job_id] = Sighting(_fold(query.slurm_job_id, ours))
+            found[query.token] = Sighting(_fold(query.slurm_job_id, ours))
         elif candidates:
-            found[query.slurm_job_id] = Sighting(
+            found[query.token] = Sighting(
                 None, f"{before}; the finished Slurm job {query.slurm_job_id} on record is another job"
             )
         else:
-            found[query.slurm_job_id] = Sighting(
+            found[query.token] = Sighting(
                 None, f"{before}; no finished job {query.slurm_job_id} on record"
             )
     return found

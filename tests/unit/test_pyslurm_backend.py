@@ -23,12 +23,15 @@ def fake_pyslurm(mocker: MockerFixture) -> Any:
     return module
 
 
-def job(job_id: int, state: str, comment: str = "aif:tok", **extra: Any) -> SimpleNamespace:
-    return SimpleNamespace(id=job_id, state=state, state_reason="None", comment=comment, name="j", **extra)
+def job(job_id: int, state: str, comment: str | None = None, **extra: Any) -> SimpleNamespace:
+    base = extra.get("array_id") or job_id
+    return SimpleNamespace(
+        id=job_id, state=state, state_reason="None", comment=comment or f"aif:tok-{base}", name="j", **extra
+    )
 
 
 def q(slurm_id: str, token: str = "tok") -> JobQuery:
-    return JobQuery(slurm_id, token, "j")
+    return JobQuery(slurm_id, f"{token}-{slurm_id}", "j")
 
 
 def test_submit_uses_job_submit_description(fake_pyslurm: Any, tmp_path: Path) -> None:
@@ -66,7 +69,7 @@ def test_jobs_one_load_for_all_and_array_folding(fake_pyslurm: Any) -> None:
     }
     found = PyslurmBackend(site="login").jobs([q("1"), q("2"), q("3"), q("99")])
     assert fake_pyslurm.Jobs.load.call_count == 1
-    records = {k: v.record for k, v in found.items() if v.record is not None}
+    records = {k.removeprefix("tok-"): v.record for k, v in found.items() if v.record is not None}
     assert records["1"].state is JobState.RUNNING
     assert records["2"].state is JobState.COMPLETED
     assert records["3"].state is JobState.RUNNING  # an array runs while any task does
@@ -76,7 +79,7 @@ def test_jobs_one_load_for_all_and_array_folding(fake_pyslurm: Any) -> None:
 def test_jobs_are_confirmed_by_their_token(fake_pyslurm: Any) -> None:
     fake_pyslurm.Jobs.load.return_value = {1: job(1, "RUNNING", comment="aif:someone-else")}
     found = PyslurmBackend(site="login").jobs([q("1")])
-    assert found["1"].record is None and "reused the id" in found["1"].problem
+    assert found["tok-1"].record is None and "reused the id" in found["tok-1"].problem
 
 
 def test_submit_keeps_the_site_record(fake_pyslurm: Any, tmp_path: Path) -> None:

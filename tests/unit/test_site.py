@@ -43,9 +43,7 @@ def test_status_of_many_jobs_is_one_squeue() -> None:
     queries = queries_for(records)[:4]
     fake = FakeTransport(site="s").respond(["squeue"], stdout=squeue_text())
     found = SlurmCliBackend(transport=fake, accounting="jobcomp").jobs(queries)
-    assert {k for k, v in found.items() if v.record is not None and v.in_queue} == {
-        q.slurm_job_id for q in queries
-    }
+    assert {k for k, v in found.items() if v.record is not None and v.in_queue} == {q.token for q in queries}
     assert [c.argv[0] for c in fake.calls] == ["squeue"]
 
 
@@ -56,9 +54,12 @@ def test_jobs_that_left_the_queue_cost_one_sacct() -> None:
         .respond(["sacct"], stdout=(RECORDED / "sacct-jobcomp.stdout").read_text())
     )
     known = slurm.parse_sacct((RECORDED / "sacct-jobcomp.stdout").read_text())
-    queries = [*[JobQuery(r.job_id, "tok", r.name) for r in known][:3], JobQuery("99999", "tok", "x.aif-x")]
+    queries = [
+        *[JobQuery(r.job_id, f"tok{i}", r.name) for i, r in enumerate(known)][:3],
+        JobQuery("99999", "tok", "x.aif-x"),
+    ]
     found = SlurmCliBackend(transport=fake, accounting="jobcomp").jobs(queries)
-    assert found["99999"].record is None and "no finished job 99999" in found["99999"].problem
+    assert found["tok"].record is None and "no finished job 99999" in found["tok"].problem
     assert sum(1 for v in found.values() if v.record is not None) == 3
     sacct_calls = fake.calls_to(["sacct"])
     assert len(sacct_calls) == 1 and "--completion" in sacct_calls[0].argv
@@ -75,24 +76,34 @@ def test_a_reused_slurm_id_is_never_taken_for_the_job() -> None:
     ours = JobQuery("5", "aif-tok-old", "train.aif-oldoldold1")
     queue = [record("5", "other.aif-newnewnew1", JobState.RUNNING, "aif:aif-tok-new")]
     seen = confirm_in_queue(queue, [ours])
-    assert seen["5"].record is None and "reused the id" in seen["5"].problem
+    assert seen["aif-tok-old"].record is None and "reused the id" in seen["aif-tok-old"].problem
     # The finished record of the old job 5 carries its name: that is the second proof.
     finished = [
         record("5", "train.aif-oldoldold1", JobState.COMPLETED),
         record("5", "other.aif-newnewnew1", JobState.RUNNING),
     ]
     confirmed = confirm_in_accounting(finished, [ours], seen)
-    assert confirmed["5"].record is not None and confirmed["5"].record.state is JobState.COMPLETED
-    assert not confirmed["5"].in_queue  # never a reason to signal it
+    old = confirmed["aif-tok-old"]
+    assert old.record is not None and old.record.state is JobState.COMPLETED
+    assert not old.in_queue  # never a reason to signal it
     # Without its own record, the new job 5 is not the old job: no state is taken.
     alone = confirm_in_accounting(finished[1:], [ours], seen)
-    assert alone["5"].record is None and "another job" in alone["5"].problem
+    assert alone["aif-tok-old"].record is None and "another job" in alone["aif-tok-old"].problem
+
+
+def test_two_ledger_jobs_with_one_slurm_id_each_get_their_own_answer() -> None:
+    """The old and the new job 5 are both asked about: each is matched by its own token."""
+    old = JobQuery("5", "aif-tok-old", "train.aif-oldoldold1")
+    new = JobQuery("5", "aif-tok-new", "other.aif-newnewnew1")
+    queue = [record("5", "other.aif-newnewnew1", JobState.RUNNING, "aif:aif-tok-new")]
+    seen = confirm_in_queue(queue, [old, new])
+    assert seen["aif-tok-new"].in_queue and seen["aif-tok-old"].record is None
 
 
 def test_a_job_of_an_older_aif_cannot_be_confirmed_once_it_left_the_queue() -> None:
     old = JobQuery("5", "aif-tok-old", "")
     found = confirm_in_accounting([record("5", "train", JobState.COMPLETED)], [old], {})
-    assert found["5"].record is None and "older aif" in found["5"].problem
+    assert found["aif-tok-old"].record is None and "older aif" in found["aif-tok-old"].problem
 
 
 def test_confirming_looks_each_id_up_once(monkeypatch: pytest.MonkeyPatch) -> None:
