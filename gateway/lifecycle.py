@@ -441,31 +441,74 @@ def settle_unresolved(ctx: Context, site: str, jobs: list[LedgerJob], *, fence_n
     in the record, makes a job "not submitted". Raises SiteUnreachable when
     the site cannot be asked: the jobs stay as they are.
     """
-    backend = ctx.backend(site)
-    _settle_with(ctx, backend, jobs, fence_now)
+    plan = _settle_plan(ctx, jobs, fence_now)
+    _apply_evidence(ctx, plan, _gather_evidence(ctx.backend(site), plan))
 
 
-def _settle_with(ctx: Context, backend: SiteBackend, jobs: list[LedgerJob], fence_now: bool) -> None:
-    ledger = ctx.ledger
+@dataclass(frozen=True)
+class _SettlePlan:
+    """What to ask a site to settle its unresolved jobs (decided on the main thread)."""
+
+    jobs: list[LedgerJob]
+    directories: list[str]
+    fences: list[journal.Fence]
+    fence_now: bool
+    old_enough: frozenset[str]  # ids of jobs past the grace period
+
+
+@dataclass(frozen=True)
+class _Evidence:
+    record: journal.RecordRead | None
+    tokens_found: dict[str, str]
+
+
+def _settle_plan(ctx: Context, jobs: list[LedgerJob], fence_now: bool) -> _SettlePlan:
     with_record = [j for j in jobs if j.claim and j.journal_dir]
-    without = [j for j in jobs if not (j.claim and j.journal_dir)]
-    in_doubt: list[LedgerJob] = list(without)
-    if with_record:
-        dirs = sorted({j.journal_dir for j in with_record})
-        fences = [
+    return _SettlePlan(
+        jobs=jobs,
+        directories=sorted({j.journal_dir for j in with_record}),
+        fences=[
             journal.Fence(j.journal_dir, j.claim, j.token)
             for j in with_record
             if fence_now or _age_seconds(ctx, j) > ctx.timing.lost_submission_after_s
-        ]
-        read = backend.read_record(dirs, fences)
-        for job in with_record:
-            claim = read.claims[dirs.index(job.journal_dir)].get(job.claim)
-            if claim is None:
-                continue  # not claimed yet, too young to fence: it may still be on its way
+        ],
+        fence_now=fence_now,
+        old_enough=frozenset(
+            j.id for j in jobs if fence_now or _age_seconds(ctx, j) > ctx.timing.just_submitted_grace_s
+        ),
+    )
+
+
+def _gather_evidence(backend: SiteBackend, plan: _SettlePlan) -> _Evidence:
+    """The site's side of settling: one record read (fencing first), one squeue if needed. No ledger."""
+    record = backend.read_record(plan.directories, plan.fences) if plan.directories else None
+    doubtful = [j.token for j in plan.jobs if _claim_of(j, plan, record) is _IN_DOUBT]
+    return _Evidence(record, backend.find_tokens(doubtful) if doubtful else {})
+
+
+_IN_DOUBT = object()
+
+
+def _claim_of(job: LedgerJob, plan: _SettlePlan, record: journal.RecordRead | None) -> object:
+    """The job's claim in the record, None when there is none yet, _IN_DOUBT when only squeue can tell."""
+    if not (job.claim and job.journal_dir) or record is None:
+        return _IN_DOUBT
+    claim = record.claims[plan.directories.index(job.journal_dir)].get(job.claim)
+    if claim is not None and claim.token == job.token and claim.status is journal.ClaimStatus.IN_DOUBT:
+        return _IN_DOUBT
+    return claim
+
+
+def _apply_evidence(ctx: Context, plan: _SettlePlan, evidence: _Evidence) -> None:
+    ledger = ctx.ledger
+    for job in plan.jobs:
+        claim = _claim_of(job, plan, evidence.record)
+        if claim is None:
+            continue  # not claimed yet, too young to fence: it may still be on its way
+        if isinstance(claim, journal.Claim):
             if claim.token != job.token:
-                ledger.mark_not_submitted(
-                    job.id, JobState.NOT_SENT, _claimed_by(f"intent {claim.token} {claim.aif_id}", job)
-                )
+                held = f"intent {claim.token} {claim.aif_id}"
+                ledger.mark_not_submitted(job.id, JobState.NOT_SENT, _claimed_by(held, job))
             elif claim.fenced:
                 ledger.mark_not_submitted(
                     job.id,
@@ -474,30 +517,23 @@ def _settle_with(ctx: Context, backend: SiteBackend, jobs: list[LedgerJob], fenc
                 )
             elif claim.status is journal.ClaimStatus.SENT and claim.slurm_job_id:
                 ledger.mark_submitted(job.id, claim.slurm_job_id)
-            elif claim.status is journal.ClaimStatus.NOT_SENT and claim.answer is not None:
-                state = (
-                    JobState.UNREACHABLE
-                    if claim.answer.kind is slurm.Outcome.SITE_DOWN
-                    else JobState.REJECTED
-                )
+            elif claim.answer is not None:
+                down = claim.answer.kind is slurm.Outcome.SITE_DOWN
+                state = JobState.UNREACHABLE if down else JobState.REJECTED
                 ledger.mark_not_submitted(job.id, state, claim.answer.error)
-            else:
-                in_doubt.append(job)
-    if in_doubt:
-        found = backend.find_tokens([j.token for j in in_doubt])
-        for job in in_doubt:
-            if job.token in found:
-                ledger.mark_submitted(job.id, found[job.token])
-            elif _age_seconds(ctx, job) > ctx.timing.just_submitted_grace_s or fence_now:
-                why = (
-                    "maybe sent: the site's record holds its intent but no answer, "
-                    "and its token is not in the queue"
-                    if job.claim
-                    else "maybe sent: not found by its token, and it has no site record "
-                    "(older aif) to prove either way"
-                )
-                if ledger.get(job.id).reason != why:
-                    ledger.mark_unresolved(job.id, why)
+            continue
+        if job.token in evidence.tokens_found:
+            ledger.mark_submitted(job.id, evidence.tokens_found[job.token])
+        elif job.id in plan.old_enough:
+            why = (
+                "maybe sent: the site's record holds its intent but no answer, "
+                "and its token is not in the queue"
+                if job.claim
+                else "maybe sent: not found by its token, and it has no site record "
+                "(older aif) to prove either way"
+            )
+            if ledger.get(job.id).reason != why:
+                ledger.mark_unresolved(job.id, why)
 
 
 # -- status ---------------------------------------------------------------------------
@@ -520,51 +556,56 @@ def _age_seconds(ctx: Context, job: LedgerJob) -> float:
 
 @dataclass(frozen=True)
 class _SiteQuery:
-    unresolved: list[LedgerJob]
+    settle: _SettlePlan | None
     queries: list[JobQuery]
 
 
 @dataclass(frozen=True)
 class _SiteAnswer:
+    evidence: _Evidence | None
     sightings: dict[str, Sighting]
 
 
 def refresh(
     ctx: Context, job_ids: Sequence[str] | None = None, *, deadline: float | None = None
 ) -> StatusReport:
-    """Bring the ledger up to date: one query per site, all sites at once."""
+    """Bring the ledger up to date: one query per site (two while submissions are unsettled),
+    all sites at once, each within the deadline."""
     ledger = ctx.ledger
     jobs = [ledger.get(j) for j in job_ids] if job_ids else ledger.list_jobs(active_only=True)
-    by_site: dict[str, _SiteQuery] = {}
+    unresolved: dict[str, list[LedgerJob]] = {}
+    queries: dict[str, list[JobQuery]] = {}
     for job in jobs:
         if is_terminal(job.state) or not job.site:
             continue
-        entry = by_site.setdefault(job.site, _SiteQuery([], []))
         if job.unresolved:
-            entry.unresolved.append(job)
+            unresolved.setdefault(job.site, []).append(job)
         elif job.slurm_job_id:
-            entry.queries.append(JobQuery(job.slurm_job_id, job.token, job.slurm_name))
+            queries.setdefault(job.site, []).append(JobQuery(job.slurm_job_id, job.token, job.slurm_name))
+    work = {
+        site: _SiteQuery(
+            _settle_plan(ctx, unresolved[site], False) if site in unresolved else None, queries.get(site, [])
+        )
+        for site in sorted(set(unresolved) | set(queries))
+    }
 
     def ask(backend: SiteBackend, query: _SiteQuery) -> _SiteAnswer:
-        # Unresolved jobs are settled first (that writes the ledger: on this thread
-        # only through a ledger of its own); here only the site is asked.
-        return _SiteAnswer(backend.jobs(query.queries) if query.queries else {})
+        # Only the site is asked here (threads): the ledger is written below, on this thread.
+        evidence = _gather_evidence(backend, query.settle) if query.settle else None
+        return _SiteAnswer(evidence, backend.jobs(query.queries) if query.queries else {})
 
+    answers = ctx.per_site(work, ask, deadline=deadline)
     unreachable: dict[str, str] = {}
-    for site, query in by_site.items():
-        if query.unresolved:
-            try:
-                settle_unresolved(ctx, site, query.unresolved)
-            except AifError as exc:
-                unreachable[site] = exc.message
-    answers = ctx.per_site({s: q for s, q in by_site.items() if q.queries}, ask, deadline=deadline)
     in_queue: set[str] = set()
     changes: list[tuple[str, str, str]] = []
     by_token = {j.token: j for j in jobs}
     for site, answer in answers.items():
         if answer.value is None:
-            unreachable.setdefault(site, answer.problem)
+            unreachable[site] = answer.problem
             continue
+        settle = work[site].settle
+        if settle is not None and answer.value.evidence is not None:
+            _apply_evidence(ctx, settle, answer.value.evidence)
         for token, sighting in answer.value.sightings.items():
             job = by_token[token]
             if sighting.record is not None:

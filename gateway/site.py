@@ -227,9 +227,7 @@ def confirm_in_queue(records: Sequence[slurm.JobRecord], queries: Sequence[JobQu
                 "the site reused the id",
             )
         else:
-            found[query.token] = Sighting(
-                None, f"Slurm job {query.slurm_job_id} is no longer in the queue"
-            )
+            found[query.token] = Sighting(None, f"Slurm job {query.slurm_job_id} is no longer in the queue")
     return found
 
 
@@ -257,9 +255,7 @@ def confirm_in_accounting(
                 None, f"{before}; the finished Slurm job {query.slurm_job_id} on record is another job"
             )
         else:
-            found[query.token] = Sighting(
-                None, f"{before}; no finished job {query.slurm_job_id} on record"
-            )
+            found[query.token] = Sighting(None, f"{before}; no finished job {query.slurm_job_id} on record")
     return found
 
 
