@@ -223,14 +223,17 @@ def jobs_table(jobs: Sequence[Any], title: str, problems: dict[str, str] | None 
     problems = problems or {}
     for job in jobs:
         note = job.reason or job.message
+        state = str(job.state)
         if job.site in problems and not job.terminal:
+            # What the site said last, not what it says now: it cannot be asked.
             note = f"site problem: {problems[job.site]}"
+            state = f"{state} (last seen)"
         table.add_row(
             job.id,
             job.name,
             job.site or "-",
             job.slurm_job_id or "-",
-            str(job.state),
+            state,
             note,
             job.updated_at[:19].replace("T", " "),
         )

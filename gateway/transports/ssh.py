@@ -501,7 +501,9 @@ def _identities(endpoint: ResolvedEndpoint) -> _Identities:
             expiry = _certificate_expiry(cert_path)
             if expiry is not None and expiry <= dt.datetime.now(dt.timezone.utc):
                 found.notes.append(
-                    f"certificate {cert_path} expired at {expiry:%Y-%m-%d %H:%M} UTC: renew it"
+                    f"certificate {cert_path} expired at {expiry:%Y-%m-%d %H:%M} UTC: renew it the way "
+                    "your site issues them (e.g. `step ssh login` for smallstep CAs such as "
+                    "LEONARDO's 12-hour certificates); aif uses the renewed one at its next connection"
                 )
             else:
                 certified = copy.copy(key)

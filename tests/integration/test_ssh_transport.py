@@ -564,6 +564,37 @@ def test_expired_certificate_is_named_in_the_error(sshd: Sshd) -> None:
         transport.run(["true"])
 
 
+def test_a_renewed_certificate_is_used_without_restarting(sshd: Sshd, tmp_path: Path) -> None:
+    """A certificate that expired during a long `aif wait`: the error says so and how to renew;
+    once renewed in place, the same transport (the same wait) connects again."""
+    key = tmp_path / "id_cert"
+    shutil.copy(sshd.key("expired_cert_key"), key)
+    shutil.copy(f"{sshd.key('expired_cert_key')}.pub", f"{key}.pub")
+    shutil.copy(f"{sshd.key('expired_cert_key')}-cert.pub", f"{key}-cert.pub")
+    key.chmod(0o600)
+    transport = SshTransport(sshd.target(identity_file=key))
+    with transport:
+        with pytest.raises(SiteUnreachable, match=r"expired at .*renew it.*step ssh login"):
+            transport.run(["true"])
+        subprocess.run(
+            [
+                SSH_KEYGEN,
+                "-q",
+                "-s",
+                str(sshd.key("ca")),
+                "-I",
+                "renewed",
+                "-n",
+                USER,
+                "-V",
+                "-5m:+1h",
+                f"{key}.pub",
+            ],
+            check=True,
+        )
+        assert transport.run(["id", "-un"]).stdout == f"{USER}\n"
+
+
 def test_sftp_get_file_with_progress(sshd: Sshd, remote_dir: str, tmp_path: Path) -> None:
     with SshTransport(sshd.target()) as transport:
         script = (
