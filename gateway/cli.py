@@ -288,9 +288,12 @@ def submit(
                 )
             else:
                 click.echo(f"{r.job.id}: {r.job.state} at {r.job.site}: {r.job.message}", err=True)
-        click.echo(
-            f"key {report.key}: rerun with --key {report.key} to finish after any interruption", err=True
-        )
+        if not all(r.job.slurm_job_id for r in results):
+            click.echo(
+                f"submission key {report.key}: the same command with --key {report.key} "
+                "sends what was not sent, and nothing twice",
+                err=True,
+            )
     states = {r.job.state for r in results}
     if "REJECTED" in states:
         first = next(r.job for r in results if r.job.state == "REJECTED")

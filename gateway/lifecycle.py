@@ -19,6 +19,7 @@ ledger, backends, clock). Rules kept here:
 from __future__ import annotations
 
 import contextlib
+import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -392,9 +393,7 @@ def _interrupted(
     sent = sum(1 for j in jobs if j.slurm_job_id)
     unknown = sum(1 for j in jobs if j.unresolved)
     not_sent = len(jobs) - sent - unknown
-    from shlex import join
-
-    command = join(["aif", "submit", "--key", key, *spec_paths])
+    command = shlex.join(["aif", "submit", "--key", key, *spec_paths])
     return Interrupted(
         f"interrupted: {sent} sent, {not_sent} not sent, {unknown} unknown (the sites' records settle "
         f"those); finish with: {command}"
