@@ -220,6 +220,14 @@ def render_slurm_conf(site: SandboxSite, layout: SandboxLayout, *, hostname: str
         "SchedulerParameters=batch_sched_delay=0",
         # Lets a small VM declare 64 CPUs and 250 GiB per node.
         "SlurmdParameters=config_overrides",
+        # Slurm 22.05 resolves every address (NodeAddr=127.0.0.1 too, and the
+        # wildcard slurmd listens on) with getaddrinfo(AF_INET, AI_ADDRCONFIG).
+        # Where no IPv4 address but 127.0.0.1 is configured (a network namespace
+        # or container with only loopback) glibc answers "Name or service not
+        # known", and slurmd dies: "Unable to bind listen port: Address family not
+        # supported by protocol". With IPv6 enabled Slurm asks for AF_UNSPEC, which
+        # resolves there too; the daemons then listen on [::] (dual-stack).
+        "CommunicationParameters=EnableIPv6",
         f"MessageTimeout={MESSAGE_TIMEOUT_S}",
         f"MinJobAge={MIN_JOB_AGE_S}",
         # A node that went down comes back by itself once its slurmd registers.
