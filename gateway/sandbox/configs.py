@@ -27,11 +27,19 @@ from gateway.sandbox.sites import (
     SandboxSite,
 )
 
-# Client failures (no controller) come after ~MessageTimeout instead of 10 s;
-# loopback messages take milliseconds, so 5 s still leaves a wide margin.
-MESSAGE_TIMEOUT_S = 5
-# Finished jobs stay in squeue this long (Slurm's default is 300 s).
-MIN_JOB_AGE_S = 60
+# With no controller, clients fail after about MessageTimeout - 1 s (measured:
+# 2 s with 3) instead of 9 s with Slurm's default of 10, so every
+# controller-down fault a test injects costs that little. Loopback messages
+# take milliseconds, so 3 s still leaves a wide margin on a busy 2-core VM.
+MESSAGE_TIMEOUT_S = 3
+# Finished jobs stay in squeue this long (Slurm's default is 300 s). Short, so
+# tests see a job leave squeue (and fall back to `sacct -c`) within half a
+# minute; long enough for a poll every few seconds to see its final state.
+MIN_JOB_AGE_S = 30
+# Slurm refuses submissions once this many jobs are in memory (its default is
+# 10000). A long benchmark submits far more than MinJobAge lets it forget, so
+# this must never be what stops it.
+MAX_JOB_COUNT = 100000
 # One work area per site: job ids restart at 1 on every cluster, and all share one home.
 WORK_AREA = "/home/{user}/aif/{site}"
 DATASETS_AREA = "/home/{user}/datasets"
@@ -230,6 +238,7 @@ def render_slurm_conf(site: SandboxSite, layout: SandboxLayout, *, hostname: str
         "CommunicationParameters=EnableIPv6",
         f"MessageTimeout={MESSAGE_TIMEOUT_S}",
         f"MinJobAge={MIN_JOB_AGE_S}",
+        f"MaxJobCount={MAX_JOB_COUNT}",
         # A node that went down comes back by itself once its slurmd registers.
         "ReturnToService=2",
         "MpiDefault=none",
