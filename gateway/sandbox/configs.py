@@ -141,6 +141,10 @@ class SandboxLayout:
         # slurmd looks for gres.conf next to slurm.conf.
         return self.site_dir(site) / "etc" / "gres.conf"
 
+    def cgroup_conf(self, site: SandboxSite) -> Path:
+        # slurmd reads cgroup.conf next to slurm.conf too.
+        return self.site_dir(site) / "etc" / "cgroup.conf"
+
     def state_dir(self, site: SandboxSite) -> Path:
         return self.site_dir(site) / "state"
 
@@ -276,6 +280,19 @@ def render_gres_conf(site: SandboxSite, layout: SandboxLayout) -> str:
         files = f"{layout.fakegpu_dir}/nvidia[0-{last}]"
         lines.extend(f"NodeName={node} Name=gpu File={files}" for node in site.node_names)
     return "\n".join(lines) + "\n"
+
+
+def render_cgroup_conf(site: SandboxSite) -> str:
+    """cgroup.conf: name the cgroup plugin, so slurmd does not look for cgroups at all.
+
+    The sandbox uses no cgroup (proctrack/linuxproc, task/none), but slurmd
+    22.05 still loads a cgroup plugin at start. Left to autodetect it, slurmd
+    fails where no cgroup file system is mounted, as under `ip netns exec`
+    (which mounts a fresh /sys) and in some containers: "No filesystem mounted
+    on /sys/fs/cgroup", "slurmd initialization failed". cgroup/v1 only touches
+    cgroups when a cgroup plugin asks, which none here does.
+    """
+    return f"# cgroups of sandbox cluster {site.cluster}. {GENERATED_HEADER}\nCgroupPlugin=cgroup/v1\n"
 
 
 # --- sshd ------------------------------------------------------------------

@@ -43,6 +43,7 @@ from gateway.sandbox.configs import (
     SSHD_DAEMON,
     SandboxBinaries,
     SandboxLayout,
+    render_cgroup_conf,
     render_gres_conf,
     render_known_hosts,
     render_profile_toml,
@@ -739,6 +740,7 @@ def _prepare_files(layout: SandboxLayout) -> None:
         conf = render_slurm_conf(site, layout, hostname=hostname, plugin_dir=plugin_dir)
         _write_file(layout.slurm_conf(site), conf)
         _write_file(layout.gres_conf(site), render_gres_conf(site, layout))
+        _write_file(layout.cgroup_conf(site), render_cgroup_conf(site))
         _write_file(layout.jobcomp_file(site), "")  # a fresh job history per start
     _ssh_keygen(layout.host_key, "aif-sandbox-host")
     _ssh_keygen(layout.client_key, "aif-sandbox-client")

@@ -24,6 +24,7 @@ from gateway.sandbox.configs import (
     SandboxBinaries,
     SandboxLayout,
     profile_partitions,
+    render_cgroup_conf,
     render_gres_conf,
     render_known_hosts,
     render_profile_toml,
@@ -70,6 +71,11 @@ def test_slurm_conf_matches_golden(site: SandboxSite) -> None:
 @pytest.mark.parametrize("site", SANDBOX_SITES, ids=_site_id)
 def test_gres_conf_matches_golden(site: SandboxSite) -> None:
     check_golden(f"{site.cluster}.gres.conf", render_gres_conf(site, LAYOUT))
+
+
+@pytest.mark.parametrize("site", SANDBOX_SITES, ids=_site_id)
+def test_cgroup_conf_matches_golden(site: SandboxSite) -> None:
+    check_golden(f"{site.cluster}.cgroup.conf", render_cgroup_conf(site))
 
 
 @pytest.mark.parametrize("site", SANDBOX_SITES, ids=_site_id)
