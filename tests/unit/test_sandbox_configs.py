@@ -147,7 +147,8 @@ def test_slurm_conf_is_self_contained_per_cluster(site: SandboxSite) -> None:
     assert settings["ClusterName"] == site.cluster
     assert settings["SlurmctldHost"] == f"{HOSTNAME}(127.0.0.1)"
     assert settings["SlurmctldPort"] == str(site.slurmctld_port)
-    assert settings["SchedulerParameters"] == "batch_sched_delay=0"
+    # Jobs start at once, and at most a few seconds after their nodes come back.
+    assert settings["SchedulerParameters"] == "batch_sched_delay=0,bf_interval=2"
     assert settings["JobCompType"] == "jobcomp/filetxt"
     assert settings["PriorityType"] == "priority/multifactor"
     # Controller-down faults cost about MessageTimeout per client call.
