@@ -122,6 +122,11 @@ class SandboxLayout:
         return self.run_dir / "plan.json"
 
     @property
+    def supervisor_socket(self) -> Path:
+        """Where the supervisor takes stop/start requests (fault injection, root only)."""
+        return self.run_dir / "supervisor.sock"
+
+    @property
     def log_dir(self) -> Path:
         return self.root / "log"
 
