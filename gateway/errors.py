@@ -105,3 +105,7 @@ class SandboxError(AifError):
     """The local Slurm sandbox could not be brought up, down or inspected."""
 
     exit_code = EXIT_INTERNAL
+
+
+class SandboxDown(SandboxError):
+    """`aif sandbox status` found some part of the sandbox not up (its table says which)."""

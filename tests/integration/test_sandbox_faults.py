@@ -15,9 +15,12 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from gateway.cli import main
 from gateway.errors import ConnectionLost, SandboxError, SiteUnreachable
 from gateway.sandbox import manager
 from gateway.sandbox.manager import SandboxFacts
@@ -81,7 +84,16 @@ def healthy(sandbox: SandboxFacts) -> Iterator[SandboxFacts]:
         manager.up(sandbox.aif_home)  # a failed test left a fault behind: restart everything
 
 
-def test_stopped_controller_is_down_and_comes_back_with_its_jobs(healthy: SandboxFacts) -> None:
+def sandbox_status_cli(home: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[int, dict[str, Any]]:
+    """`aif sandbox status --json` as a user runs it: its exit code and what it printed."""
+    monkeypatch.setenv("AIF_HOME", str(home))
+    result = CliRunner().invoke(main, ["sandbox", "status", "--json"])
+    return result.exit_code, json.loads(result.stdout)
+
+
+def test_stopped_controller_is_down_and_comes_back_with_its_jobs(
+    healthy: SandboxFacts, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """About 2.5 s: one client call against the stopped controller (2 s), the restart."""
     home, site = healthy.aif_home, "sandbox-north"
     held = submit(healthy, site, "--hold", "--wrap", "true")
@@ -94,6 +106,8 @@ def test_stopped_controller_is_down_and_comes_back_with_its_jobs(healthy: Sandbo
         north = status.site(site)
         assert not north.controller and not north.nodes and north.sshd
         assert all(s.healthy for s in status.sites if s.name != site)
+        code, shown = sandbox_status_cli(home, monkeypatch)
+        assert code == 1 and shown["sites"][0]["controller"] is False
 
         started = time.monotonic()
         down = slurm(healthy, site, "squeue", "-h")
@@ -103,7 +117,7 @@ def test_stopped_controller_is_down_and_comes_back_with_its_jobs(healthy: Sandbo
         assert failed_after < 3.5
     finally:
         manager.start_controller(site, home)
-    assert manager.status(home).up
+    assert sandbox_status_cli(home, monkeypatch)[0] == 0
     # The held job was saved to StateSaveLocation and recovered.
     assert job_state(healthy, site, held) == "PENDING"
     assert slurm(healthy, site, "scancel", held).returncode == 0
