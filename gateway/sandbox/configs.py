@@ -229,7 +229,7 @@ def render_slurm_conf(site: SandboxSite, layout: SandboxLayout, *, hostname: str
         "TaskPlugin=task/none",
         "JobAcctGatherType=jobacct_gather/none",
         # No slurmdbd: finished jobs are read with `sacct -c` from the jobcomp file,
-        # which the manager makes world-writable (sacct -c opens it read-write).
+        # which the manager lets the sandbox group write (sacct -c opens it read-write).
         "AccountingStorageType=accounting_storage/none",
         "JobCompType=jobcomp/filetxt",
         f"JobCompLoc={layout.jobcomp_file(site)}",

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import glob
+import grp
 import hashlib
 import json
 import os
@@ -58,6 +59,7 @@ from gateway.sandbox.configs import (
     slurmd_daemon,
 )
 from gateway.sandbox.sites import (
+    SANDBOX_GROUP,
     SANDBOX_HOST,
     SANDBOX_SITES,
     SANDBOX_USER,
@@ -451,7 +453,7 @@ def _wait_nodes_after_restart(
     _wait_nodes(
         layout, site, deadline, node_ready, lambda: _check_no_daemon_died(layout, "on restart", daemons)
     )
-    _open_jobcomp_to_users(layout, site)
+    _share_jobcomp_with_sandbox_group(layout, site)
 
 
 def _kill_job_steps(layout: SandboxLayout, site: SandboxSite) -> None:
@@ -937,7 +939,10 @@ def _ssh_keygen(path: Path, comment: str) -> None:
 
 
 def _make_cluster_state_dirs(layout: SandboxLayout, site: SandboxSite) -> None:
-    _make_dir(layout.state_dir(site))
+    # slurmctld's saved jobs hold their scripts and environments: root only.
+    _make_dir(layout.state_dir(site), 0o700)
+    # slurmd's spool is 755 as Slurm's own default: each job's directory in it
+    # belongs to the job's user, who must get to it.
     _make_dir(layout.spool_dir(site))
     for node in site.node_names:
         _make_dir(layout.spool_dir(site) / node)  # slurmd does not create it
@@ -947,8 +952,12 @@ def _prepare_files(layout: SandboxLayout) -> None:
     hostname = socket.gethostname().split(".")[0]  # `hostname -s`: slurmctld insists
     plugin_dir = _plugin_dir()
     binaries = _binaries()
-    for directory in (layout.root, layout.run_dir, layout.log_dir, layout.ssh_dir):
+    # The sandbox user reaches slurm.conf and the munge socket through root;
+    # run/ holds no secret (pids, the plan) and lets any user read the status.
+    for directory in (layout.root, layout.run_dir, layout.ssh_dir):
         _make_dir(directory)
+    # Only root (the daemons, whoever debugs them) reads the logs.
+    _make_dir(layout.log_dir, 0o700)
     # The munge socket directory must be 755: clients of every user connect to it.
     _make_dir(layout.munge_dir)
     if not layout.munge_key.exists():
@@ -969,7 +978,7 @@ def _prepare_files(layout: SandboxLayout) -> None:
         _write_file(layout.slurm_conf(site), conf)
         _write_file(layout.gres_conf(site), render_gres_conf(site, layout))
         _write_file(layout.cgroup_conf(site), render_cgroup_conf(site))
-        _write_file(layout.jobcomp_file(site), "")  # a fresh job history per start
+        _write_file(layout.jobcomp_file(site), "", 0o600)  # a fresh job history per start
     _ssh_keygen(layout.host_key, "aif-sandbox-host")
     _ssh_keygen(layout.client_key, "aif-sandbox-client")
     host_pub = layout.host_key.with_name(layout.host_key.name + ".pub").read_text()
@@ -994,8 +1003,25 @@ def _ensure_sandbox_user(client_public_key: str, say: Progress) -> pwd.struct_pa
         result = _run(["usermod", "-p", "*", SANDBOX_USER])
         if result.returncode != 0:
             raise SandboxError(f"usermod -p '*' {SANDBOX_USER} failed: {_last_line(result.stderr)}")
+    _ensure_sandbox_group(SANDBOX_USER)
     _authorize_client_key(entry, client_public_key)
     return entry
+
+
+def _ensure_sandbox_group(user: str) -> None:
+    """Create the sandbox group if missing and put ``user`` in it (for the jobcomp files)."""
+    try:
+        group = grp.getgrnam(SANDBOX_GROUP)
+    except KeyError:
+        result = _run(["groupadd", "--system", SANDBOX_GROUP])
+        if result.returncode not in (0, 9):  # 9: created meanwhile by another tool
+            raise SandboxError(f"groupadd {SANDBOX_GROUP} failed: {_last_line(result.stderr)}") from None
+        group = grp.getgrnam(SANDBOX_GROUP)
+    if user not in group.gr_mem:
+        # New logins get the group; every sandbox session starts after this.
+        result = _run(["usermod", "-a", "-G", SANDBOX_GROUP, user])
+        if result.returncode != 0:
+            raise SandboxError(f"usermod -a -G {SANDBOX_GROUP} {user} failed: {_last_line(result.stderr)}")
 
 
 def _authorize_client_key(entry: pwd.struct_passwd, client_public_key: str) -> None:
@@ -1165,13 +1191,17 @@ def _wait_ssh(layout: SandboxLayout, deadline: float, check: Callable[[], None])
             time.sleep(POLL_S)
 
 
-def _open_jobcomp_to_users(layout: SandboxLayout, site: SandboxSite) -> None:
+def _share_jobcomp_with_sandbox_group(layout: SandboxLayout, site: SandboxSite) -> None:
     """Let the login user run `sacct -c`, which opens the jobcomp file read-write.
 
-    slurmctld resets the file to 644 when it opens it at start: call this
-    once the controller answers, after every start of it.
+    Through the sandbox group (root:aifsandbox 660), so no other user can
+    read or rewrite the job history. slurmctld resets the mode to 644 when it
+    opens the file at start (the group stays): call this once the controller
+    answers, after every start of it.
     """
-    os.chmod(layout.jobcomp_file(site), 0o666)
+    path = layout.jobcomp_file(site)
+    os.chown(path, 0, grp.getgrnam(SANDBOX_GROUP).gr_gid)
+    os.chmod(path, 0o660)
 
 
 def _wait_ready(layout: SandboxLayout, say: Progress) -> None:
@@ -1184,7 +1214,7 @@ def _wait_ready(layout: SandboxLayout, say: Progress) -> None:
 
     for site in SANDBOX_SITES:
         _wait_nodes(layout, site, deadline, lambda state: state == "idle", check)
-        _open_jobcomp_to_users(layout, site)
+        _share_jobcomp_with_sandbox_group(layout, site)
     _wait_ssh(layout, deadline, check)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import stat
 import subprocess
 import threading
 import time
@@ -118,6 +119,9 @@ def test_stopped_controller_is_down_and_comes_back_with_its_jobs(
     finally:
         manager.start_controller(site, home)
     assert sandbox_status_cli(home, monkeypatch)[0] == 0
+    # slurmctld made its jobcomp file 644 again as it opened it; the sandbox group gets it back.
+    jobcomp = healthy.root / "north" / "jobcomp.txt"
+    assert stat.S_IMODE(jobcomp.stat().st_mode) == 0o660
     # The held job was saved to StateSaveLocation and recovered.
     assert job_state(healthy, site, held) == "PENDING"
     assert slurm(healthy, site, "scancel", held).returncode == 0
