@@ -593,10 +593,15 @@ def sandbox_down() -> None:
 @sandbox.command("status")
 @json_option
 def sandbox_status(as_json: bool) -> None:
-    """Whether each sandbox site's controller, nodes and sshd answer."""
+    """Whether each sandbox site's controller, nodes and sshd answer (exit 1 unless all do)."""
+    from gateway.errors import SandboxDown
     from gateway.sandbox import manager
 
-    _print_sandbox(manager.status(), as_json)
+    status = manager.status()
+    _print_sandbox(status, as_json)
+    if not status.up:
+        # What is down was just printed (the problems, or the JSON's "problems").
+        raise SandboxDown("the sandbox is not up")
 
 
 def _print_sandbox(status: Any, as_json: bool) -> None:

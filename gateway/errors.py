@@ -130,3 +130,7 @@ class Interrupted(AifError):
     """The user stopped aif (Ctrl-C) mid-way; the message says what was done and how to finish."""
 
     exit_code = EXIT_INTERRUPTED
+
+
+class SandboxDown(SandboxError):
+    """`aif sandbox status` found some part of the sandbox not up (its table says which)."""

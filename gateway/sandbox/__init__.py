@@ -3,7 +3,8 @@
 - ``sites``: the three sandbox sites, as data (the federation layer relies on them).
 - ``configs``: pure renderers of every file the sandbox writes (golden-tested).
 - ``supervisor``: the process that starts, reaps and stops the daemons.
-- ``manager``: ``up``, ``down`` and ``status``, what the CLI and the tests call.
+- ``manager``: ``up``, ``down`` and ``status``, what the CLI and the tests call,
+  and the faults tests inject (a controller or sshd down, a fresh cluster...).
 
 Nothing is imported here, so that ``python -m gateway.sandbox.supervisor``
 loads only what it needs.

@@ -27,11 +27,22 @@ from gateway.sandbox.sites import (
     SandboxSite,
 )
 
-# Client failures (no controller) come after ~MessageTimeout instead of 10 s;
-# loopback messages take milliseconds, so 5 s still leaves a wide margin.
-MESSAGE_TIMEOUT_S = 5
-# Finished jobs stay in squeue this long (Slurm's default is 300 s).
-MIN_JOB_AGE_S = 60
+# With no controller, clients fail after about MessageTimeout - 1 s (measured:
+# 2 s with 3) instead of 9 s with Slurm's default of 10, so every
+# controller-down fault a test injects costs that little. Loopback messages
+# take milliseconds, so 3 s still leaves a wide margin on a busy 2-core VM.
+MESSAGE_TIMEOUT_S = 3
+# Finished jobs stay in squeue this long (Slurm's default is 300 s). Short, so
+# tests see a job leave squeue (and fall back to `sacct -c`) within half a
+# minute; long enough for a poll every few seconds to see its final state.
+MIN_JOB_AGE_S = 30
+# Seconds between backfill passes; a pass over the sandbox's few jobs costs
+# next to nothing, and its work per pass is bounded anyway (bf_max_job_test).
+BACKFILL_INTERVAL_S = 2
+# Slurm refuses submissions once this many jobs are in memory (its default is
+# 10000). A long benchmark submits far more than MinJobAge lets it forget, so
+# this must never be what stops it.
+MAX_JOB_COUNT = 100000
 # One work area per site: job ids restart at 1 on every cluster, and all share one home.
 WORK_AREA = "/home/{user}/aif/{site}"
 DATASETS_AREA = "/home/{user}/datasets"
@@ -111,6 +122,11 @@ class SandboxLayout:
         return self.run_dir / "plan.json"
 
     @property
+    def supervisor_socket(self) -> Path:
+        """Where the supervisor takes stop/start requests (fault injection, root only)."""
+        return self.run_dir / "supervisor.sock"
+
+    @property
     def log_dir(self) -> Path:
         return self.root / "log"
 
@@ -132,6 +148,10 @@ class SandboxLayout:
     def gres_conf(self, site: SandboxSite) -> Path:
         # slurmd looks for gres.conf next to slurm.conf.
         return self.site_dir(site) / "etc" / "gres.conf"
+
+    def cgroup_conf(self, site: SandboxSite) -> Path:
+        # slurmd reads cgroup.conf next to slurm.conf too.
+        return self.site_dir(site) / "etc" / "cgroup.conf"
 
     def state_dir(self, site: SandboxSite) -> Path:
         return self.site_dir(site) / "state"
@@ -209,7 +229,7 @@ def render_slurm_conf(site: SandboxSite, layout: SandboxLayout, *, hostname: str
         "TaskPlugin=task/none",
         "JobAcctGatherType=jobacct_gather/none",
         # No slurmdbd: finished jobs are read with `sacct -c` from the jobcomp file,
-        # which the manager makes world-writable (sacct -c opens it read-write).
+        # which the manager lets the sandbox group write (sacct -c opens it read-write).
         "AccountingStorageType=accounting_storage/none",
         "JobCompType=jobcomp/filetxt",
         f"JobCompLoc={layout.jobcomp_file(site)}",
@@ -217,11 +237,23 @@ def render_slurm_conf(site: SandboxSite, layout: SandboxLayout, *, hostname: str
         "SelectTypeParameters=CR_Core_Memory",
         "SchedulerType=sched/backfill",
         # Slurm's default batch_sched_delay=3 makes every job wait 3 s before it starts.
-        "SchedulerParameters=batch_sched_delay=0",
+        # A node coming back (resume, a fresh slurmd) does not wake the main
+        # scheduler: jobs that waited for it start at the next backfill pass,
+        # every bf_interval (default 30 s, measured: up to 28 s after a resume).
+        f"SchedulerParameters=batch_sched_delay=0,bf_interval={BACKFILL_INTERVAL_S}",
         # Lets a small VM declare 64 CPUs and 250 GiB per node.
         "SlurmdParameters=config_overrides",
+        # Slurm 22.05 resolves every address (NodeAddr=127.0.0.1 too, and the
+        # wildcard slurmd listens on) with getaddrinfo(AF_INET, AI_ADDRCONFIG).
+        # Where no IPv4 address but 127.0.0.1 is configured (a network namespace
+        # or container with only loopback) glibc answers "Name or service not
+        # known", and slurmd dies: "Unable to bind listen port: Address family not
+        # supported by protocol". With IPv6 enabled Slurm asks for AF_UNSPEC, which
+        # resolves there too; the daemons then listen on [::] (dual-stack).
+        "CommunicationParameters=EnableIPv6",
         f"MessageTimeout={MESSAGE_TIMEOUT_S}",
         f"MinJobAge={MIN_JOB_AGE_S}",
+        f"MaxJobCount={MAX_JOB_COUNT}",
         # A node that went down comes back by itself once its slurmd registers.
         "ReturnToService=2",
         "MpiDefault=none",
@@ -259,6 +291,19 @@ def render_gres_conf(site: SandboxSite, layout: SandboxLayout) -> str:
         files = f"{layout.fakegpu_dir}/nvidia[0-{last}]"
         lines.extend(f"NodeName={node} Name=gpu File={files}" for node in site.node_names)
     return "\n".join(lines) + "\n"
+
+
+def render_cgroup_conf(site: SandboxSite) -> str:
+    """cgroup.conf: name the cgroup plugin, so slurmd does not look for cgroups at all.
+
+    The sandbox uses no cgroup (proctrack/linuxproc, task/none), but slurmd
+    22.05 still loads a cgroup plugin at start. Left to autodetect it, slurmd
+    fails where no cgroup file system is mounted, as under `ip netns exec`
+    (which mounts a fresh /sys) and in some containers: "No filesystem mounted
+    on /sys/fs/cgroup", "slurmd initialization failed". cgroup/v1 only touches
+    cgroups when a cgroup plugin asks, which none here does.
+    """
+    return f"# cgroups of sandbox cluster {site.cluster}. {GENERATED_HEADER}\nCgroupPlugin=cgroup/v1\n"
 
 
 # --- sshd ------------------------------------------------------------------

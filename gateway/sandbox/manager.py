@@ -9,7 +9,10 @@ also writes the site profiles (``AIF_HOME/profiles/sandbox-*.toml``) and the
 user config (``AIF_HOME/config.d/sandbox.toml``) the gateway reads.
 
 The CLI (``aif sandbox up|down|status``) is a thin layer over ``up``,
-``down`` and ``status``; the integration tests use them directly.
+``down`` and ``status``; the integration tests use them directly, and inject
+faults with ``stop_controller``/``start_controller``,
+``restart_cluster_fresh``, ``stop_sshd``/``start_sshd``,
+``kill_ssh_sessions`` and ``drain_nodes``/``resume_nodes``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import glob
+import grp
 import hashlib
 import json
 import os
@@ -29,7 +33,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,6 +47,7 @@ from gateway.sandbox.configs import (
     SSHD_DAEMON,
     SandboxBinaries,
     SandboxLayout,
+    render_cgroup_conf,
     render_gres_conf,
     render_known_hosts,
     render_profile_toml,
@@ -54,12 +59,15 @@ from gateway.sandbox.configs import (
     slurmd_daemon,
 )
 from gateway.sandbox.sites import (
+    SANDBOX_GROUP,
     SANDBOX_HOST,
     SANDBOX_SITES,
     SANDBOX_USER,
     SandboxSite,
     sandbox_ports,
+    site_by_name,
 )
+from gateway.sandbox.supervisor import descendants
 
 Progress = Callable[[str], None]
 
@@ -83,6 +91,8 @@ READY_TIMEOUT_S = 30.0
 DOWN_TIMEOUT_S = 20.0  # above the supervisor's own worst case (TERM/KILL rounds)
 SINFO_TIMEOUT_S = MESSAGE_TIMEOUT_S + 3.0
 SSH_BANNER_TIMEOUT_S = 2.0
+# Above the supervisor's worst case for one request: TERM grace, then KILL grace.
+CONTROL_TIMEOUT_S = 15.0
 POLL_S = 0.05
 # sinfo's compact node states in which slurmd answers the controller.
 ANSWERING_NODE_STATES = frozenset({"idle", "mix", "alloc", "comp", "resv", "plnd", "maint"})
@@ -123,6 +133,7 @@ class SandboxStatus:
     munged: bool
     sites: tuple[SiteStatus, ...]
     problems: tuple[str, ...]
+    stopped: tuple[str, ...] = ()  # daemons stopped on request (fault injection)
 
     def site(self, name: str) -> SiteStatus:
         for site in self.sites:
@@ -276,6 +287,203 @@ def status(home: Path | None = None) -> SandboxStatus:
     return _status(_layout(home))
 
 
+# --- Fault injection, for tests (root; the sandbox must be up) ----------------------
+#
+# ``site`` is a sandbox site name ("sandbox-north"). Each call holds the same
+# lock as up and down, and returns once the fault is in place (or repaired).
+
+
+def stop_controller(site: str, home: Path | None = None) -> None:
+    """Stop the site's slurmctld (a controller outage); its nodes and running jobs go on.
+
+    Clients at the site then fail after about MessageTimeout - 1 s with
+    "Unable to contact slurm controller"; ``status`` shows the controller down.
+    slurmctld saves its jobs to StateSaveLocation as it stops.
+    """
+    layout, cluster = _layout(home), _sandbox_site(site)
+    with _locked_running(layout):
+        _supervisor_request(layout, {"stop": [slurmctld_daemon(cluster)]})
+
+
+def start_controller(site: str, home: Path | None = None) -> None:
+    """Start the site's slurmctld again, with the jobs it saved.
+
+    Returns once it answers and every node answers it again (a node running
+    jobs shows mix or alloc), about 1 s.
+    """
+    layout, cluster = _layout(home), _sandbox_site(site)
+    with _locked_running(layout):
+        _supervisor_request(layout, {"start": [slurmctld_daemon(cluster)]})
+        _wait_nodes_after_restart(layout, cluster, lambda _state: True)
+        # The recovered nodes stay "unk" until their slurmd registers again,
+        # which takes slurmctld about 4 s to ask for; a reconfigure asks at once.
+        _scontrol(layout, cluster, "reconfigure")
+        _wait_nodes_after_restart(layout, cluster, _node_answers)
+
+
+def restart_cluster_fresh(site: str, home: Path | None = None) -> None:
+    """Reinstall the site's cluster: Slurm job ids start at 1 again, its history stays.
+
+    Stops its slurmctld and slurmds, kills its running jobs, wipes its
+    StateSaveLocation and spool (as after a reinstall, or MaxJobId wrapping
+    round), keeps its jobcomp file (what `sacct -c` reads), starts them again
+    and returns once every node is idle.
+    """
+    layout, cluster = _layout(home), _sandbox_site(site)
+    daemons = [slurmctld_daemon(cluster), *(slurmd_daemon(node) for node in cluster.node_names)]
+    with _locked_running(layout):
+        _supervisor_request(layout, {"stop": daemons})
+        _kill_job_steps(layout, cluster)
+        for directory in (layout.state_dir(cluster), layout.spool_dir(cluster)):
+            shutil.rmtree(directory, ignore_errors=True)
+        _make_cluster_state_dirs(layout, cluster)
+        _supervisor_request(layout, {"start": daemons})
+        _wait_nodes_after_restart(layout, cluster, lambda state: state == "idle")
+
+
+def stop_sshd(home: Path | None = None) -> None:
+    """Stop the listening sshd: every site's port refuses new connections.
+
+    Connections already open go on (their per-connection sshd processes
+    stay), as with a real sshd restart; ``kill_ssh_sessions`` drops those.
+    """
+    layout = _layout(home)
+    with _locked_running(layout):
+        _supervisor_request(layout, {"stop": [SSHD_DAEMON]})
+
+
+def start_sshd(home: Path | None = None) -> None:
+    """Start the listening sshd again; returns once every site's port sends its banner."""
+    layout = _layout(home)
+    with _locked_running(layout):
+        _supervisor_request(layout, {"start": [SSHD_DAEMON]})
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        _wait_ssh(layout, deadline, lambda: _check_no_daemon_died(layout, "on restart", [SSHD_DAEMON]))
+
+
+def kill_ssh_sessions(home: Path | None = None, user: str = SANDBOX_USER) -> list[int]:
+    """Kill (SIGKILL) the sandbox sshd's per-connection processes serving ``user``.
+
+    Every connection of that user drops at once, mid-command if one runs (as
+    when a link fails); the listener stays, so the next connection works.
+    Returns the pids killed (none when no connection was open).
+    """
+    layout = _layout(home)
+    with _locked_running(layout) as supervisor:
+        titles = (f"sshd: {user} ", f"sshd: {user}@")  # "[priv]" (root) and "@notty" (the user)
+        victims = [
+            pid
+            for pid in descendants(supervisor.pid)
+            if _comm(pid) == "sshd" and " ".join(_cmdline(pid)).startswith(titles)
+        ]
+        for pid in victims:
+            _signal(pid, signal.SIGKILL)
+        return victims
+
+
+def drain_nodes(site: str, home: Path | None = None, *, reason: str = "aif sandbox fault injection") -> None:
+    """Drain every node of the site: running jobs go on, new jobs stay pending."""
+    _scontrol_nodes(site, home, "state=drain", f"reason={reason}")
+
+
+def resume_nodes(site: str, home: Path | None = None) -> None:
+    """Return every node of the site to service (undoes ``drain_nodes``)."""
+    _scontrol_nodes(site, home, "state=resume")
+
+
+def _sandbox_site(name: str) -> SandboxSite:
+    try:
+        return site_by_name(name)
+    except KeyError:
+        names = ", ".join(site.name for site in SANDBOX_SITES)
+        raise SandboxError(f"no sandbox site {name!r} (the sites are {names})") from None
+
+
+@contextlib.contextmanager
+def _locked_running(layout: SandboxLayout) -> Iterator[_SupervisorState]:
+    """The lock of up and down, once the sandbox is known to run; yields its supervisor."""
+    _running_supervisor(layout)
+    with _locked(layout):
+        yield _running_supervisor(layout)  # `down` may have run while we waited
+
+
+def _running_supervisor(layout: SandboxLayout) -> _SupervisorState:
+    if os.geteuid() != 0:
+        raise SandboxError("sandbox fault injection must run as root: the sandbox daemons run as root")
+    state = _read_supervisor_state(layout)
+    if state is None or not _alive(state.pid) or not _names_root(_cmdline(state.pid), layout.root):
+        raise SandboxError(f"the sandbox in {layout.root} is not running: run `aif sandbox up` first")
+    return state
+
+
+def _supervisor_request(layout: SandboxLayout, request: dict[str, list[str]]) -> None:
+    """Send one stop/start request to the supervisor and wait for its answer."""
+    _running_supervisor(layout)
+    # Through /proc/self/fd: an AF_UNIX path may not exceed 107 bytes, and the root can be longer.
+    run_dir = os.open(layout.run_dir, os.O_PATH | os.O_DIRECTORY)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(CONTROL_TIMEOUT_S)
+            conn.connect(f"/proc/self/fd/{run_dir}/{layout.supervisor_socket.name}")
+            conn.sendall(json.dumps(request).encode() + b"\n")
+            answer = b""
+            while not answer.endswith(b"\n"):
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                answer += chunk
+    except OSError as err:
+        where = layout.supervisor_socket
+        raise SandboxError(f"cannot reach the sandbox supervisor at {where}: {err}") from err
+    finally:
+        os.close(run_dir)
+    try:
+        reply = json.loads(answer)
+    except ValueError:
+        reply = {"error": f"unreadable answer {answer!r}"}
+    if not reply.get("ok"):
+        raise SandboxError(f"the sandbox supervisor could not {request}: {reply.get('error')}")
+
+
+def _wait_nodes_after_restart(
+    layout: SandboxLayout, site: SandboxSite, node_ready: Callable[[str | None], bool]
+) -> None:
+    daemons = [slurmctld_daemon(site), *(slurmd_daemon(node) for node in site.node_names)]
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    _wait_nodes(
+        layout, site, deadline, node_ready, lambda: _check_no_daemon_died(layout, "on restart", daemons)
+    )
+    _share_jobcomp_with_sandbox_group(layout, site)
+
+
+def _kill_job_steps(layout: SandboxLayout, site: SandboxSite) -> None:
+    """Kill the site's slurmstepds and the jobs under them (they outlive slurmd)."""
+    supervisor = _running_supervisor(layout)
+    marker = f"SLURM_CONF={layout.slurm_conf(site)}".encode()
+    steps = [
+        pid for pid in descendants(supervisor.pid) if _comm(pid) == "slurmstepd" and marker in _environ(pid)
+    ]
+    victims = [*steps, *(pid for step in steps for pid in descendants(step))]
+    for pid in victims:
+        _signal(pid, signal.SIGKILL)
+    deadline = time.monotonic() + DOWN_TIMEOUT_S
+    while any(_alive(pid) for pid in victims) and time.monotonic() < deadline:
+        time.sleep(POLL_S)
+
+
+def _scontrol_nodes(site: str, home: Path | None, *settings: str) -> None:
+    cluster = _sandbox_site(site)
+    _scontrol(_layout(home), cluster, "update", f"nodename={','.join(cluster.node_names)}", *settings)
+
+
+def _scontrol(layout: SandboxLayout, site: SandboxSite, *args: str) -> None:
+    argv = ["scontrol", *args]
+    result = _run(argv, timeout=SINFO_TIMEOUT_S, SLURM_CONF=str(layout.slurm_conf(site)))
+    if result.returncode != 0:
+        detail = _last_line(result.stderr) or _last_line(result.stdout)
+        raise SandboxError(f"{' '.join(argv)} failed at {site.cluster}: {detail}")
+
+
 # --- Layout and small helpers -----------------------------------------------
 
 
@@ -392,6 +600,20 @@ def _alive(pid: int) -> bool:
     return info is not None and info[0] != "Z"
 
 
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _environ(pid: int) -> list[bytes]:
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return []
+
+
 def _cmdline(pid: int) -> list[str]:
     try:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -431,6 +653,7 @@ class _SupervisorState:
     ready: bool
     children: dict[str, int]
     exited: dict[str, int]
+    stopped: frozenset[str]  # stopped on request (fault injection): down, not failed
 
 
 def _read_supervisor_state(layout: SandboxLayout) -> _SupervisorState | None:
@@ -443,6 +666,7 @@ def _read_supervisor_state(layout: SandboxLayout) -> _SupervisorState | None:
         ready=bool(data.get("ready")),
         children={str(k): int(v) for k, v in dict(data.get("children", {})).items()},
         exited={str(k): int(v) for k, v in dict(data.get("exited", {})).items()},
+        stopped=frozenset(str(name) for name in data.get("stopped", [])),
     )
 
 
@@ -488,6 +712,7 @@ def _status(layout: SandboxLayout) -> SandboxStatus:
     )
     children = state.children if state is not None and supervisor_alive else {}
     exited = state.exited if state is not None else {}
+    stopped = sorted(state.stopped) if state is not None and supervisor_alive else []
     problems: list[str] = []
     if state is None:
         problems.append("sandbox is not running")
@@ -495,13 +720,14 @@ def _status(layout: SandboxLayout) -> SandboxStatus:
         problems.append(f"supervisor (pid {state.pid}) is gone")
     for name, code in sorted(exited.items()):
         problems.append(_exit_text(layout, name, code))
+    problems.extend(f"{name} is stopped (on request)" for name in stopped)
 
     def daemon_alive(name: str) -> bool:
         pid = children.get(name)
         return pid is not None and _alive(pid)
 
     munged = daemon_alive(MUNGED_DAEMON)
-    if state is not None and supervisor_alive and not munged and MUNGED_DAEMON not in exited:
+    if state is not None and supervisor_alive and not munged and MUNGED_DAEMON not in [*exited, *stopped]:
         problems.append("munged is not running")
 
     def check_site(site: SandboxSite) -> tuple[SiteStatus, list[str]]:
@@ -522,7 +748,7 @@ def _status(layout: SandboxLayout) -> SandboxStatus:
                 if controller:
                     notes.append(f"{node} is {node_state or 'unknown to slurmctld'}")
         sshd = daemon_alive(SSHD_DAEMON) and _ssh_answers(site.ssh_port)
-        if state is not None and supervisor_alive and not sshd:
+        if state is not None and supervisor_alive and not sshd and SSHD_DAEMON not in stopped:
             notes.append(f"sshd does not answer on port {site.ssh_port}")
         site_status = SiteStatus(
             name=site.name,
@@ -552,6 +778,7 @@ def _status(layout: SandboxLayout) -> SandboxStatus:
         munged=munged,
         sites=sites,
         problems=tuple(problems),
+        stopped=tuple(stopped),
     )
 
 
@@ -711,12 +938,26 @@ def _ssh_keygen(path: Path, comment: str) -> None:
         raise SandboxError(f"ssh-keygen failed: {_last_line(result.stderr)}")
 
 
+def _make_cluster_state_dirs(layout: SandboxLayout, site: SandboxSite) -> None:
+    # slurmctld's saved jobs hold their scripts and environments: root only.
+    _make_dir(layout.state_dir(site), 0o700)
+    # slurmd's spool is 755 as Slurm's own default: each job's directory in it
+    # belongs to the job's user, who must get to it.
+    _make_dir(layout.spool_dir(site))
+    for node in site.node_names:
+        _make_dir(layout.spool_dir(site) / node)  # slurmd does not create it
+
+
 def _prepare_files(layout: SandboxLayout) -> None:
     hostname = socket.gethostname().split(".")[0]  # `hostname -s`: slurmctld insists
     plugin_dir = _plugin_dir()
     binaries = _binaries()
-    for directory in (layout.root, layout.run_dir, layout.log_dir, layout.ssh_dir):
+    # The sandbox user reaches slurm.conf and the munge socket through root;
+    # run/ holds no secret (pids, the plan) and lets any user read the status.
+    for directory in (layout.root, layout.run_dir, layout.ssh_dir):
         _make_dir(directory)
+    # Only root (the daemons, whoever debugs them) reads the logs.
+    _make_dir(layout.log_dir, 0o700)
     # The munge socket directory must be 755: clients of every user connect to it.
     _make_dir(layout.munge_dir)
     if not layout.munge_key.exists():
@@ -732,14 +973,12 @@ def _prepare_files(layout: SandboxLayout) -> None:
             gpu.symlink_to("/dev/null")
     for site in SANDBOX_SITES:
         _make_dir(layout.slurm_conf(site).parent)
-        _make_dir(layout.state_dir(site))
-        _make_dir(layout.spool_dir(site))
-        for node in site.node_names:
-            _make_dir(layout.spool_dir(site) / node)  # slurmd does not create it
+        _make_cluster_state_dirs(layout, site)
         conf = render_slurm_conf(site, layout, hostname=hostname, plugin_dir=plugin_dir)
         _write_file(layout.slurm_conf(site), conf)
         _write_file(layout.gres_conf(site), render_gres_conf(site, layout))
-        _write_file(layout.jobcomp_file(site), "")  # a fresh job history per start
+        _write_file(layout.cgroup_conf(site), render_cgroup_conf(site))
+        _write_file(layout.jobcomp_file(site), "", 0o600)  # a fresh job history per start
     _ssh_keygen(layout.host_key, "aif-sandbox-host")
     _ssh_keygen(layout.client_key, "aif-sandbox-client")
     host_pub = layout.host_key.with_name(layout.host_key.name + ".pub").read_text()
@@ -764,8 +1003,25 @@ def _ensure_sandbox_user(client_public_key: str, say: Progress) -> pwd.struct_pa
         result = _run(["usermod", "-p", "*", SANDBOX_USER])
         if result.returncode != 0:
             raise SandboxError(f"usermod -p '*' {SANDBOX_USER} failed: {_last_line(result.stderr)}")
+    _ensure_sandbox_group(SANDBOX_USER)
     _authorize_client_key(entry, client_public_key)
     return entry
+
+
+def _ensure_sandbox_group(user: str) -> None:
+    """Create the sandbox group if missing and put ``user`` in it (for the jobcomp files)."""
+    try:
+        group = grp.getgrnam(SANDBOX_GROUP)
+    except KeyError:
+        result = _run(["groupadd", "--system", SANDBOX_GROUP])
+        if result.returncode not in (0, 9):  # 9: created meanwhile by another tool
+            raise SandboxError(f"groupadd {SANDBOX_GROUP} failed: {_last_line(result.stderr)}") from None
+        group = grp.getgrnam(SANDBOX_GROUP)
+    if user not in group.gr_mem:
+        # New logins get the group; every sandbox session starts after this.
+        result = _run(["usermod", "-a", "-G", SANDBOX_GROUP, user])
+        if result.returncode != 0:
+            raise SandboxError(f"usermod -a -G {SANDBOX_GROUP} {user} failed: {_last_line(result.stderr)}")
 
 
 def _authorize_client_key(entry: pwd.struct_passwd, client_public_key: str) -> None:
@@ -889,51 +1145,77 @@ def _port_open(port: int) -> bool:
         return False
 
 
+def _check_no_daemon_died(layout: SandboxLayout, when: str, names: Collection[str] | None = None) -> None:
+    """Fail fast when the supervisor or one of ``names`` (default: any daemon) has died."""
+    state = _read_supervisor_state(layout)
+    if state is None or not _alive(state.pid):
+        raise SandboxError(f"the sandbox supervisor died (see {layout.supervisor_log})")
+    for name, code in state.exited.items():
+        if names is None or name in names:
+            raise SandboxError(f"{_exit_text(layout, name, code)} {when}")
+
+
+def _wait_nodes(
+    layout: SandboxLayout,
+    site: SandboxSite,
+    deadline: float,
+    node_ready: Callable[[str | None], bool],
+    check: Callable[[], None],
+) -> None:
+    """Until sinfo answers and ``node_ready`` holds for every node's state (sinfo's %t)."""
+    last_seen: dict[str, str] | None = None
+    while True:
+        check()
+        # sinfo blocks for MessageTimeout while no controller listens: ask only once it does.
+        if _port_open(site.slurmctld_port):
+            last_seen = _sinfo_node_states(layout.slurm_conf(site))
+            if last_seen is not None and all(node_ready(last_seen.get(n)) for n in site.node_names):
+                return
+        if time.monotonic() > deadline:
+            raise SandboxError(
+                f"{site.cluster}: the nodes were not ready in time (last seen: {last_seen});"
+                f" logs in {layout.log_dir}"
+            )
+        time.sleep(2 * POLL_S)
+
+
+def _wait_ssh(layout: SandboxLayout, deadline: float, check: Callable[[], None]) -> None:
+    """Until sshd sends its banner on every site's port."""
+    for site in SANDBOX_SITES:
+        while not _ssh_answers(site.ssh_port):
+            check()
+            if time.monotonic() > deadline:
+                raise SandboxError(
+                    f"sshd does not answer on port {site.ssh_port} (see {layout.daemon_output(SSHD_DAEMON)})"
+                )
+            time.sleep(POLL_S)
+
+
+def _share_jobcomp_with_sandbox_group(layout: SandboxLayout, site: SandboxSite) -> None:
+    """Let the login user run `sacct -c`, which opens the jobcomp file read-write.
+
+    Through the sandbox group (root:aifsandbox 660), so no other user can
+    read or rewrite the job history. slurmctld resets the mode to 644 when it
+    opens the file at start (the group stays): call this once the controller
+    answers, after every start of it.
+    """
+    path = layout.jobcomp_file(site)
+    os.chown(path, 0, grp.getgrnam(SANDBOX_GROUP).gr_gid)
+    os.chmod(path, 0o660)
+
+
 def _wait_ready(layout: SandboxLayout, say: Progress) -> None:
     """Until every node is idle and every sshd port answers; fails fast if a daemon dies."""
     say("waiting for every node to be idle")
     deadline = time.monotonic() + READY_TIMEOUT_S
-    pending = list(SANDBOX_SITES)
-    last_seen: dict[str, dict[str, str] | None] = {}
 
-    def check_dead() -> None:
-        state = _read_supervisor_state(layout)
-        if state is None or not _alive(state.pid):
-            raise SandboxError(f"the sandbox supervisor died (see {layout.supervisor_log})")
-        for name, code in state.exited.items():
-            raise SandboxError(f"{_exit_text(layout, name, code)} during start")
+    def check() -> None:
+        _check_no_daemon_died(layout, "during start")
 
-    while pending:
-        check_dead()
-        if time.monotonic() > deadline:
-            details = ", ".join(f"{s.cluster}: {last_seen.get(s.cluster)}" for s in pending)
-            raise SandboxError(
-                f"the sandbox was not ready within {READY_TIMEOUT_S:.0f} s ({details});"
-                f" logs in {layout.log_dir}"
-            )
-        site = pending[0]
-        # sinfo blocks for MessageTimeout while no controller listens: ask only once it does.
-        if not _port_open(site.slurmctld_port):
-            time.sleep(POLL_S)
-            continue
-        states = _sinfo_node_states(layout.slurm_conf(site))
-        last_seen[site.cluster] = states
-        if states is not None and all(states.get(n) == "idle" for n in site.node_names):
-            pending.pop(0)
-            continue
-        time.sleep(2 * POLL_S)
-    # `sacct -c` opens the jobcomp file read-write, so users need it world-writable;
-    # slurmctld resets it to 644 when it opens it at start, hence only now.
     for site in SANDBOX_SITES:
-        os.chmod(layout.jobcomp_file(site), 0o666)
-    for site in SANDBOX_SITES:
-        while not _ssh_answers(site.ssh_port):
-            check_dead()
-            if time.monotonic() > deadline:
-                raise SandboxError(
-                    f"sshd does not answer on port {site.ssh_port} (see {layout.log_dir}/sshd.out)"
-                )
-            time.sleep(POLL_S)
+        _wait_nodes(layout, site, deadline, lambda state: state == "idle", check)
+        _share_jobcomp_with_sandbox_group(layout, site)
+    _wait_ssh(layout, deadline, check)
 
 
 def _write_gateway_files(layout: SandboxLayout) -> None:

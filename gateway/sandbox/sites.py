@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SANDBOX_USER = "aifuser"
+# The login user's group for the files it must write: the jobcomp files (`sacct -c`).
+SANDBOX_GROUP = "aifsandbox"
 SANDBOX_HOST = "127.0.0.1"
 SANDBOX_ACCOUNT = "sandbox"
 

@@ -10,10 +10,18 @@ children) must be reparented to it: it declares itself a child subreaper.
 It reads ``ROOT/run/plan.json`` (written by ``configs.render_supervisor_plan``),
 starts every daemon in the foreground as its own child, writes
 ``ROOT/run/supervisor.json`` (its pid, the daemons' pids, a ready flag, the
-exit status of any daemon that died) and reaps continuously. It restarts
-nothing: a dead daemon shows in ``manager.status``. On SIGTERM (or SIGINT,
-SIGHUP) it stops every child and descendant (TERM, a short wait, KILL), reaps
-them, removes its state file and exits 0.
+exit status of any daemon that died, the daemons stopped on request) and
+reaps continuously. It restarts nothing by itself: a dead daemon shows in
+``manager.status``. On SIGTERM (or SIGINT, SIGHUP) it stops every child and
+descendant (TERM, a short wait, KILL), reaps them, removes its state file and
+exits 0.
+
+Tests inject faults through ``ROOT/run/supervisor.sock`` (root only): one
+JSON line ``{"stop": [names]}`` or ``{"start": [names]}`` per connection,
+answered by one JSON line ``{"ok": true, "pids": {...}}`` or ``{"ok": false,
+"error": "..."}``. A daemon stopped this way is recorded as stopped, not as
+exited, so nobody mistakes it for a crash; ``start`` runs it again with its
+plan entry.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import json
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -35,6 +44,11 @@ from typing import Any
 PR_SET_CHILD_SUBREAPER = 36
 STATE_FILE = "supervisor.json"
 PLAN_FILE = "plan.json"
+# Relative to ROOT (the supervisor's cwd): AF_UNIX paths are limited to 107
+# bytes, and ROOT may be long.
+CONTROL_SOCKET = "run/supervisor.sock"
+# A client that connects must send its request line within this time.
+CONTROL_READ_TIMEOUT_S = 2.0
 # A clean environment for the daemons: nothing of the caller's leaks into them.
 DAEMON_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -126,7 +140,10 @@ class Supervisor:
         self.children: dict[str, subprocess.Popen[bytes]] = {}
         self.pid_to_name: dict[int, str] = {}
         self.exited: dict[str, int] = {}
+        # Daemons stopped on request (fault injection): down, but not failed.
+        self.stopped: set[str] = set()
         self.plan: list[DaemonSpec] = []
+        self.control: socket.socket | None = None
         self.ready = False
         self.stopping = False
         # Signals only write a byte to this pipe; the main loop select()s on it.
@@ -165,6 +182,9 @@ class Supervisor:
             proc = self.children.get(name)
             if proc is not None:
                 proc.returncode = code  # so Popen never waits for it again
+            if name in self.stopped:
+                self.say(f"{name} (pid {pid}) stopped on request ({code})")
+                continue
             self.exited[name] = code
             if not self.stopping:
                 self.say(f"{name} (pid {pid}) exited with {code}; not restarted")
@@ -186,8 +206,13 @@ class Supervisor:
             "pid": os.getpid(),
             "root": str(self.root),
             "ready": self.ready,
-            "children": {name: proc.pid for name, proc in self.children.items() if name not in self.exited},
+            "children": {
+                name: proc.pid
+                for name, proc in self.children.items()
+                if name not in self.exited and name not in self.stopped
+            },
             "exited": dict(self.exited),
+            "stopped": sorted(self.stopped),
         }
         tmp = self.state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2) + "\n")
@@ -196,6 +221,8 @@ class Supervisor:
     # --- starting and stopping ------------------------------------------------
 
     def start(self, spec: DaemonSpec) -> None:
+        self.stopped.discard(spec.name)
+        self.exited.pop(spec.name, None)
         try:
             with spec.output.open("ab") as out:
                 proc = subprocess.Popen(
@@ -228,7 +255,96 @@ class Supervisor:
                 self.sleep(0.02)
 
     def running_children(self) -> list[int]:
-        return [p.pid for n, p in self.children.items() if n not in self.exited]
+        return [p.pid for n, p in self.children.items() if n not in self.exited and n not in self.stopped]
+
+    # --- fault injection: stop and start single daemons on request --------------
+
+    def open_control(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(CONTROL_SOCKET)
+        control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o077)  # root only from the first instant, not after a chmod
+        try:
+            control.bind(CONTROL_SOCKET)
+        finally:
+            os.umask(old_umask)
+        control.listen(8)
+        control.setblocking(False)
+        self.control = control
+
+    def serve(self, seconds: float) -> None:
+        """Like ``sleep``, but also answer one control request if one comes."""
+        if self.control is None:
+            self.sleep(seconds)
+            return
+        with contextlib.suppress(InterruptedError):
+            ready, _, _ = select.select([self.wake_r, self.control.fileno()], [], [], seconds)
+            if self.control.fileno() in ready:
+                with contextlib.suppress(BlockingIOError):
+                    conn, _ = self.control.accept()
+                    with conn:
+                        self.answer(conn)
+        self.sleep(0)
+
+    def answer(self, conn: socket.socket) -> None:
+        conn.setblocking(True)
+        conn.settimeout(CONTROL_READ_TIMEOUT_S)
+        try:
+            raw = b""
+            while not raw.endswith(b"\n") and len(raw) < 65536:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                raw += chunk
+            request = json.loads(raw)
+            reply = self.handle(request)
+        except (OSError, ValueError) as err:
+            reply = {"ok": False, "error": f"bad request: {err}"}
+        with contextlib.suppress(OSError):
+            conn.sendall(json.dumps(reply).encode() + b"\n")
+
+    def handle(self, request: object) -> dict[str, Any]:
+        specs = {spec.name: spec for spec in self.plan}
+        bad = {"ok": False, "error": f'expected {{"stop" or "start": [names]}}, got {request!r}'}
+        if not isinstance(request, dict) or len(request) != 1:
+            return bad
+        ((action, names),) = request.items()
+        if action not in ("stop", "start") or not isinstance(names, list):
+            return bad
+        unknown = [name for name in names if name not in specs]
+        if unknown:
+            return {"ok": False, "error": f"no such daemon: {', '.join(map(str, unknown))}"}
+        if action == "stop":
+            return self.stop_daemons(names)
+        return self.start_daemons([specs[name] for name in names])
+
+    def is_running(self, name: str) -> bool:
+        return name in self.children and name not in self.exited and name not in self.stopped
+
+    def stop_daemons(self, names: list[str]) -> dict[str, Any]:
+        """Stop these daemons (TERM, then KILL) and record them as stopped, not exited."""
+        pids = [self.children[name].pid for name in names if self.is_running(name)]
+        for name in names:
+            self.stopped.add(name)
+            self.exited.pop(name, None)  # one that had died is now down on purpose
+        self.say(f"stopping on request: {', '.join(names)}")
+        self.terminate(pids)
+        left = [pid for pid in pids if pid in self.pid_to_name]
+        self.write_state()
+        if left:
+            return {"ok": False, "error": f"pids {left} survived SIGKILL"}
+        return {"ok": True, "pids": {}}
+
+    def start_daemons(self, specs: list[DaemonSpec]) -> dict[str, Any]:
+        """(Re)start these daemons from their plan entries, in the order given."""
+        for spec in specs:
+            if not self.is_running(spec.name):
+                self.say(f"starting on request: {spec.name}")
+                self.start(spec)
+        failed = {spec.name: self.exited[spec.name] for spec in specs if spec.name in self.exited}
+        if failed:
+            return {"ok": False, "error": f"exited at once: {failed}"}
+        return {"ok": True, "pids": {spec.name: self.children[spec.name].pid for spec in specs}}
 
     def wait_gone(self, pids: list[int], seconds: float) -> list[int]:
         """Reap until none of ``pids`` is left or time is up; returns those left."""
@@ -256,9 +372,9 @@ class Supervisor:
         # Daemons the others waited for at start (munged) may still be needed
         # while the others stop: they go last.
         last = [
-            self.children[s.name].pid
-            for s in self.plan
-            if s.wait_for is not None and s.name in self.children and s.name not in self.exited
+            self.children[spec.name].pid
+            for spec in self.plan
+            if spec.wait_for is not None and self.is_running(spec.name)
         ]
         first = [pid for pid in self.running_children() if pid not in last]
         self.terminate(first)
@@ -296,13 +412,18 @@ class Supervisor:
                     break
                 self.start(spec)
             if not self.stopping:
+                self.open_control()
                 self.ready = True
                 self.write_state()
                 self.say("all daemons started")
             while not self.stopping:
-                self.sleep(1.0)
+                self.serve(1.0)
             self.say("stopping")
         finally:
+            if self.control is not None:
+                self.control.close()
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(CONTROL_SOCKET)
             # Even after an unexpected error: never leave daemons without their reaper.
             self.stop_all()
             with contextlib.suppress(FileNotFoundError):

@@ -6,9 +6,12 @@ last one stops it and starts it again, so it leaves it up for whatever runs next
 
 from __future__ import annotations
 
+import grp
 import json
 import os
+import pwd
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -156,8 +159,49 @@ def test_each_port_runs_jobs_on_its_own_cluster(sandbox: SandboxFacts) -> None:
     for name, (_, cluster, gpus, count, partition) in cases.items():
         output, accounting = results[name]
         assert output == f"cluster={cluster} user=aifuser gpus={gpus} n={count}", name
-        # sacct -c works for the login user: the jobcomp file is world-writable.
+        # sacct -c works for the login user: the sandbox group may write the jobcomp file.
         assert accounting.split("|")[1:] == ["aif-sandbox-test", "COMPLETED", partition], name
+
+
+# munged makes its socket 777 by design: every user's client must connect, and
+# munged authenticates each one by its uid (SO_PEERCRED), not by the file's mode.
+WORLD_WRITABLE_BY_DESIGN = {"munge/munge.socket.2"}
+SECRETS = ("munge/munge.key", "ssh/client_key", "ssh/ssh_host_ed25519_key")
+# munged writes its PRNG seed when it stops, so a first run has none yet.
+SECRETS_ONCE_WRITTEN = ("munge/munged.seed",)
+
+
+def test_sandbox_files_are_no_more_open_than_needed(sandbox: SandboxFacts) -> None:
+    root = sandbox.root
+    listing: list[str] = []
+    too_open: list[str] = []
+    for path in [root, *sorted(root.rglob("*")), *sorted(sandbox.aif_home.glob("*/*.toml"))]:
+        try:
+            info = path.lstat()
+        except FileNotFoundError:
+            continue  # a job's file, gone meanwhile
+        if stat.S_ISLNK(info.st_mode):
+            continue  # a symlink's own mode means nothing
+        name = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+        owner = f"{pwd.getpwuid(info.st_uid).pw_name}:{grp.getgrgid(info.st_gid).gr_name}"
+        listing.append(f"{stat.filemode(info.st_mode)} {owner} {name}")
+        if info.st_mode & stat.S_IWOTH and name not in WORLD_WRITABLE_BY_DESIGN:
+            too_open.append(name)
+    everything = "\n".join(listing)
+    assert too_open == [], f"world-writable: {too_open}\n{everything}"
+    for secret in [*SECRETS, *(s for s in SECRETS_ONCE_WRITTEN if (root / s).exists())]:
+        info = (root / secret).stat()
+        assert (info.st_uid, stat.S_IMODE(info.st_mode) & 0o077) == (0, 0), f"{secret}\n{everything}"
+    # Saved jobs hold scripts and environments; logs are the daemons' and root's.
+    for directory in [root / "log", *(root / s.cluster / "state" for s in sandbox.sites)]:
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700, f"{directory}\n{everything}"
+    # `sacct -c` opens the job history read-write: the sandbox user gets it
+    # through the sandbox group, nobody else at all.
+    group = grp.getgrnam("aifsandbox")
+    assert "aifuser" in group.gr_mem
+    for site in sandbox.sites:
+        info = (root / site.cluster / "jobcomp.txt").stat()
+        assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (0, group.gr_gid, 0o660)
 
 
 def test_up_when_up_starts_nothing(sandbox: SandboxFacts) -> None:

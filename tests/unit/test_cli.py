@@ -328,3 +328,43 @@ def test_status_names_each_unreachable_site_once(
     message = one_line_error(result)
     for site in sites:
         assert message.count(f"cannot connect to site {site} at ") == 1
+
+
+def _sandbox_status(up: bool, problems: tuple[str, ...]) -> object:
+    from gateway.sandbox.manager import SandboxStatus, SiteStatus
+
+    site = SiteStatus("sandbox-north", "north", 2231, "/x/slurm.conf", up, up, True, {"north-n1": "idle"})
+    return SandboxStatus(up, "/x", 42 if up else None, up, (site,), problems)
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_sandbox_status_exits_1_unless_all_is_up(monkeypatch: pytest.MonkeyPatch, as_json: bool) -> None:
+    from gateway.sandbox import manager
+
+    flags = ["--json"] if as_json else []
+    monkeypatch.setattr(manager, "status", lambda: _sandbox_status(True, ()))
+    up = aif("sandbox", "status", *flags)
+    assert (up.exit_code, up.stderr) == (0, "")
+
+    problems = ("slurmctld-north is stopped (on request)", "north-n1 is unknown to slurmctld")
+    monkeypatch.setattr(manager, "status", lambda: _sandbox_status(False, problems))
+    down = aif("sandbox", "status", *flags)
+    assert down.exit_code == 1
+    # What is down is still shown in full, then one error line.
+    if as_json:
+        data = json.loads(down.stdout)
+        assert data["sites"][0]["controller"] is False and data["problems"] == list(problems)
+        assert down.stderr == "aif: error: the sandbox is not up\n"
+    else:
+        assert "aif sandbox: down" in down.stdout
+        assert down.stderr == "".join(f"problem: {p}\n" for p in problems) + (
+            "aif: error: the sandbox is not up\n"
+        )
+    assert "Traceback" not in down.output
+
+
+def test_sandbox_status_exits_1_when_nothing_runs(aif_home: Path) -> None:
+    """For real: nothing was ever started under this AIF_HOME."""
+    result = aif("sandbox", "status")
+    assert result.exit_code == 1
+    assert result.stderr == "problem: sandbox is not running\naif: error: the sandbox is not up\n"

@@ -24,6 +24,7 @@ from gateway.sandbox.configs import (
     SandboxBinaries,
     SandboxLayout,
     profile_partitions,
+    render_cgroup_conf,
     render_gres_conf,
     render_known_hosts,
     render_profile_toml,
@@ -70,6 +71,11 @@ def test_slurm_conf_matches_golden(site: SandboxSite) -> None:
 @pytest.mark.parametrize("site", SANDBOX_SITES, ids=_site_id)
 def test_gres_conf_matches_golden(site: SandboxSite) -> None:
     check_golden(f"{site.cluster}.gres.conf", render_gres_conf(site, LAYOUT))
+
+
+@pytest.mark.parametrize("site", SANDBOX_SITES, ids=_site_id)
+def test_cgroup_conf_matches_golden(site: SandboxSite) -> None:
+    check_golden(f"{site.cluster}.cgroup.conf", render_cgroup_conf(site))
 
 
 @pytest.mark.parametrize("site", SANDBOX_SITES, ids=_site_id)
@@ -141,10 +147,17 @@ def test_slurm_conf_is_self_contained_per_cluster(site: SandboxSite) -> None:
     assert settings["ClusterName"] == site.cluster
     assert settings["SlurmctldHost"] == f"{HOSTNAME}(127.0.0.1)"
     assert settings["SlurmctldPort"] == str(site.slurmctld_port)
-    assert settings["SchedulerParameters"] == "batch_sched_delay=0"
+    # Jobs start at once, and at most a few seconds after their nodes come back.
+    assert settings["SchedulerParameters"] == "batch_sched_delay=0,bf_interval=2"
     assert settings["JobCompType"] == "jobcomp/filetxt"
     assert settings["PriorityType"] == "priority/multifactor"
-    assert int(settings["MessageTimeout"]) <= 5
+    # Controller-down faults cost about MessageTimeout per client call.
+    assert int(settings["MessageTimeout"]) <= 3
+    # Long benchmarks must never hit Slurm's job limit (default 10000).
+    assert int(settings["MaxJobCount"]) >= 100000
+    assert int(settings["MinJobAge"]) <= 60
+    # Without it slurmd cannot start where only loopback is configured (see configs.py).
+    assert "EnableIPv6" in settings["CommunicationParameters"].split(",")
     # Everything a cluster writes is under its own directory or names it.
     for key in ("StateSaveLocation", "SlurmdSpoolDir", "JobCompLoc"):
         assert settings[key].startswith(f"/AIF_HOME/sandbox/{site.cluster}/")
