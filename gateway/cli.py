@@ -265,6 +265,7 @@ def submit(
     """Submit one or more job SPECS (TOML)."""
     from gateway import lifecycle
     from gateway.errors import SchedulerRejected, SiteUnreachable
+    from gateway.states import JobState
 
     with open_context(ctx) as lctx:
         if dry_run:
@@ -295,11 +296,11 @@ def submit(
                 err=True,
             )
     states = {r.job.state for r in results}
-    if "REJECTED" in states:
-        first = next(r.job for r in results if r.job.state == "REJECTED")
+    if JobState.REJECTED in states:
+        first = next(r.job for r in results if r.job.state is JobState.REJECTED)
         raise SchedulerRejected(f"{first.site} rejected {first.id}: {first.message}")
-    if "UNREACHABLE" in states or any(r.job.unresolved for r in results):
-        first = next(r.job for r in results if r.job.state == "UNREACHABLE" or r.job.unresolved)
+    if JobState.UNREACHABLE in states or any(r.job.unresolved for r in results):
+        first = next(r.job for r in results if r.job.state is JobState.UNREACHABLE or r.job.unresolved)
         raise SiteUnreachable(first.message or f"{first.id}: the site's answer was lost ({first.reason})")
 
 
@@ -422,7 +423,7 @@ def wait(ctx: click.Context, ids: Sequence[str], timeout_text: str | None, as_js
     """Wait until jobs end: exit 0 when all COMPLETED, 7 when any ended otherwise."""
     from gateway import lifecycle
     from gateway.errors import JobUnsuccessful, WaitTimeout
-    from gateway.states import is_terminal
+    from gateway.states import JobState, is_terminal
 
     timeout = seconds("--timeout", timeout_text)
     with open_context(ctx) as lctx:
@@ -439,7 +440,7 @@ def wait(ctx: click.Context, ids: Sequence[str], timeout_text: str | None, as_js
             + ", ".join(f"{j.id} is {j.state}" for j in unfinished)
             + problems
         )
-    failed = [j for j in report.jobs if j.state != "COMPLETED"]
+    failed = [j for j in report.jobs if j.state is not JobState.COMPLETED]
     if failed:
         raise JobUnsuccessful(
             ", ".join(f"{j.id} ended {j.state}" + (f" ({j.reason})" if j.reason else "") for j in failed)
