@@ -458,7 +458,8 @@ class _SettlePlan:
 @dataclass(frozen=True)
 class _Evidence:
     record: journal.RecordRead | None
-    tokens_found: dict[str, str]
+    tokens_found: dict[str, str]  # in squeue, by token
+    names_found: dict[str, str]  # finished, by Slurm name (the second proof)
 
 
 def _settle_plan(ctx: Context, jobs: list[LedgerJob], fence_now: bool) -> _SettlePlan:
@@ -481,8 +482,13 @@ def _settle_plan(ctx: Context, jobs: list[LedgerJob], fence_now: bool) -> _Settl
 def _gather_evidence(backend: SiteBackend, plan: _SettlePlan) -> _Evidence:
     """The site's side of settling: one record read (fencing first), one squeue if needed. No ledger."""
     record = backend.read_record(plan.directories, plan.fences) if plan.directories else None
-    doubtful = [j.token for j in plan.jobs if _claim_of(j, plan, record) is _IN_DOUBT]
-    return _Evidence(record, backend.find_tokens(doubtful) if doubtful else {})
+    doubtful = [j for j in plan.jobs if _claim_of(j, plan, record) is _IN_DOUBT]
+    tokens = backend.find_tokens([j.token for j in doubtful]) if doubtful else {}
+    # Not in the queue: it may have run and left; Slurm's finished-job records know its name.
+    gone = [j for j in doubtful if j.token not in tokens and j.slurm_name]
+    since = min((j.created_at[:10] for j in gone), default="")
+    names = backend.find_names([j.slurm_name for j in gone], since) if gone else {}
+    return _Evidence(record, tokens, names)
 
 
 _IN_DOUBT = object()
@@ -523,12 +529,14 @@ def _apply_evidence(ctx: Context, plan: _SettlePlan, evidence: _Evidence) -> Non
             continue
         if job.token in evidence.tokens_found:
             ledger.mark_submitted(job.id, evidence.tokens_found[job.token])
+        elif job.slurm_name in evidence.names_found:
+            ledger.mark_submitted(job.id, evidence.names_found[job.slurm_name])
         elif job.id in plan.old_enough:
             why = (
-                "maybe sent: the site's record holds its intent but no answer, "
-                "and its token is not in the queue"
+                "maybe sent: the site's record holds its intent but no answer, and neither "
+                "its token (in the queue) nor its name (in finished jobs) is found"
                 if job.claim
-                else "maybe sent: not found by its token, and it has no site record "
+                else "maybe sent: not found by its token or its name, and it has no site record "
                 "(older aif) to prove either way"
             )
             if ledger.get(job.id).reason != why:
@@ -594,6 +602,12 @@ def refresh(
         return _SiteAnswer(evidence, backend.jobs(query.queries) if query.queries else {})
 
     answers = ctx.per_site(work, ask, deadline=deadline)
+    settled = [
+        job.id
+        for site, query in work.items()
+        if query.settle is not None and answers[site].value is not None
+        for job in query.settle.jobs
+    ]
     unreachable: dict[str, str] = {}
     in_queue: set[str] = set()
     changes: list[tuple[str, str, str]] = []
@@ -614,6 +628,12 @@ def refresh(
             elif _age_seconds(ctx, job) > ctx.timing.just_submitted_grace_s:
                 changes.append((job.id, JobState.UNKNOWN.value, _one_line(sighting.problem)))
     ledger.update_states(changes)
+    # Jobs just settled as sent are asked about at once: their true state, not PENDING.
+    followed = [j for j in settled if ledger.get(j).slurm_job_id and not ledger.get(j).terminal]
+    if followed:
+        again = refresh(ctx, followed, deadline=deadline)
+        unreachable.update(again.unreachable)
+        in_queue |= again.in_queue
     return StatusReport(
         jobs=[ledger.get(j.id) for j in jobs], unreachable=unreachable, in_queue=frozenset(in_queue)
     )

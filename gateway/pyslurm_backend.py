@@ -148,6 +148,10 @@ class PyslurmBackend:
             except Exception as exc:
                 raise SiteUnreachable(f"site {self.site}: cancelling job {job_id} failed: {exc}") from None
 
+    def find_names(self, names: Sequence[str], since: str) -> dict[str, str]:
+        """libslurm here holds no finished-job records: nothing can be found by name."""
+        return {}
+
     def find_tokens(self, tokens: Sequence[str]) -> dict[str, str]:
         return slurm.find_tokens_in_queue([_record_of(job) for job in self._all_jobs()], tokens)
 

@@ -80,6 +80,10 @@ class SiteBackend(Protocol):
 
     def cancel(self, slurm_ids: Sequence[str]) -> None: ...
 
+    def find_names(self, names: Sequence[str], since: str) -> dict[str, str]:
+        """name -> Slurm id of finished jobs carrying these names (the second proof), since a date."""
+        ...
+
     def find_tokens(self, tokens: Sequence[str]) -> dict[str, str]: ...
 
     def read_file(self, path: str, offset: int = 0) -> bytes: ...
@@ -169,6 +173,20 @@ class SlurmCliBackend:
         result = self._run(slurm.scancel_argv(slurm_ids))
         if not result.ok:
             raise SiteUnreachable(f"site {self.site}: scancel failed: {_last_line(result)}")
+
+    def find_names(self, names: Sequence[str], since: str) -> dict[str, str]:
+        """Slurm ids of finished jobs by name (an array by its lowest id), from one sacct."""
+        if not names:
+            return {}
+        result = self._run(slurm.sacct_by_name_argv(names, self.accounting, since))
+        if not result.ok:
+            raise SiteUnreachable(f"site {self.site}: sacct failed: {_last_line(result)}")
+        found: dict[str, str] = {}
+        for record in slurm.parse_sacct(result.stdout):
+            job_id = record.raw_job_id
+            if record.name in names and (record.name not in found or int(job_id) < int(found[record.name])):
+                found[record.name] = job_id
+        return found
 
     def find_tokens(self, tokens: Sequence[str]) -> dict[str, str]:
         """Slurm ids of the jobs carrying these submission tokens, from one squeue."""

@@ -520,6 +520,32 @@ def sacct_argv(job_ids: Sequence[str], source: SacctSource) -> list[str]:
     return argv
 
 
+def sacct_by_name_argv(names: Sequence[str], source: SacctSource, since: str) -> list[str]:
+    """sacct for finished jobs by their Slurm job names (aif's carry the aif id), from ``since``.
+
+    The second way to find a job whose submission answer was lost, once it
+    left squeue: ``--name`` works for ``sacct -c`` too (checked on 22.05).
+    ``since`` (``YYYY-MM-DD``) matters with slurmdbd, where sacct without
+    ``-j`` only looks at jobs from midnight on.
+    """
+    for name in names:
+        if not name or any(c in name for c in ", \n\t\0"):
+            raise ValueError(f"not a Slurm job name aif gives: {name!r}")
+    if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", since):
+        raise ValueError(f"not a date: {since!r}")
+    argv = [
+        "sacct",
+        "--noheader",
+        "--parsable2",
+        f"--delimiter={FIELD_SEPARATOR}",
+        "--format=" + ",".join(SACCT_FIELDS),
+        "--name=" + ",".join(names),
+        f"--starttime={since}",
+    ]
+    argv.insert(1, "--completion" if source == "jobcomp" else "--allocations")
+    return argv
+
+
 def parse_sacct(stdout: str) -> list[JobRecord]:
     """Records from ``sacct_argv`` output: the last record per job (id and name), in order.
 

@@ -126,6 +126,7 @@ def make_context(site: SimulatedSite, clock: FakeClock, ledger_path: Path) -> Co
     fake.respond(["bash", "-c", slurm.submission_program()], handler=site.submission)
     fake.respond(["bash", "-c"], handler=site.record)
     fake.respond(["squeue"], handler=site.squeue)
+    fake.respond(["sacct"], stdout="")  # nothing has finished at the simulated site
     profile = load_profile(REPO / "tests" / "data" / "profiles" / "testsite.toml")
     config = UserConfig(sites={SITE: SiteAccess(account="proj_1", user="me")})
     return Context(

@@ -875,3 +875,14 @@ def test_recorded_sbatch_answers() -> None:
     assert recorded("sbatch-parsable-array.stdout") == "1899\n"  # the array's base id
     assert slurm.parse_submission_output("0\t0\t" + recorded("sbatch-parsable-ok.stdout"), 1)[0].ok
     assert "Batch script is empty" in recorded("sbatch-empty-script.stderr")
+
+
+def test_sacct_by_name_reads_the_jobcomp_file_from_a_date() -> None:
+    argv = slurm.sacct_by_name_argv(["a.aif-x", "b.aif-y"], "jobcomp", "2026-11-29")
+    assert argv[:2] == ["sacct", "--completion"]
+    assert "--name=a.aif-x,b.aif-y" in argv and "--starttime=2026-11-29" in argv
+    assert slurm.sacct_by_name_argv(["a"], "slurmdbd", "2026-11-29")[1] == "--allocations"
+    with pytest.raises(ValueError):
+        slurm.sacct_by_name_argv(["a,b"], "jobcomp", "2026-11-29")
+    with pytest.raises(ValueError):
+        slurm.sacct_by_name_argv(["a"], "jobcomp", "yesterday")
