@@ -427,14 +427,42 @@ def _known_hosts_entry(line: str) -> HostKeyEntry | None:
 
 
 def _changed_key_message(site: str, endpoint: ResolvedEndpoint, exc: paramiko.BadHostKeyException) -> str:
-    files = " ".join(str(path) for path in endpoint.known_hosts_files)
+    name = endpoint.known_hosts_name
+    files = _files_naming(endpoint.known_hosts_files, name) or list(endpoint.known_hosts_files)
+    port = "" if endpoint.port == DEFAULT_PORT else f"-p {endpoint.port} "
+    # The file must be named: `ssh-keygen -R` alone edits ~/.ssh/known_hosts only.
+    remove = "; ".join(f"ssh-keygen -R {shlex.quote(name)} -f {shlex.quote(str(f))}" for f in files)
+    add = f"ssh-keyscan {port}{endpoint.hostname} >> {shlex.quote(str(files[0]))}"
     return (
-        f"site {site}: host key for {endpoint.known_hosts_name} has CHANGED "
-        f"(possible man-in-the-middle attack): the server now shows "
-        f"{_fingerprint(exc.key)}, known_hosts ({files}) has {_fingerprint(exc.expected_key)}; "
-        f"if the site announced a new key, remove the old one with "
-        f"`ssh-keygen -R '{endpoint.known_hosts_name}'` and add the new one after checking it"
+        f"site {site}: host key for {name} has CHANGED (possible man-in-the-middle attack): "
+        f"the server now shows {_fingerprint(exc.key)}, known_hosts "
+        f"({' '.join(str(f) for f in files)}) has {_fingerprint(exc.expected_key)}; "
+        "do not connect until you have checked the new fingerprint against the ones the site "
+        "publishes (its documentation or support desk, not this server); if it matches, replace "
+        f"the old key: `{remove}` then `{add}`"
     )
+
+
+def _files_naming(paths: Sequence[Path], name: str) -> list[Path]:
+    """The known_hosts files with an entry for ``name`` (hashed entries included)."""
+    found = []
+    for path in paths:
+        try:
+            lines = path.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            entry = None if line.lstrip().startswith(("#", "@")) else _known_hosts_entry(line.strip())
+            if entry is not None and any(_names_host(pattern, name) for pattern in entry.hostnames):
+                found.append(path)
+                break
+    return found
+
+
+def _names_host(pattern: str, name: str) -> bool:
+    if pattern.startswith("|1|"):  # hashed: `ssh-keygen -H`
+        return paramiko.HostKeys.hash_host(name, pattern) == pattern
+    return pattern == name
 
 
 # -- client keys -----------------------------------------------------------------
