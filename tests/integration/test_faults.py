@@ -192,18 +192,20 @@ def test_sshd_killed_mid_bulk_leaves_exactly_one_job_per_spec(
     key = f"test-{prefix}"
     record = record_dir(key)
 
-    def kill_sessions_once_claims_appear() -> int:
+    from gateway.sandbox import manager
+
+    def kill_sessions_once_claims_appear() -> list[int]:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if record.is_dir() and len(os.listdir(record)) >= 5:
-                return subprocess.run(["pkill", "-9", "-f", "^sshd: aifuser"], check=False).returncode
+                return manager.kill_ssh_sessions(sandbox.aif_home)
             time.sleep(0.002)
-        return -1
+        return []
 
     with ThreadPoolExecutor(1) as pool:
         killer = pool.submit(kill_sessions_once_claims_appear)
         result = aif("submit", "--site", EAST, "--key", key, "--json", *paths)
-        assert killer.result() == 0
+        assert killer.result(), "no sshd session was killed"
     assert "Traceback" not in result.output
     env_settle = {"AIF_LOST_SUBMISSION_AFTER": "0", "AIF_JUST_SUBMITTED_GRACE": "0"}
     for name, value in env_settle.items():
