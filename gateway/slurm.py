@@ -502,22 +502,21 @@ def sacct_argv(job_ids: Sequence[str], source: SacctSource) -> list[str]:
       denied``; without slurmdbd, plain sacct says ``Slurm accounting storage
       is disabled`` (rc 1).
     """
-    ids = ",".join(_checked_job_ids(job_ids))
-    argv = [
+    return [*_sacct_base(source), "--jobs=" + ",".join(_checked_job_ids(job_ids))]
+
+
+def _sacct_base(source: SacctSource) -> list[str]:
+    """sacct in aif's format, from the site's accounting source."""
+    if source not in ("jobcomp", "slurmdbd"):
+        raise ValueError(f"unknown sacct source: {source!r}")
+    return [
         "sacct",
+        "--completion" if source == "jobcomp" else "--allocations",
         "--noheader",
         "--parsable2",
         f"--delimiter={FIELD_SEPARATOR}",
         "--format=" + ",".join(SACCT_FIELDS),
-        f"--jobs={ids}",
     ]
-    if source == "jobcomp":
-        argv.insert(1, "--completion")
-    elif source == "slurmdbd":
-        argv.insert(1, "--allocations")
-    else:
-        raise ValueError(f"unknown sacct source: {source!r}")
-    return argv
 
 
 def sacct_by_name_argv(names: Sequence[str], source: SacctSource, since: str) -> list[str]:
@@ -533,17 +532,7 @@ def sacct_by_name_argv(names: Sequence[str], source: SacctSource, since: str) ->
             raise ValueError(f"not a Slurm job name aif gives: {name!r}")
     if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", since):
         raise ValueError(f"not a date: {since!r}")
-    argv = [
-        "sacct",
-        "--noheader",
-        "--parsable2",
-        f"--delimiter={FIELD_SEPARATOR}",
-        "--format=" + ",".join(SACCT_FIELDS),
-        "--name=" + ",".join(names),
-        f"--starttime={since}",
-    ]
-    argv.insert(1, "--completion" if source == "jobcomp" else "--allocations")
-    return argv
+    return [*_sacct_base(source), "--name=" + ",".join(names), f"--starttime={since}"]
 
 
 def parse_sacct(stdout: str) -> list[JobRecord]:

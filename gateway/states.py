@@ -56,24 +56,6 @@ class JobState(str, Enum):
         return self in SLURM_STATES
 
 
-SLURM_STATES = frozenset(
-    {
-        JobState.PENDING,
-        JobState.RUNNING,
-        JobState.COMPLETED,
-        JobState.FAILED,
-        JobState.CANCELLED,
-        JobState.TIMEOUT,
-        JobState.PREEMPTED,
-        JobState.NODE_FAIL,
-        JobState.OUT_OF_MEMORY,
-        JobState.UNKNOWN,
-    }
-)
-# Nothing was ever submitted for these: they are final, whatever comes later.
-NOT_SUBMITTED_STATES = frozenset(
-    {JobState.REJECTED, JobState.UNREACHABLE, JobState.INVALID, JobState.NOT_SENT}
-)
 SLURM_TERMINAL_STATES = frozenset(
     {
         JobState.COMPLETED,
@@ -84,6 +66,11 @@ SLURM_TERMINAL_STATES = frozenset(
         JobState.NODE_FAIL,
         JobState.OUT_OF_MEMORY,
     }
+)
+SLURM_STATES = SLURM_TERMINAL_STATES | {JobState.PENDING, JobState.RUNNING, JobState.UNKNOWN}
+# Nothing was ever submitted for these: they are final, whatever comes later.
+NOT_SUBMITTED_STATES = frozenset(
+    {JobState.REJECTED, JobState.UNREACHABLE, JobState.INVALID, JobState.NOT_SENT}
 )
 TERMINAL_STATES = SLURM_TERMINAL_STATES | NOT_SUBMITTED_STATES
 ACTIVE_STATES = frozenset(JobState) - TERMINAL_STATES

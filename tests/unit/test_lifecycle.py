@@ -139,6 +139,22 @@ def make_context(site: SimulatedSite, clock: FakeClock, ledger_path: Path) -> Co
     )
 
 
+def intent_fields(**extra: object) -> dict[str, object]:
+    """What record_intents needs for one job of the test site."""
+    return {
+        "site": SITE,
+        "name": "x",
+        "spec_path": "x.toml",
+        "spec_hash": "0" * 64,
+        "workdir": "",
+        "outputs": (),
+        "stdout_path": "",
+        "array_size": None,
+        "depends_on": None,
+        **extra,
+    }
+
+
 def specs(tmp_path: Path, count: int) -> list[str]:
     paths = []
     for i in range(count):
@@ -200,20 +216,11 @@ def test_a_young_unanswered_claim_is_not_called_unsent(site: SimulatedSite, tmp_
     ctx.timing = Timing(just_submitted_grace_s=30, lost_submission_after_s=120)
     [intent] = ctx.ledger.record_intents(
         [
-            {
-                "site": SITE,
-                "name": "x",
-                "spec_path": "x.toml",
-                "spec_hash": "0" * 64,
-                "workdir": "",
-                "outputs": (),
-                "stdout_path": "",
-                "array_size": None,
-                "depends_on": None,
-                "submission_key": "k3",
-                "item": "0123456789abcdef0123456789abcdef-0",
-                "journal_dir": "/w/.aif/submissions/k3",
-            }
+            intent_fields(
+                submission_key="k3",
+                item="0123456789abcdef0123456789abcdef-0",
+                journal_dir="/w/.aif/submissions/k3",
+            )
         ]
     )
     refresh(ctx, [intent.id])
@@ -246,21 +253,7 @@ def test_an_unreachable_site_is_reported_not_raised(tmp_path: Path) -> None:
     dead.fail_on_call(1)
     ctx = make_context(SimulatedSite(), clock, tmp_path / "l.sqlite")
     ctx.backend_factory = lambda name, timeout: SlurmCliBackend(transport=dead, accounting="jobcomp")
-    [job] = ctx.ledger.record_intents(
-        [
-            {
-                "site": SITE,
-                "name": "x",
-                "spec_path": "x.toml",
-                "spec_hash": "0" * 64,
-                "workdir": "",
-                "outputs": (),
-                "stdout_path": "",
-                "array_size": None,
-                "depends_on": None,
-            }
-        ]
-    )
+    [job] = ctx.ledger.record_intents([intent_fields()])
     ctx.ledger.mark_submitted(job.id, "7")
     report = refresh(ctx, [job.id])
     assert SITE in report.unreachable and "scripted failure" in report.unreachable[SITE]
