@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import SandboxError
-from gateway.home import aif_home
+from gateway.home import aif_home, ensure_home
 from gateway.sandbox.configs import (
     MESSAGE_TIMEOUT_S,
     MUNGED_DAEMON,
@@ -300,7 +300,7 @@ def _link_state_dir(layout: SandboxLayout) -> None:
     if layout.real_root is None:
         return
     link = layout.home / "sandbox"
-    layout.home.mkdir(parents=True, exist_ok=True)
+    ensure_home(layout.home)  # private (0700): the state the sandbox user needs lives elsewhere
     if not link.is_symlink():
         link.symlink_to(layout.real_root, target_is_directory=True)
 
@@ -939,9 +939,10 @@ def _wait_ready(layout: SandboxLayout, say: Progress) -> None:
 def _write_gateway_files(layout: SandboxLayout) -> None:
     """The site profiles and the user config that make the gateway see the sandbox sites."""
     try:
+        # Files in the aif home are the user's alone (0600); only aif reads them.
         for site in SANDBOX_SITES:
-            _write_file(layout.profile(site), render_profile_toml(site))
-        _write_file(layout.user_config, render_user_config_toml(SANDBOX_SITES, layout))
+            _write_file(layout.profile(site), render_profile_toml(site), 0o600)
+        _write_file(layout.user_config, render_user_config_toml(SANDBOX_SITES, layout), 0o600)
     except OSError as err:
         raise SandboxError(f"cannot write the sandbox site profiles and config: {err}") from err
 
