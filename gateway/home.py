@@ -53,8 +53,10 @@ def ensure_home(directory: Path | None = None) -> Path:
         # mkdir's mode is filtered by the umask, which may also take bits the owner needs.
         os.chmod(directory, HOME_MODE)
     except OSError as exc:
+        blocker = next((p for p in directory.parents if p.exists() and not p.is_dir()), None)
+        why = f"{blocker} is not a directory" if blocker is not None else exc.strerror or str(exc)
         raise HomeUnusable(
-            f"cannot create the aif home {directory}: {exc.strerror or exc}; "
+            f"cannot create the aif home {directory}: {why}; "
             "make its parent writable, or set AIF_HOME to a directory you can write"
         ) from None
     return directory

@@ -103,7 +103,7 @@ def test_a_home_that_cannot_be_created_is_one_line_exit_1(
     assert result.exit_code == EXIT_INTERNAL, result.output
     assert "Traceback" not in result.output
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("aif: error: ")
-    assert f"cannot create the aif home {home}: " in result.stderr
+    assert f"cannot create the aif home {home}: {home.parent} is not a directory; " in result.stderr
     assert "set AIF_HOME" in result.stderr
 
 
