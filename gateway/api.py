@@ -30,7 +30,7 @@ class SiteSummary:
     max_sensitivity: str
     batch_system: str
     host: str
-    port: int
+    port: int | None  # None for a site whose profile is broken
     gpus: str
     datasets: tuple[str, ...]
     usable: bool
@@ -71,10 +71,28 @@ def site_problem(profile: SiteProfile, config: UserConfig) -> str:
 
 
 def list_sites() -> list[SiteSummary]:
+    """Every site with a profile, usable or not and why; broken profiles are listed as unusable."""
     profiles = load_profiles()
     config = load_config()
-    summaries = []
-    for profile in sorted(profiles.values(), key=lambda p: p.name):
+    summaries = [
+        SiteSummary(
+            name=broken.name,
+            factory="",
+            system="",
+            country="",
+            sectors=(),
+            max_sensitivity="",
+            batch_system="",
+            host="",
+            port=None,
+            gpus="",
+            datasets=(),
+            usable=False,
+            problem=f"site {broken.name} is not usable: {broken.message}",
+        )
+        for broken in profiles.broken.values()
+    ]
+    for profile in profiles.values():
         problem = site_problem(profile, config)
         gpu_parts = sorted(
             {f"{p.gpus_per_node}x {p.gpu_model or 'GPU'}" for p in profile.partitions if p.gpus_per_node}
@@ -96,7 +114,7 @@ def list_sites() -> list[SiteSummary]:
                 problem=problem,
             )
         )
-    return summaries
+    return sorted(summaries, key=lambda summary: summary.name)
 
 
 def render(spec_path: str | Path, site: str, *, account: str | None = None) -> RenderedJob:

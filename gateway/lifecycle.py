@@ -33,7 +33,7 @@ from gateway.errors import (
 )
 from gateway.ledger import Ledger, LedgerJob, is_terminal, spec_sha256
 from gateway.profiles import (
-    SiteProfile,
+    ProfileSet,
     check_spec_against_profiles,
     get_profile,
     load_profiles,
@@ -54,7 +54,7 @@ LOST_SUBMISSION_AFTER_S = 120.0
 class SiteSessions:
     """One backend (one connection) per site for the life of this process."""
 
-    profiles: dict[str, SiteProfile]
+    profiles: ProfileSet
     config: UserConfig
     on_command: CommandHook | None = None
     _open: dict[str, SiteBackend] = field(default_factory=dict)
