@@ -22,7 +22,7 @@ from pathlib import Path
 from gateway import slurm
 from gateway.api import login_user
 from gateway.broker import place, site_misfit
-from gateway.config import UserConfig, load_config
+from gateway.config import UserConfig
 from gateway.errors import (
     AifError,
     ConnectionLost,
@@ -36,7 +36,7 @@ from gateway.profiles import (
     ProfileSet,
     check_spec_against_profiles,
     get_profile,
-    load_profiles,
+    load_sites,
     resolve_account,
 )
 from gateway.rendering import RenderedJob, render_batch_script
@@ -78,7 +78,8 @@ class SiteSessions:
 
 
 def open_sessions(on_command: CommandHook | None = None) -> SiteSessions:
-    return SiteSessions(profiles=load_profiles(), config=load_config(), on_command=on_command)
+    profiles, config = load_sites()
+    return SiteSessions(profiles=profiles, config=config, on_command=on_command)
 
 
 # -- submit -------------------------------------------------------------------------

@@ -7,12 +7,13 @@ override them by name. The schema is documented in ``profiles/README.md``.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from gateway.config import ACCOUNT_PATTERN, SiteAccess
+from gateway.config import ACCOUNT_PATTERN, SiteAccess, UserConfig, load_config
 from gateway.errors import ConfigError, ProfileError, SpecError, UsageError
 from gateway.home import aif_home
 from gateway.spec import (
@@ -465,15 +466,51 @@ def check_spec_against_profiles(spec: JobSpec, profiles: Mapping[str, SiteProfil
             )
 
 
+def stray_config_entries(config: UserConfig, profiles: Mapping[str, SiteProfile]) -> dict[str, str]:
+    """The config's [sites.X] entries for which no profile exists: X -> that entry's problem.
+
+    Such an entry is not used (and does not stop any other site from working).
+    """
+    known = known_site_names(profiles)
+    return {
+        name: (
+            f"{config.sources.get(name, 'config')}: sites.{name}: {name!r} is not a known site; "
+            f"{did_you_mean(name, known)}this entry is not used"
+        )
+        for name in config.sites
+        if name not in known
+    }
+
+
+def check_config_sites(config: UserConfig, profiles: Mapping[str, SiteProfile]) -> UserConfig:
+    """``config`` where a site that a stray [sites.X] entry was probably meant for carries its
+    problem as a hint, so errors about that site (a missing account) say what went wrong."""
+    known = known_site_names(profiles)
+    sites = dict(config.sites)
+    for name, problem in stray_config_entries(config, profiles).items():
+        # Only a close spelling: a hint on an unrelated site would mislead.
+        for meant in difflib.get_close_matches(name, known, n=1):
+            if meant not in config.sites:
+                sites[meant] = replace(SiteAccess(), hint=problem)
+    return replace(config, sites=sites)
+
+
+def load_sites(home: Path | None = None) -> tuple[ProfileSet, UserConfig]:
+    """The profiles and the user's config, checked against each other (:func:`check_config_sites`)."""
+    profiles = load_profiles(home)
+    return profiles, check_config_sites(load_config(home), profiles)
+
+
 def resolve_account(profile: SiteProfile, access: SiteAccess) -> str | None:
     """The account to send, checked against the site's format; None when none is needed."""
     account = access.account
     if account is None:
         if profile.account_required:
             example = profile.account_example or "..."
+            hint = f" ({access.hint})" if access.hint else ""
             raise ConfigError(
                 f"site {profile.name} is not usable: it needs an account; add "
-                f'[sites.{profile.name}] account = "{example}" to {aif_home() / "config.toml"}'
+                f'[sites.{profile.name}] account = "{example}" to {aif_home() / "config.toml"}{hint}'
             )
         return None
     if not re.fullmatch(ACCOUNT_PATTERN, account) or not re.fullmatch(profile.account_pattern, account):

@@ -103,3 +103,50 @@ def test_profile_validate_stays_strict(user_profiles: Path) -> None:
     result = aif("profile", "validate", str(user_profiles / "extra.toml"), str(user_profiles / "notoml.toml"))
     assert result.exit_code == 3
     assert "extra.toml: ok" in result.stdout and "not valid TOML" in result.stderr
+
+
+# -- [sites.<typo>] in the user's config -------------------------------------------------------
+
+
+@pytest.fixture
+def config_with_a_typo(aif_home: Path) -> Path:
+    config = aif_home / "config.toml"
+    config.write_text(
+        '[sites.lumii]\naccount = "project_465000123"\n\n[sites.meluxina]\naccount = "p200981"\n'
+    )
+    return config
+
+
+def test_sites_shows_a_config_entry_for_no_known_site(config_with_a_typo: Path) -> None:
+    result = aif("sites", "--json")
+    assert result.exit_code == 0, result.output
+    sites = {s["name"]: s for s in json.loads(result.stdout)}
+    assert sites["meluxina"]["usable"] is True
+    stray = sites["lumii"]
+    assert stray["usable"] is False
+    assert stray["problem"].startswith(f"{config_with_a_typo}: sites.lumii: 'lumii' is not a known site; ")
+    assert "did you mean 'lumi'?" in stray["problem"] and "this entry is not used" in stray["problem"]
+    # The site it was meant for says why it still lacks an account.
+    assert "sites.lumii: 'lumii' is not a known site; did you mean 'lumi'?" in sites["lumi"]["problem"]
+    table = aif("sites")
+    assert table.exit_code == 0 and "'lumii' is not a known site" in table.stdout
+
+
+def test_a_config_typo_is_named_where_the_site_is_used(config_with_a_typo: Path) -> None:
+    # render: the config is invalid for lumi (3); submit: lumi cannot take the job (4), as before.
+    for args, code in (
+        (("render", str(SPEC), "--site", "lumi"), 3),
+        (("submit", str(SPEC), "--site", "lumi"), 4),
+    ):
+        result = aif(*args)
+        assert result.exit_code == code, result.output
+        assert result.stderr.count("\n") == 1
+        assert "site lumi is not usable: it needs an account" in result.stderr
+        assert "sites.lumii: 'lumii' is not a known site; did you mean 'lumi'?" in result.stderr
+
+
+def test_a_config_typo_does_not_break_other_sites(config_with_a_typo: Path) -> None:
+    assert aif("render", str(SPEC), "--site", "meluxina").exit_code == 0
+    dry = aif("submit", str(SPEC), "--dry-run", "--json")
+    assert dry.exit_code == 0, dry.output
+    assert json.loads(dry.stdout)[0]["site"] == "meluxina"
