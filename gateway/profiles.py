@@ -269,7 +269,7 @@ def parse_profile(data: dict[str, object], *, source: str) -> SiteProfile:
     account_pattern = account.string("pattern", ".*")
     try:
         re.compile(account_pattern)
-    except re.error as exc:
+    except (re.error, OverflowError, RecursionError) as exc:  # OverflowError: a{4294967296}
         account.bad_value("pattern", account_pattern, f"not a valid regular expression ({exc})")
     slurm = _parse_slurm(top.table("slurm", SLURM_KEYS))
     partitions = tuple(_parse_partition(t) for t in top.tables("partitions", PARTITION_KEYS))
