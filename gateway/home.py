@@ -29,11 +29,13 @@ def aif_home() -> Path:
     return Path(value).expanduser() if value else Path.home() / ".aif"
 
 
-def ensure_home(directory: Path | None = None) -> Path:
+def ensure_home(directory: Path | None = None, *, mode: int = HOME_MODE) -> Path:
     """Create the aif home (or another directory for aif's own files) with mode 0700.
 
     Its missing parents are created as usual; an existing directory is left as
-    it is. Every failure is one :class:`HomeUnusable` naming the directory.
+    it is. ``mode`` is for the sandbox alone, whose login user must pass
+    through a home that holds its state (0711). Every failure is one
+    :class:`HomeUnusable` naming the directory.
     """
     directory = directory if directory is not None else aif_home()
     if directory.is_dir():
@@ -45,13 +47,13 @@ def ensure_home(directory: Path | None = None) -> Path:
     try:
         directory.parent.mkdir(parents=True, exist_ok=True)
         try:
-            directory.mkdir(mode=HOME_MODE)
+            directory.mkdir(mode=mode)
         except FileExistsError:
             if not directory.is_dir():
                 raise
             return directory  # another aif process made it first
         # mkdir's mode is filtered by the umask, which may also take bits the owner needs.
-        os.chmod(directory, HOME_MODE)
+        os.chmod(directory, mode)
     except OSError as exc:
         blocker = next((p for p in directory.parents if p.exists() and not p.is_dir()), None)
         why = f"{blocker} is not a directory" if blocker is not None else exc.strerror or str(exc)

@@ -215,6 +215,9 @@ def up(home: Path | None = None, *, progress: Progress | None = None) -> Sandbox
     _check_safe_path(layout.root)
     _check_reachable_by_sandbox_user(layout.root.parent)
     started = time.monotonic()
+    if layout.real_root is None:
+        # The state lives in the home: the login user must pass through it, but nobody may list it.
+        ensure_home(layout.home, mode=0o711)
     _make_reachable_dirs(layout.root)
     _link_state_dir(layout)
     with _locked(layout):

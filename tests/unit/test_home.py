@@ -275,3 +275,11 @@ def test_what_the_sandbox_writes_into_the_home_is_private(tmp_path: Path, loose_
     assert {p.name for p in written} >= {"sandbox.toml", "sandbox-north.toml"}
     assert {mode(p) for p in written} == {0o600}
     assert (home / "sandbox").is_symlink() and mode(state) == 0o755
+
+
+def test_a_home_for_the_sandbox_state_can_be_passed_but_not_read(tmp_path: Path, loose_umask: None) -> None:
+    """`aif sandbox up` keeps its state in a new home only if others can pass through it (0711):
+    that is not a mode to warn about."""
+    home = ensure_home(tmp_path / "home", mode=0o711)
+    assert mode(home) == 0o711
+    assert loose_home_warning(home) is None
