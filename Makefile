@@ -1,13 +1,14 @@
 # Two commands do everything on a fresh Debian machine, as root:
 #   make demo   runs the main job on the local Slurm sandbox
 #   make test   runs every test (unit + integration on real Slurm), ruff and mypy
+# make fuzz runs the fuzz tests (spec, profile and config documents) long: 10000 examples each.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test unit lint demo bench clean
+.PHONY: venv test unit lint fuzz demo bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq python3-venv)
@@ -29,6 +30,11 @@ test: $(STAMP)
 	$(BIN)/ruff check gateway tests bench
 	$(BIN)/mypy --strict gateway
 	$(BIN)/pytest -q tests
+
+# AIF_FUZZ_EXAMPLES selects the "aif-fuzz" Hypothesis settings profile (tests/unit/fuzzing.py).
+FUZZ_EXAMPLES ?= 10000
+fuzz: $(STAMP)
+	AIF_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q -m fuzz tests/unit
 
 demo: $(STAMP)
 	bash examples/demo.sh

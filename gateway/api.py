@@ -6,15 +6,16 @@ import getpass
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from gateway.config import UserConfig, load_config
+from gateway.config import UserConfig
 from gateway.errors import AifError, InvalidInput
 from gateway.profiles import (
     SiteProfile,
     check_spec_against_profiles,
     get_profile,
     load_profile,
-    load_profiles,
+    load_sites,
     resolve_account,
+    stray_config_entries,
 )
 from gateway.rendering import RenderedJob, render_batch_script
 from gateway.spec import load_spec
@@ -30,7 +31,7 @@ class SiteSummary:
     max_sensitivity: str
     batch_system: str
     host: str
-    port: int
+    port: int | None  # None for a site whose profile is broken
     gpus: str
     datasets: tuple[str, ...]
     usable: bool
@@ -71,10 +72,17 @@ def site_problem(profile: SiteProfile, config: UserConfig) -> str:
 
 
 def list_sites() -> list[SiteSummary]:
-    profiles = load_profiles()
-    config = load_config()
-    summaries = []
-    for profile in sorted(profiles.values(), key=lambda p: p.name):
+    """Every site with a profile, usable or not and why; broken profiles and config entries for
+    no known site are listed as unusable, with their problem."""
+    profiles, config = load_sites()
+    summaries = [
+        _unusable_summary(name, problem) for name, problem in stray_config_entries(config, profiles).items()
+    ]
+    summaries += [
+        _unusable_summary(broken.name, f"site {broken.name} is not usable: {broken.message}")
+        for broken in profiles.broken.values()
+    ]
+    for profile in profiles.values():
         problem = site_problem(profile, config)
         gpu_parts = sorted(
             {f"{p.gpus_per_node}x {p.gpu_model or 'GPU'}" for p in profile.partitions if p.gpus_per_node}
@@ -96,16 +104,34 @@ def list_sites() -> list[SiteSummary]:
                 problem=problem,
             )
         )
-    return summaries
+    return sorted(summaries, key=lambda summary: summary.name)
+
+
+def _unusable_summary(name: str, problem: str) -> SiteSummary:
+    """A site that only has a name: its profile is broken, or only the config names it."""
+    return SiteSummary(
+        name=name,
+        factory="",
+        system="",
+        country="",
+        sectors=(),
+        max_sensitivity="",
+        batch_system="",
+        host="",
+        port=None,
+        gpus="",
+        datasets=(),
+        usable=False,
+        problem=problem,
+    )
 
 
 def render(spec_path: str | Path, site: str, *, account: str | None = None) -> RenderedJob:
     """The batch script ``spec_path`` would be submitted as at ``site``."""
     spec = load_spec(spec_path)
-    profiles = load_profiles()
+    profiles, config = load_sites()
     check_spec_against_profiles(spec, profiles)
     profile = get_profile(profiles, site)
-    config = load_config()
     access = config.access(site)
     if account is not None:
         access = replace(access, account=account)

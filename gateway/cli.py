@@ -94,7 +94,12 @@ def json_option(f: F) -> F:
 @click.pass_context
 def main(ctx: click.Context, verbose: bool) -> None:
     """One portable job spec, run at any of Europe's AI Factories."""
+    from gateway.home import loose_home_warning
+
     ctx.obj = {"verbose": verbose}
+    warning = loose_home_warning()
+    if warning:
+        click.echo(f"aif: warning: {warning}", err=True)
 
 
 # -- foundation commands -------------------------------------------------------------------

@@ -47,12 +47,16 @@ class SiteAccess:
     proxy_jump: str | None = None
     transport: str = "ssh"
     slurm_conf: str | None = None
+    # Set where profiles and config meet (this layer knows no site names): e.g. that
+    # a [sites.*] entry naming no known site was probably meant for this one.
+    hint: str = ""
 
 
 @dataclass(frozen=True)
 class UserConfig:
     sites: dict[str, SiteAccess] = field(default_factory=dict)
     files: tuple[str, ...] = ()
+    sources: dict[str, str] = field(default_factory=dict)  # site entry -> the file that set it last
 
     def access(self, site: str) -> SiteAccess:
         return self.sites.get(site, SiteAccess())
@@ -69,10 +73,13 @@ def config_files(home: Path | None = None) -> list[Path]:
 
 def load_config(home: Path | None = None) -> UserConfig:
     sites: dict[str, SiteAccess] = {}
+    sources: dict[str, str] = {}
     files = config_files(home)
     for path in files:
-        sites.update(parse_config(load_toml_file(path, ConfigError), source=str(path)))
-    return UserConfig(sites=sites, files=tuple(str(p) for p in files))
+        parsed = parse_config(load_toml_file(path, ConfigError), source=str(path))
+        sites.update(parsed)
+        sources.update(dict.fromkeys(parsed, str(path)))
+    return UserConfig(sites=sites, files=tuple(str(p) for p in files), sources=sources)
 
 
 def parse_config(data: dict[str, object], *, source: str) -> dict[str, SiteAccess]:

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Generic, Protocol, TypeVar
 
-from gateway.config import UserConfig, load_config
+from gateway.config import UserConfig
 from gateway.errors import AifError, ConfigError, ConnectionLost, SiteUnreachable
 from gateway.ledger import Ledger
-from gateway.profiles import SiteProfile, get_profile, load_profiles
+from gateway.profiles import SiteProfile, get_profile, load_sites
 from gateway.site import SiteBackend, open_backend
 from gateway.transports.base import CommandHook
 
@@ -111,7 +111,7 @@ class SiteResult(Generic[R]):
 class Context:
     """What the lifecycle works with. The ledger opens on first use (a dry run never writes one)."""
 
-    profiles: dict[str, SiteProfile]
+    profiles: Mapping[str, SiteProfile]  # a ProfileSet: broken profiles are set aside there
     config: UserConfig
     ledger_opener: Callable[[], Ledger]
     backend_factory: Callable[[str, float], SiteBackend]
@@ -219,8 +219,7 @@ class Context:
 
 def open_context(on_command: CommandHook | None = None) -> Context:
     """The real context: the user's profiles and config, the ledger, SSH/local/pyslurm backends."""
-    profiles = load_profiles()
-    config = load_config()
+    profiles, config = load_sites()
 
     def backend_for(site: str, timeout: float) -> SiteBackend:
         return open_backend(get_profile(profiles, site), config.access(site), on_command, timeout=timeout)

@@ -75,6 +75,14 @@ class BackendMissing(InvalidInput):
     """An optional backend (such as pyslurm) was asked for but is not installed."""
 
 
+class HomeUnusable(AifError):
+    """$AIF_HOME, or a file aif keeps there, cannot be created, read or written.
+
+    Permissions, a read-only or full file system: nothing wrong with the
+    user's input, so this is exit 1, not "invalid input".
+    """
+
+
 class NoFit(AifError):
     """No site or partition can run the job; the message says why for each."""
 

@@ -24,6 +24,7 @@ only what aif decided and what the scheduler answered.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -36,10 +37,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from gateway.errors import ConfigError, UsageError
-from gateway.home import aif_home
+from gateway.errors import AifError, ConfigError, HomeUnusable, UsageError
+from gateway.home import aif_home, ensure_home, ensure_private_file, make_private
 from gateway.states import (
     ACTIVE_STATES,
     NOT_SUBMITTED_STATES,
@@ -273,6 +274,76 @@ def _job_from_row(row: Sequence[Any]) -> LedgerJob:
 
 
 # --------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------
+
+# sqlite's primary result codes (the sqlite3 module names them only from Python 3.11).
+_SQLITE_PERM, _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY = 3, 5, 6, 8
+_SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_NOTADB = 10, 11, 13, 14, 26
+
+
+def ledger_error(path: Path, exc: sqlite3.Error, *, opening: bool = False) -> AifError:
+    """One clear error for a failure of the ledger file, with what to do.
+
+    Only a ledger that is damaged or not aif's is invalid input (exit 3); a
+    read-only, full or failing file system is exit 1 (:class:`HomeUnusable`).
+    """
+    text = str(exc)
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+
+    def says(*fragments: str) -> bool:
+        return any(fragment in text for fragment in fragments)
+
+    if primary in (_SQLITE_CORRUPT, _SQLITE_NOTADB) or says("malformed", "not a database"):
+        return ConfigError(
+            f"cannot use the ledger {path}: {text} (it is damaged, or not an aif ledger); "
+            "move it away and aif starts a new one"
+        )
+    if primary in (_SQLITE_READONLY, _SQLITE_PERM, _SQLITE_CANTOPEN) or says("readonly", "unable to open"):
+        return HomeUnusable(
+            f"cannot write the ledger {path}: {text}; make it and {path.parent} writable by you, "
+            "or set AIF_HOME to a directory you can write"
+        )
+    if primary == _SQLITE_FULL or says("disk is full"):
+        return HomeUnusable(
+            f"cannot write the ledger {path}: {text}; free space on its file system, "
+            "or set AIF_HOME to a directory on another one"
+        )
+    if primary == _SQLITE_IOERR or says("disk I/O error"):
+        return HomeUnusable(
+            f"cannot read or write the ledger {path}: {text} (is its file system full or failing?)"
+        )
+    if primary in (_SQLITE_BUSY, _SQLITE_LOCKED) or says("locked"):
+        return AifError(
+            f"the ledger {path} stayed locked by another aif process for {BUSY_TIMEOUT_SECONDS:g} s: {text}; "
+            "try again"
+        )
+    if opening:
+        return ConfigError(f"cannot use the ledger {path}: {text}")
+    return AifError(f"the ledger {path}: {text}")
+
+
+_Read = TypeVar("_Read")
+_Args = ParamSpec("_Args")
+
+
+def _sqlite_errors_mapped(
+    read: Callable[Concatenate[Ledger, _Args], _Read],
+) -> Callable[Concatenate[Ledger, _Args], _Read]:
+    """A read of the ledger whose sqlite errors become :func:`ledger_error` (writes: ``_write``)."""
+
+    @functools.wraps(read)
+    def mapped(self: Ledger, /, *args: _Args.args, **kwargs: _Args.kwargs) -> _Read:
+        try:
+            return read(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            raise ledger_error(self.path, exc) from exc
+
+    return mapped
+
+
+# --------------------------------------------------------------------------
 # The ledger
 # --------------------------------------------------------------------------
 
@@ -282,7 +353,11 @@ class Ledger:
 
     def __init__(self, path: Path | str | None = None) -> None:
         self.path = Path(path) if path is not None else default_ledger_path()
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        ensure_home(self.path.parent)
+        # sqlite creates the -wal and -shm files with the ledger's own mode.
+        ensure_private_file(self.path)
+        for companion in ("-wal", "-shm"):
+            make_private(self.path.with_name(self.path.name + companion))
         try:
             self._conn = sqlite3.connect(
                 self.path,
@@ -290,13 +365,13 @@ class Ledger:
                 isolation_level=None,  # we issue BEGIN/COMMIT ourselves
             )
         except sqlite3.Error as exc:
-            raise ConfigError(f"cannot open the ledger {self.path}: {exc}") from exc
+            raise ledger_error(self.path, exc, opening=True) from exc
         try:
             self._configure()
             self._migrate()
-        except sqlite3.DatabaseError as exc:
+        except sqlite3.Error as exc:
             self._conn.close()
-            raise ConfigError(f"cannot use the ledger {self.path}: {exc}") from exc
+            raise ledger_error(self.path, exc, opening=True) from exc
         except BaseException:
             self._conn.close()
             raise
@@ -352,7 +427,7 @@ class Ledger:
         self._check_not_newer(version)
         if version == SCHEMA_VERSION:
             return
-        with self._write():
+        with self._write(opening=True):
             # Re-read under the write lock: another process may have migrated.
             version = self.schema_version()
             self._check_not_newer(version)
@@ -365,17 +440,20 @@ class Ledger:
                 raise ConfigError(f"the ledger {self.path} is inconsistent after migration: {problems[:5]}")
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self, *, opening: bool = False) -> Iterator[sqlite3.Connection]:
         """One write transaction holding the write lock from its first statement."""
         conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
         try:
-            yield conn
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise ledger_error(self.path, exc, opening=opening) from exc
 
     # -- helpers (call inside _write) ----------------------------------------
 
@@ -690,6 +768,7 @@ class Ledger:
 
     # -- reads -------------------------------------------------------------
 
+    @_sqlite_errors_mapped
     def get(self, job_id: str) -> LedgerJob:
         """The job with this id, or the only one whose id starts with it."""
         job = self._row(job_id)
@@ -708,6 +787,7 @@ class Ledger:
                 raise UsageError(f"{job_id} matches several jobs in the ledger: {shown}{more}")
         raise UsageError(f"no job {job_id} in the ledger")
 
+    @_sqlite_errors_mapped
     def list_jobs(
         self, limit: int | None = None, site: str | None = None, active_only: bool = False
     ) -> list[LedgerJob]:
@@ -732,6 +812,7 @@ class Ledger:
             params.append(limit)
         return [_job_from_row(r) for r in self._conn.execute(sql, params).fetchall()]
 
+    @_sqlite_errors_mapped
     def history(self, job_id: str) -> list[StateChange]:
         """Every state the job went through, oldest first."""
         job = self.get(job_id)
@@ -744,6 +825,7 @@ class Ledger:
             for j, s, r, a in rows
         ]
 
+    @_sqlite_errors_mapped
     def jobs_with_key(self, submission_key: str) -> list[LedgerJob]:
         """Every job of one submission (``aif submit --key``), oldest first."""
         rows = self._conn.execute(
@@ -751,10 +833,12 @@ class Ledger:
         ).fetchall()
         return [_job_from_row(r) for r in rows]
 
+    @_sqlite_errors_mapped
     def find_by_token(self, token: str) -> LedgerJob | None:
         row = self._conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE token = ?", (token,)).fetchone()
         return None if row is None else _job_from_row(row)
 
+    @_sqlite_errors_mapped
     def unfinished_by_site(self) -> dict[str, list[LedgerJob]]:
         """Submitted jobs not yet in a terminal state, grouped by site (oldest first),
         so a status poller can ask each site once about all of its jobs."""

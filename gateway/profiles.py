@@ -7,12 +7,13 @@ override them by name. The schema is documented in ``profiles/README.md``.
 
 from __future__ import annotations
 
+import difflib
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from gateway.config import ACCOUNT_PATTERN, SiteAccess
+from gateway.config import ACCOUNT_PATTERN, SiteAccess, UserConfig, load_config
 from gateway.errors import ConfigError, ProfileError, SpecError, UsageError
 from gateway.home import aif_home
 from gateway.spec import (
@@ -158,8 +159,56 @@ def profile_files(home: Path | None = None) -> dict[str, Path]:
     return files
 
 
-def load_profiles(home: Path | None = None) -> dict[str, SiteProfile]:
-    return {name: load_profile(path) for name, path in profile_files(home).items()}
+@dataclass(frozen=True)
+class BrokenProfile:
+    """A profile file that does not load: its site is unusable, and no other site is affected."""
+
+    name: str  # the site it would define: its file name
+    path: str
+    message: str  # its one-line error, naming the file and the key
+
+
+@dataclass(frozen=True, eq=False)
+class ProfileSet(Mapping[str, SiteProfile]):
+    """The usable profiles by site name (a read-only mapping), and the broken ones beside them.
+
+    Using a broken site by name (:func:`get_profile`) raises that profile's
+    own error; everything else simply does not see it.
+    """
+
+    usable: dict[str, SiteProfile]
+    broken: dict[str, BrokenProfile] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> SiteProfile:
+        return self.usable[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.usable)
+
+    def __len__(self) -> int:
+        return len(self.usable)
+
+
+def load_profiles(home: Path | None = None) -> ProfileSet:
+    """Every profile, shipped and the user's; one that does not load is set aside as broken.
+
+    A user's file overrides the shipped one of the same name even when it is
+    broken: that site is then unusable rather than silently the shipped one.
+    """
+    usable: dict[str, SiteProfile] = {}
+    broken: dict[str, BrokenProfile] = {}
+    for name, path in profile_files(home).items():
+        try:
+            usable[name] = load_profile(path)
+        except ProfileError as exc:
+            broken[name] = BrokenProfile(name=name, path=str(path), message=exc.message)
+    return ProfileSet(usable=usable, broken=broken)
+
+
+def known_site_names(profiles: Mapping[str, SiteProfile]) -> list[str]:
+    """Every site name a profile file gives, usable or broken, sorted."""
+    broken = profiles.broken if isinstance(profiles, ProfileSet) else {}
+    return sorted({*profiles, *broken})
 
 
 def load_profile(path: str | Path) -> SiteProfile:
@@ -172,11 +221,15 @@ def load_profile(path: str | Path) -> SiteProfile:
     return profile
 
 
-def get_profile(profiles: dict[str, SiteProfile], name: str) -> SiteProfile:
+def get_profile(profiles: Mapping[str, SiteProfile], name: str) -> SiteProfile:
+    """The profile of site ``name``; a broken one raises its own error (exit 3)."""
     if name in profiles:
         return profiles[name]
-    maybe = did_you_mean(name, list(profiles))
-    raise UsageError(f"unknown site {name!r}; {maybe}known sites: {', '.join(sorted(profiles))}")
+    if isinstance(profiles, ProfileSet) and name in profiles.broken:
+        raise ProfileError(profiles.broken[name].message)
+    known = known_site_names(profiles)
+    maybe = did_you_mean(name, known)
+    raise UsageError(f"unknown site {name!r}; {maybe}known sites: {', '.join(known)}")
 
 
 # -- parsing --------------------------------------------------------------------
@@ -216,7 +269,7 @@ def parse_profile(data: dict[str, object], *, source: str) -> SiteProfile:
     account_pattern = account.string("pattern", ".*")
     try:
         re.compile(account_pattern)
-    except re.error as exc:
+    except (re.error, OverflowError, RecursionError) as exc:  # OverflowError: a{4294967296}
         account.bad_value("pattern", account_pattern, f"not a valid regular expression ({exc})")
     slurm = _parse_slurm(top.table("slurm", SLURM_KEYS))
     partitions = tuple(_parse_partition(t) for t in top.tables("partitions", PARTITION_KEYS))
@@ -373,8 +426,17 @@ def sector_vocabulary(profiles: Iterable[SiteProfile]) -> tuple[str, ...]:
     return tuple(sorted({sector for p in profiles for sector in p.sectors}))
 
 
-def check_spec_against_profiles(spec: JobSpec, profiles: dict[str, SiteProfile]) -> None:
-    """What only the profiles can tell: known sector, known site names, known datasets."""
+def check_spec_against_profiles(spec: JobSpec, profiles: Mapping[str, SiteProfile]) -> None:
+    """What only the profiles can tell: known sector, known site names, known datasets.
+
+    A spec pinned to a site whose profile is broken gets that profile's error;
+    excluding such a site is fine.
+    """
+    if spec.placement.site is not None and isinstance(profiles, ProfileSet):
+        broken = profiles.broken.get(spec.placement.site)
+        if broken is not None:
+            raise ProfileError(broken.message)
+    known_sites = known_site_names(profiles)
     if spec.job.sector is not None:
         known = sector_vocabulary(profiles.values())
         if spec.job.sector not in known:
@@ -388,11 +450,11 @@ def check_spec_against_profiles(spec: JobSpec, profiles: dict[str, SiteProfile])
         ("placement.exclude", list(spec.placement.exclude)),
     ):
         for name in names:
-            if name not in profiles:
-                maybe = did_you_mean(name, list(profiles))
+            if name not in known_sites:
+                maybe = did_you_mean(name, known_sites)
                 raise SpecError(
                     f"{spec.source}: {key}: {name!r} is not a known site; "
-                    f"{maybe}known sites: {', '.join(sorted(profiles))}"
+                    f"{maybe}known sites: {', '.join(known_sites)}"
                 )
     catalogue = {d.name for p in profiles.values() for d in p.datasets}
     for index, dataset in enumerate(spec.data.inputs):
@@ -404,15 +466,51 @@ def check_spec_against_profiles(spec: JobSpec, profiles: dict[str, SiteProfile])
             )
 
 
+def stray_config_entries(config: UserConfig, profiles: Mapping[str, SiteProfile]) -> dict[str, str]:
+    """The config's [sites.X] entries for which no profile exists: X -> that entry's problem.
+
+    Such an entry is not used (and does not stop any other site from working).
+    """
+    known = known_site_names(profiles)
+    return {
+        name: (
+            f"{config.sources.get(name, 'config')}: sites.{name}: {name!r} is not a known site; "
+            f"{did_you_mean(name, known)}this entry is not used"
+        )
+        for name in config.sites
+        if name not in known
+    }
+
+
+def check_config_sites(config: UserConfig, profiles: Mapping[str, SiteProfile]) -> UserConfig:
+    """``config`` where a site that a stray [sites.X] entry was probably meant for carries its
+    problem as a hint, so errors about that site (a missing account) say what went wrong."""
+    known = known_site_names(profiles)
+    sites = dict(config.sites)
+    for name, problem in stray_config_entries(config, profiles).items():
+        # Only a close spelling: a hint on an unrelated site would mislead.
+        for meant in difflib.get_close_matches(name, known, n=1):
+            if meant not in config.sites:
+                sites[meant] = replace(SiteAccess(), hint=problem)
+    return replace(config, sites=sites)
+
+
+def load_sites(home: Path | None = None) -> tuple[ProfileSet, UserConfig]:
+    """The profiles and the user's config, checked against each other (:func:`check_config_sites`)."""
+    profiles = load_profiles(home)
+    return profiles, check_config_sites(load_config(home), profiles)
+
+
 def resolve_account(profile: SiteProfile, access: SiteAccess) -> str | None:
     """The account to send, checked against the site's format; None when none is needed."""
     account = access.account
     if account is None:
         if profile.account_required:
             example = profile.account_example or "..."
+            hint = f" ({access.hint})" if access.hint else ""
             raise ConfigError(
                 f"site {profile.name} is not usable: it needs an account; add "
-                f'[sites.{profile.name}] account = "{example}" to {aif_home() / "config.toml"}'
+                f'[sites.{profile.name}] account = "{example}" to {aif_home() / "config.toml"}{hint}'
             )
         return None
     if not re.fullmatch(ACCOUNT_PATTERN, account) or not re.fullmatch(profile.account_pattern, account):

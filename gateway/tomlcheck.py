@@ -7,6 +7,7 @@ on one line, so that a user (or a script reading stderr) can act on it.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import sys
 from collections.abc import Mapping, Sequence
@@ -23,6 +24,7 @@ else:  # pragma: no cover - exercised only on Python 3.10
 E = TypeVar("E", bound=InvalidInput)
 
 _MISSING = object()
+_PRINTABLE_INT_BITS = 4000  # about 1200 decimal digits: repr() is fine, and the text is cut anyway
 UTF8_BOM = b"\xef\xbb\xbf"
 
 
@@ -32,6 +34,9 @@ def show_value(value: object, limit: int = 60) -> str:
         text = repr(value)
     elif isinstance(value, bool):
         text = "true" if value else "false"
+    elif isinstance(value, int) and value.bit_length() > _PRINTABLE_INT_BITS:
+        # Python refuses to print an int of more than 4300 decimal digits (TOML's hex has no limit).
+        text = f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
     elif isinstance(value, dict):
         text = "a table"
     elif isinstance(value, list):
@@ -105,6 +110,11 @@ def parse_toml_bytes(raw: bytes, source: str, error: type[E]) -> dict[str, objec
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise error(f"{source}: not valid TOML: {exc}") from None
+    except ValueError as exc:
+        # int() refuses more than sys.get_int_max_str_digits() (4300) decimal digits.
+        raise error(f"{source}: not valid TOML: a number is too long ({exc})") from None
+    except RecursionError:
+        raise error(f"{source}: not valid TOML: arrays or tables are nested too deeply") from None
 
 
 class Table:

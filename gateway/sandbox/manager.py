@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import SandboxError
-from gateway.home import aif_home
+from gateway.home import aif_home, ensure_home
 from gateway.sandbox.configs import (
     MESSAGE_TIMEOUT_S,
     MUNGED_DAEMON,
@@ -226,6 +226,9 @@ def up(home: Path | None = None, *, progress: Progress | None = None) -> Sandbox
     _check_safe_path(layout.root)
     _check_reachable_by_sandbox_user(layout.root.parent)
     started = time.monotonic()
+    if layout.real_root is None:
+        # The state lives in the home: the login user must pass through it, but nobody may list it.
+        ensure_home(layout.home, mode=0o711)
     _make_reachable_dirs(layout.root)
     _link_state_dir(layout)
     with _locked(layout):
@@ -508,7 +511,7 @@ def _link_state_dir(layout: SandboxLayout) -> None:
     if layout.real_root is None:
         return
     link = layout.home / "sandbox"
-    layout.home.mkdir(parents=True, exist_ok=True)
+    ensure_home(layout.home)  # private (0700): the state the sandbox user needs lives elsewhere
     if not link.is_symlink():
         link.symlink_to(layout.real_root, target_is_directory=True)
 
@@ -1221,9 +1224,10 @@ def _wait_ready(layout: SandboxLayout, say: Progress) -> None:
 def _write_gateway_files(layout: SandboxLayout) -> None:
     """The site profiles and the user config that make the gateway see the sandbox sites."""
     try:
+        # Files in the aif home are the user's alone (0600); only aif reads them.
         for site in SANDBOX_SITES:
-            _write_file(layout.profile(site), render_profile_toml(site))
-        _write_file(layout.user_config, render_user_config_toml(SANDBOX_SITES, layout))
+            _write_file(layout.profile(site), render_profile_toml(site), 0o600)
+        _write_file(layout.user_config, render_user_config_toml(SANDBOX_SITES, layout), 0o600)
     except OSError as err:
         raise SandboxError(f"cannot write the sandbox site profiles and config: {err}") from err
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from hypothesis import strategies as st
 from gateway.cli import main
 from gateway.errors import SpecError
 from gateway.spec import load_spec
+from tests.unit.fuzzing import documents_from_schema
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -179,41 +179,10 @@ KNOWN_KEYS = {
     "placement": ["site", "exclude", "countries"],
     "array": ["size", "parallel"],
 }
-scalars = st.one_of(
-    st.integers(min_value=-(2**63), max_value=2**63 - 1),
-    st.booleans(),
-    st.floats(allow_nan=False, allow_infinity=False),
-    st.text(max_size=30),
-    st.sampled_from(["hello", "01:00:00", "120G", "health", "public", "{name}", "../x", "a\nb", "$(id)"]),
-)
-values = st.one_of(
-    scalars, st.lists(scalars, max_size=4), st.dictionaries(st.text(max_size=8), scalars, max_size=3)
-)
 
 
-def toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # JSON string escapes are valid TOML basic strings
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
-    raise TypeError(value)
-
-
-@st.composite
-def spec_documents(draw: st.DrawFn) -> str:
-    lines: list[str] = []
-    for table in draw(st.lists(st.sampled_from([*KNOWN_KEYS, "extra"]), unique=True, max_size=7)):
-        lines.append(f"[{table}]")
-        keys = [*KNOWN_KEYS.get(table, []), "bogus", "nme"]
-        for key in draw(st.lists(st.sampled_from(keys), unique=True, max_size=6)):
-            lines.append(f"{key} = {toml_value(draw(values))}")
-    return "\n".join(lines) + "\n"
+def spec_documents() -> st.SearchStrategy[str]:
+    return documents_from_schema(KNOWN_KEYS)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
