@@ -300,13 +300,18 @@ def submit(
                 "sends what was not sent, and nothing twice",
                 err=True,
             )
-    states = {r.job.state for r in results}
-    if JobState.REJECTED in states:
-        first = next(r.job for r in results if r.job.state is JobState.REJECTED)
-        raise SchedulerRejected(f"{first.site} rejected {first.id}: {first.message}")
-    if JobState.UNREACHABLE in states or any(r.job.unresolved for r in results):
-        first = next(r.job for r in results if r.job.state is JobState.UNREACHABLE or r.job.unresolved)
-        raise SiteUnreachable(first.message or f"{first.id}: the site's answer was lost ({first.reason})")
+    rejected = [r.job for r in results if r.job.state is JobState.REJECTED]
+    unsettled = [r.job for r in results if r.job.state is JobState.UNREACHABLE or r.job.unresolved]
+    for jobs, error in ((rejected, SchedulerRejected), (unsettled, SiteUnreachable)):
+        if not jobs:
+            continue
+        first = jobs[0]
+        if as_json:  # nothing else was said on stderr: the error line carries the first reason
+            detail = first.message or f"the answer from {first.site} was lost ({first.reason})"
+            raise error(f"{first.id} at {first.site}: {detail}")
+        # Each job's line above already said why: the error line only counts them.
+        what = "rejected" if error is SchedulerRejected else "not submitted or not confirmed"
+        raise error(f"{len(jobs)} of {len(results)} jobs {what} (see above)")
 
 
 def _print_dry_runs(runs: Sequence[Any], as_json: bool) -> None:
