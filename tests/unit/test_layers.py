@@ -18,7 +18,14 @@ LAYERS: list[set[str]] = [
     {"gateway.site", "gateway.pyslurm_backend"},
     {"gateway.broker"},
     {"gateway.ledger"},
-    {"gateway.api", "gateway.lifecycle", "gateway.context"},
+    {
+        "gateway.api",
+        "gateway.lifecycle",
+        "gateway.context",
+        "gateway.settlement",
+        "gateway.status",
+        "gateway.submission",
+    },
     {"gateway.sandbox"},
     {"gateway.cli"},
 ]

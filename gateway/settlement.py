@@ -1,0 +1,148 @@
+"""Settling submissions whose answer was lost: from the site's record, its queue and its
+finished-job records. Part of the api layer.
+
+The site is asked on whatever thread the caller likes (:func:`gather_evidence`
+touches no ledger); the ledger is written on the caller's own (:func:`apply_evidence`).
+Only a proof makes a job "not submitted": a fence in the site's record, or a
+refusal in sbatch's recorded answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from gateway import journal, slurm
+from gateway.context import Context
+from gateway.ledger import LedgerJob
+from gateway.site import SiteBackend
+from gateway.states import JobState
+
+
+def claimed_by(held: str, job: LedgerJob) -> str:
+    fields = held.split()
+    if fields[:1] == ["fence"]:
+        return "not sent: another aif proved it unsent and fenced it (rerun with the same --key to send it)"
+    other = fields[2] if len(fields) > 2 else "another job"
+    return f"not sent: {other} already holds this spec under key {job.submission_key} at {job.site}"
+
+
+def age_seconds(ctx: Context, job: LedgerJob) -> float:
+    try:
+        then = datetime.fromisoformat(job.updated_at)
+    except ValueError:
+        return 0.0
+    return (ctx.clock.now() - then).total_seconds()
+
+
+def settle_unresolved(ctx: Context, site: str, jobs: list[LedgerJob], *, fence_now: bool = False) -> None:
+    """Settle jobs that may have been sent, from the site's record and its queue.
+
+    An answer in the record gives the Slurm id; an intent with no answer is
+    looked up by token in squeue; a claim with no intent is fenced (once it
+    is old enough, or at once with ``fence_now``, when the sending program
+    has provably stopped) and so proven never sent. Only that, or a refusal
+    in the record, makes a job "not submitted". Raises SiteUnreachable when
+    the site cannot be asked: the jobs stay as they are.
+    """
+    plan = settle_plan(ctx, jobs, fence_now)
+    apply_evidence(ctx, plan, gather_evidence(ctx.backend(site), plan))
+
+
+@dataclass(frozen=True)
+class SettlePlan:
+    """What to ask a site to settle its unresolved jobs (decided on the main thread)."""
+
+    jobs: list[LedgerJob]
+    directories: list[str]
+    fences: list[journal.Fence]
+    fence_now: bool
+    old_enough: frozenset[str]  # ids of jobs past the grace period
+
+
+@dataclass(frozen=True)
+class Evidence:
+    record: journal.RecordRead | None
+    tokens_found: dict[str, str]  # in squeue, by token
+    names_found: dict[str, str]  # finished, by Slurm name (the second proof)
+
+
+def settle_plan(ctx: Context, jobs: list[LedgerJob], fence_now: bool) -> SettlePlan:
+    with_record = [j for j in jobs if j.claim and j.journal_dir]
+    return SettlePlan(
+        jobs=jobs,
+        directories=sorted({j.journal_dir for j in with_record}),
+        fences=[
+            journal.Fence(j.journal_dir, j.claim, j.token)
+            for j in with_record
+            if fence_now or age_seconds(ctx, j) > ctx.timing.lost_submission_after_s
+        ],
+        fence_now=fence_now,
+        old_enough=frozenset(
+            j.id for j in jobs if fence_now or age_seconds(ctx, j) > ctx.timing.just_submitted_grace_s
+        ),
+    )
+
+
+def gather_evidence(backend: SiteBackend, plan: SettlePlan) -> Evidence:
+    """The site's side of settling: one record read (fencing first), one squeue if needed. No ledger."""
+    record = backend.read_record(plan.directories, plan.fences) if plan.directories else None
+    doubtful = [j for j in plan.jobs if _claim_of(j, plan, record) is _IN_DOUBT]
+    tokens = backend.find_tokens([j.token for j in doubtful]) if doubtful else {}
+    # Not in the queue: it may have run and left; Slurm's finished-job records know its name.
+    gone = [j for j in doubtful if j.token not in tokens and j.slurm_name]
+    since = min((j.created_at[:10] for j in gone), default="")
+    names = backend.find_names([j.slurm_name for j in gone], since) if gone else {}
+    return Evidence(record, tokens, names)
+
+
+_IN_DOUBT = object()
+
+
+def _claim_of(job: LedgerJob, plan: SettlePlan, record: journal.RecordRead | None) -> object:
+    """The job's claim in the record, None when there is none yet, _IN_DOUBT when only squeue can tell."""
+    if not (job.claim and job.journal_dir) or record is None:
+        return _IN_DOUBT
+    claim = record.claims[plan.directories.index(job.journal_dir)].get(job.claim)
+    if claim is not None and claim.token == job.token and claim.status is journal.ClaimStatus.IN_DOUBT:
+        return _IN_DOUBT
+    return claim
+
+
+def apply_evidence(ctx: Context, plan: SettlePlan, evidence: Evidence) -> None:
+    ledger = ctx.ledger
+    for job in plan.jobs:
+        claim = _claim_of(job, plan, evidence.record)
+        if claim is None:
+            continue  # not claimed yet, too young to fence: it may still be on its way
+        if isinstance(claim, journal.Claim):
+            if claim.token != job.token:
+                held = f"intent {claim.token} {claim.aif_id}"
+                ledger.mark_not_submitted(job.id, JobState.NOT_SENT, claimed_by(held, job))
+            elif claim.fenced:
+                ledger.mark_not_submitted(
+                    job.id,
+                    JobState.NOT_SENT,
+                    "never sent: the site's record proves it (the submission stopped first)",
+                )
+            elif claim.status is journal.ClaimStatus.SENT and claim.slurm_job_id:
+                ledger.mark_submitted(job.id, claim.slurm_job_id)
+            elif claim.answer is not None:
+                down = claim.answer.kind is slurm.Outcome.SITE_DOWN
+                state = JobState.UNREACHABLE if down else JobState.REJECTED
+                ledger.mark_not_submitted(job.id, state, claim.answer.error)
+            continue
+        if job.token in evidence.tokens_found:
+            ledger.mark_submitted(job.id, evidence.tokens_found[job.token])
+        elif job.slurm_name in evidence.names_found:
+            ledger.mark_submitted(job.id, evidence.names_found[job.slurm_name])
+        elif job.id in plan.old_enough:
+            why = (
+                "maybe sent: the site's record holds its intent but no answer, and neither "
+                "its token (in the queue) nor its name (in finished jobs) is found"
+                if job.claim
+                else "maybe sent: not found by its token or its name, and it has no site record "
+                "(older aif) to prove either way"
+            )
+            if ledger.get(job.id).reason != why:
+                ledger.mark_unresolved(job.id, why)

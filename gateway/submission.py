@@ -1,0 +1,408 @@
+"""Submitting: every spec validated and placed first, then one batched command per site,
+under a key that never lets one spec be sent twice. Part of the api layer.
+
+- nothing is half-submitted: every spec is validated and placed before any
+  is sent; each job is in the ledger (with its token) before it leaves this
+  machine, and in the site's own record (``gateway.journal``) before sbatch runs;
+- a submission has a key: the same key with the same specs never submits
+  twice, from any machine: what the sites' records show as sent is adopted;
+- answers that were lost are settled from the site's record at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from gateway import journal, slurm
+from gateway.api import login_user
+from gateway.broker import place, site_misfit
+from gateway.context import Context, SiteResult
+from gateway.errors import AifError, Interrupted, InvalidInput, NoFit, SiteUnreachable, UsageError
+from gateway.ledger import LedgerJob, spec_sha256
+from gateway.profiles import check_spec_against_profiles, get_profile, resolve_account
+from gateway.rendering import RenderedJob, fill_site_path, render_batch_script
+from gateway.settlement import claimed_by, settle_unresolved
+from gateway.spec import JobSpec, load_spec
+from gateway.states import JobState, is_terminal
+from gateway.status import refresh
+
+
+@dataclass(frozen=True)
+class SubmittedJob:
+    job: LedgerJob
+    why: str  # why this site
+    how: str  # "submitted", "sent before", "adopted", "in doubt", or why it was not sent
+
+
+@dataclass(frozen=True)
+class SubmitReport:
+    key: str
+    jobs: list[SubmittedJob]
+
+
+@dataclass(frozen=True)
+class DryRun:
+    spec: str
+    site: str
+    why: str
+    rendered: RenderedJob
+
+
+@dataclass(frozen=True)
+class _Planned:
+    spec: JobSpec
+    site: str
+    why: str
+    item: str  # the spec's label in its submission (content digest and copy number)
+
+
+def _spec_hash(path: str) -> str:
+    """The spec's hash for the ledger; an unreadable file is recorded with the hash of nothing."""
+    try:
+        return spec_sha256(path)
+    except OSError:
+        return spec_sha256("/dev/null")
+
+
+def plan_submissions(
+    ctx: Context, spec_paths: Sequence[str], site: str | None, *, record_invalid: bool = True
+) -> list[_Planned]:
+    """Validate and place every spec before anything is sent: all or nothing."""
+    planned: list[_Planned] = []
+    copies: dict[str, int] = {}
+    for path in spec_paths:
+        try:
+            spec = load_spec(path)
+            check_spec_against_profiles(spec, ctx.profiles)
+            digest = spec.content_digest()
+            item = journal.item_label(digest, copies.get(digest, 0))
+            copies[digest] = copies.get(digest, 0) + 1
+            chosen = site or spec.placement.site
+            if chosen:
+                profile = get_profile(ctx.profiles, chosen)
+                why_not = site_misfit(spec, profile, ctx.config)
+                if why_not:
+                    raise NoFit(f"{spec.name} cannot run at {chosen}: {why_not}")
+                why = "named on the command line" if site else "pinned by the spec"
+                planned.append(_Planned(spec, chosen, why, item))
+            else:
+                placement = place(spec, ctx.profiles, ctx.config)
+                planned.append(_Planned(spec, placement.site, placement.why, item))
+        except (InvalidInput, NoFit, UsageError) as exc:
+            if record_invalid:
+                ctx.ledger.record_invalid(
+                    spec_path=path, spec_hash=_spec_hash(path), message=exc.message, site=site or ""
+                )
+            others = len(spec_paths) - 1
+            if others:
+                raise type(exc)(
+                    f"{exc.message} (nothing was submitted, of {len(spec_paths)} specs)"
+                ) from None
+            raise
+    return planned
+
+
+def dry_run(ctx: Context, spec_paths: Sequence[str], *, site: str | None = None) -> list[DryRun]:
+    planned = plan_submissions(ctx, spec_paths, site, record_invalid=False)
+    return [DryRun(spec=p.spec.source, site=p.site, why=p.why, rendered=_render_for(ctx, p)) for p in planned]
+
+
+def _work_area(ctx: Context, site: str) -> str:
+    profile = ctx.profiles[site]
+    access = ctx.config.access(site)
+    account = resolve_account(profile, access)
+    return fill_site_path(
+        profile.slurm.work_area, user=login_user(profile, ctx.config), account=account, site=site
+    )
+
+
+def _render_for(
+    ctx: Context, p: _Planned, job_id: str | None = None, token: str | None = None
+) -> RenderedJob:
+    """The script for a planned job; without an id (dry run) there is no id or token yet."""
+    profile = ctx.profiles[p.site]
+    access = ctx.config.access(p.site)
+    account = resolve_account(profile, access)
+    user = login_user(profile, ctx.config)
+    if job_id is None:
+        return render_batch_script(p.spec, profile, account=account, user=user)
+    return render_batch_script(p.spec, profile, account=account, user=user, job_id=job_id, token=token)
+
+
+def _intent(
+    p: _Planned, key: str, journal_dir: str, dependency: LedgerJob | None, gen: int
+) -> dict[str, Any]:
+    return {
+        "site": p.site,
+        "name": p.spec.name,
+        "spec_path": p.spec.source,
+        "spec_hash": p.spec.sha256,
+        "workdir": "",
+        "outputs": p.spec.data.outputs,
+        "stdout_path": "",
+        "array_size": p.spec.array.size if p.spec.array else None,
+        "depends_on": dependency.id if dependency else None,
+        "submission_key": key,
+        "item": p.item,
+        "claim_gen": gen,
+        "journal_dir": journal_dir,
+    }
+
+
+def submit(
+    ctx: Context,
+    spec_paths: Sequence[str],
+    *,
+    site: str | None = None,
+    after: str | None = None,
+    key: str | None = None,
+) -> SubmitReport:
+    """Submit every spec under one key; one entry per spec, whatever happened to it.
+
+    With no ``key`` a fresh one is made (it cannot have been used). With a
+    key, what was sent under it before (from this machine or another, as the
+    sites' records show) is adopted and only the rest is sent; a spec whose
+    content was never part of that submission is refused.
+    """
+    explicit = key is not None
+    key = key if key is not None else journal.new_key()
+    if not journal.is_valid_key(key):
+        raise UsageError(f"--key {key!r}: a key is {journal.KEY_ALLOWED}")
+    planned = plan_submissions(ctx, spec_paths, site)
+    dependency = _dependency(ctx, after, {p.site for p in planned})
+    decided, next_gen = _settle_earlier(ctx, planned, key) if explicit else ({}, {})
+    to_send = [i for i in range(len(planned)) if i not in decided]
+    journal_dirs = {p.site: journal.record_dir(_work_area(ctx, p.site), key) for p in planned}
+    intents = [
+        _intent(planned[i], key, journal_dirs[planned[i].site], dependency, next_gen.get(planned[i].item, 0))
+        for i in to_send
+    ]
+    jobs = dict(zip(to_send, ctx.ledger.record_intents(intents), strict=True))
+    rendered = {i: _render_for(ctx, planned[i], job.id, job.token) for i, job in jobs.items()}
+    ctx.ledger.record_paths(
+        (job.id, rendered[i].workdir, rendered[i].stdout_path, rendered[i].slurm_name)
+        for i, job in jobs.items()
+    )
+    # A parent that already completed needs no Slurm dependency (and Slurm may have forgotten it).
+    waits = dependency is not None and dependency.state != JobState.COMPLETED
+    extra = (f"--dependency=afterok:{dependency.slurm_job_id}",) if dependency and waits else ()
+    by_site: dict[str, list[int]] = {}
+    for i in to_send:
+        by_site.setdefault(planned[i].site, []).append(i)
+    batches = {
+        site_name: [
+            slurm.SubmissionItem(
+                script=rendered[i].script,
+                workdir=rendered[i].workdir,
+                extra_args=extra,
+                claim=ctx.ledger.get(jobs[i].id).claim,
+                token=jobs[i].token,
+                aif_id=jobs[i].id,
+            )
+            for i in indexes
+        ]
+        for site_name, indexes in by_site.items()
+    }
+    try:
+        answers = ctx.per_site(
+            batches,
+            lambda backend, items: backend.submit(items, journal_dirs[backend.site]),
+        )
+        for site_name, indexes in by_site.items():
+            _record_answers(ctx, site_name, [jobs[i] for i in indexes], answers[site_name])
+    except KeyboardInterrupt:
+        raise _interrupted(ctx, key, spec_paths, list(jobs.values()), decided) from None
+    for i, job in jobs.items():
+        decided[i] = SubmittedJob(ctx.ledger.get(job.id), planned[i].why, _how(ctx.ledger.get(job.id)))
+    return SubmitReport(key=key, jobs=[decided[i] for i in range(len(planned))])
+
+
+def _how(job: LedgerJob) -> str:
+    if job.slurm_job_id:
+        return "submitted"
+    if job.unresolved:
+        return "in doubt"
+    return job.message or str(job.state)
+
+
+def _record_answers(
+    ctx: Context, site: str, jobs: list[LedgerJob], answer: SiteResult[list[slurm.SubmissionOutcome]]
+) -> None:
+    """Write what the site answered; items whose answer was lost are settled from its record."""
+    ledger = ctx.ledger
+    unknown: list[LedgerJob] = []
+    if answer.value is None:
+        if answer.nothing_ran:
+            # Nothing was sent: the connection or the program never started.
+            for job in jobs:
+                ledger.mark_not_submitted(job.id, JobState.UNREACHABLE, answer.problem)
+            return
+        unknown = jobs
+    else:
+        accepted = []
+        for job, outcome in zip(jobs, answer.value, strict=True):
+            if outcome.kind is slurm.Outcome.ACCEPTED and outcome.job_id:
+                accepted.append((job.id, outcome.job_id))
+            elif outcome.kind is slurm.Outcome.REFUSED:
+                ledger.mark_not_submitted(job.id, JobState.REJECTED, outcome.error or "rejected")
+            elif outcome.kind is slurm.Outcome.SITE_DOWN:
+                ledger.mark_not_submitted(job.id, JobState.UNREACHABLE, f"site {site}: {outcome.error}")
+            elif outcome.kind is slurm.Outcome.CLAIMED:
+                ledger.mark_not_submitted(job.id, JobState.NOT_SENT, claimed_by(outcome.error, job))
+            else:
+                unknown.append(job)
+        ledger.mark_submitted_many(accepted)
+    if unknown:
+        # The answer for these was lost: the site's record says what happened, and
+        # fencing the claims that have no intent proves those were never sent.
+        # If the site cannot be asked now, they stay SUBMITTING: `aif status` settles them.
+        with contextlib.suppress(AifError):
+            settle_unresolved(ctx, site, [ledger.get(j.id) for j in unknown], fence_now=True)
+
+
+def _settle_earlier(
+    ctx: Context, planned: list[_Planned], key: str
+) -> tuple[dict[int, SubmittedJob], dict[str, int]]:
+    """What was already sent under ``key``, per planned spec, and the claim generation
+    each remaining spec must use; checks the content matches.
+
+    Reads the key's record at every site a spec could have gone to (in
+    parallel): a site that cannot be asked leaves its specs undecided, and
+    they are not sent (nothing is sent twice on a guess).
+    """
+    ledger = ctx.ledger
+    earlier = ledger.jobs_with_key(key)
+    unresolved = [j.id for j in earlier if j.unresolved]
+    if unresolved:
+        refresh(ctx, unresolved)
+        earlier = ledger.jobs_with_key(key)
+    sites = {j.site for j in earlier} | {p.site for p in planned}
+    for p in planned:
+        sites |= {
+            name for name, prof in ctx.profiles.items() if site_misfit(p.spec, prof, ctx.config) is None
+        }
+    dirs = {}
+    for name in sorted(sites):
+        try:
+            dirs[name] = journal.record_dir(_work_area(ctx, name), key)
+        except AifError:
+            continue
+    reads = ctx.per_site(dirs, lambda backend, directory: backend.read_record([directory]))
+    claims: dict[str, list[tuple[str, journal.Claim]]] = {}
+    for name, result in reads.items():
+        if result.value is not None:
+            for claim in result.value.claims[0].values():
+                claims.setdefault(claim.item, []).append((name, claim))
+    known = {j.item for j in earlier if j.item} | set(claims)
+    if known:
+        for p in planned:
+            if p.item not in known:
+                raise UsageError(
+                    f"--key {key} was used for other specs: {p.spec.source} ({p.spec.name}) is not "
+                    "one of them (nothing was submitted; use a new key for new work)"
+                )
+    unasked = {name: r.problem for name, r in reads.items() if r.value is None}
+    decided: dict[int, SubmittedJob] = {}
+    for index, p in enumerate(planned):
+        earlier_job = _earlier_job(ctx, p, key, earlier, claims.get(p.item, []), dirs)
+        if earlier_job is not None:
+            decided[index] = SubmittedJob(earlier_job[0], p.why, earlier_job[1])
+            continue
+        blind = [name for name in unasked if site_misfit(p.spec, ctx.profiles[name], ctx.config) is None]
+        if blind:
+            raise SiteUnreachable(
+                f"cannot tell whether {p.spec.source} was already sent under key {key}: "
+                + "; ".join(unasked[name] for name in blind)
+                + " (nothing was submitted; retry when the site answers)"
+            )
+    # One past every attempt known, here or in any site's record.
+    gens: dict[str, int] = {}
+    for job in earlier:
+        gens[job.item] = max(gens.get(job.item, 0), job.claim_gen + 1)
+    for item, found in claims.items():
+        for _, claim in found:
+            gens[item] = max(gens.get(item, 0), claim.gen + 1)
+    return decided, gens
+
+
+def _earlier_job(
+    ctx: Context,
+    p: _Planned,
+    key: str,
+    earlier: list[LedgerJob],
+    claims: list[tuple[str, journal.Claim]],
+    dirs: dict[str, str],
+) -> tuple[LedgerJob, str] | None:
+    """The job already standing for this spec under the key, and how; None if it must be sent."""
+    mine = {j.token: j for j in earlier if j.item == p.item}
+    for site, claim in sorted(claims, key=lambda sc: -sc[1].gen):
+        if claim.status is journal.ClaimStatus.NOT_SENT:
+            continue
+        if claim.token in mine:
+            job = ctx.ledger.get(mine[claim.token].id)
+            return job, "sent before" if job.slurm_job_id else "in doubt"
+        adopted = _adopt(ctx, replace(p, site=site), key, dirs[site], claim)
+        return adopted, "adopted from the site's record" if adopted.slurm_job_id else "in doubt"
+    for job in reversed([j for j in earlier if j.item == p.item]):
+        if job.slurm_job_id or job.unresolved:
+            return job, "sent before" if job.slurm_job_id else "in doubt"
+    return None
+
+
+def _adopt(ctx: Context, p: _Planned, key: str, journal_dir: str, claim: journal.Claim) -> LedgerJob:
+    """A job another aif sent under this key, into this ledger under its own id and token."""
+    rendered = _render_for(ctx, p, claim.aif_id, claim.token)
+    intent = _intent(p, key, journal_dir, None, claim.gen)
+    intent.update(workdir=rendered.workdir, stdout_path=rendered.stdout_path, slurm_name=rendered.slurm_name)
+    return ctx.ledger.record_adopted(
+        intent, job_id=claim.aif_id, token=claim.token, slurm_job_id=claim.slurm_job_id
+    )
+
+
+def _interrupted(
+    ctx: Context,
+    key: str,
+    spec_paths: Sequence[str],
+    sent_now: list[LedgerJob],
+    decided: dict[int, SubmittedJob],
+) -> Interrupted:
+    jobs = [ctx.ledger.get(j.id) for j in sent_now] + [d.job for d in decided.values()]
+    sent = sum(1 for j in jobs if j.slurm_job_id)
+    unknown = sum(1 for j in jobs if j.unresolved)
+    not_sent = len(jobs) - sent - unknown
+    command = shlex.join(["aif", "submit", "--key", key, *spec_paths])
+    return Interrupted(
+        f"interrupted: {sent} sent, {not_sent} not sent, {unknown} unknown (the sites' records settle "
+        f"those); finish with: {command}"
+    )
+
+
+def _dependency(ctx: Context, after: str | None, sites: set[str]) -> LedgerJob | None:
+    """The job given with --after, checked: at the same site, submitted, not failed.
+
+    Slurm silently drops ``afterok:N`` once job N has left its memory
+    (MinJobAge), even when N failed, so the parent's state is looked up
+    first: one that ended other than COMPLETED means the new job could
+    never start, and is refused.
+    """
+    if after is None:
+        return None
+    parent = ctx.ledger.get(after)
+    if parent.slurm_job_id is None:
+        raise UsageError(f"--after {parent.id}: that job was never submitted ({parent.state})")
+    other_sites = sites - {parent.site}
+    if other_sites:
+        raise UsageError(
+            f"--after {parent.id}: it runs at {parent.site}, this job would run at "
+            f"{', '.join(sorted(other_sites))}; "
+            "dependencies across sites are not supported yet (pin the job with --site "
+            f"{parent.site})"
+        )
+    parent = refresh(ctx, [parent.id]).jobs[0]
+    if is_terminal(parent.state) and parent.state != JobState.COMPLETED:
+        raise UsageError(f"--after {parent.id}: that job ended {parent.state}, so this one could never start")
+    return parent
