@@ -123,7 +123,9 @@ def cancel(ctx: Context, job_ids: Sequence[str]) -> list[CancelResult]:
     by_site: dict[str, list[LedgerJob]] = {}
     for job in targets:
         by_site.setdefault(job.site, []).append(job)
-    sent = ctx.per_site(by_site, lambda backend, jobs: backend.cancel([j.slurm_job_id or "" for j in jobs]))
+    sent = ctx.per_site(
+        by_site, lambda backend, jobs: backend.cancel([(j.slurm_job_id or "", j.slurm_name) for j in jobs])
+    )
     problems = {site: r.problem for site, r in sent.items() if r.problem}
     if problems:
         raise SiteUnreachable("; ".join(problems.values()))

@@ -138,11 +138,15 @@ class PyslurmBackend:
         """Confirmed by token among the jobs Slurm still holds; libslurm has no finished-job records here."""
         return confirm_in_queue([_record_of(job) for job in self._all_jobs()], queries)
 
-    def cancel(self, slurm_ids: Sequence[str]) -> None:
-        for job_id in slurm_ids:
+    def cancel(self, targets: Sequence[tuple[str, str]]) -> None:
+        """Cancel each ``(Slurm id, name)`` after checking the id still names that job."""
+        for job_id, name in targets:
             self._note("Job.cancel", job_id)
             try:
-                self.pyslurm.Job(int(job_id)).cancel()
+                job = self.pyslurm.Job.load(int(job_id))
+                if name and str(getattr(job, "name", "") or "") != name:
+                    continue  # the id names another job now: never signal it
+                job.cancel()
             except BackendMissing:
                 raise
             except Exception as exc:

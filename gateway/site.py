@@ -78,7 +78,9 @@ class SiteBackend(Protocol):
         """A sighting per query, keyed by the query's token (a Slurm id may name two jobs)."""
         ...
 
-    def cancel(self, slurm_ids: Sequence[str]) -> None: ...
+    def cancel(self, targets: Sequence[tuple[str, str]]) -> None:
+        """Cancel each ``(Slurm id, Slurm name)`` only while that id still names that job."""
+        ...
 
     def find_names(self, names: Sequence[str], since: str) -> dict[str, str]:
         """name -> Slurm id of finished jobs carrying these names (the second proof), since a date."""
@@ -167,10 +169,11 @@ class SlurmCliBackend:
                     found[q.token] = Sighting(None, f"{found[q.token].problem}; {why}")
         return found
 
-    def cancel(self, slurm_ids: Sequence[str]) -> None:
-        if not slurm_ids:
+    def cancel(self, targets: Sequence[tuple[str, str]]) -> None:
+        """One command; scancel filtered by name per job (the controller re-checks identity)."""
+        if not targets:
             return
-        result = self._run(slurm.scancel_argv(slurm_ids))
+        result = self._run(slurm.scancel_by_name_argv(targets))
         if not result.ok:
             raise SiteUnreachable(f"site {self.site}: scancel failed: {_last_line(result)}")
 

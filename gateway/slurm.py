@@ -605,24 +605,44 @@ def _sacct_record(fields: list[str]) -> JobRecord | None:
 # --- scancel ----------------------------------------------------------------
 
 
-def scancel_argv(job_ids: Sequence[str]) -> list[str]:
-    """scancel for our own job ids. Its exit status proves nothing: verify with squeue.
+# One scancel per job, each filtered by the job's name: the controller itself
+# checks that the id still names that job, so an id reused since aif last
+# looked is never signalled (recorded on 22.05: `scancel --name=wrong 1` leaves
+# job 1 alone, rc 0; `--name` takes one name, a comma list matches nothing;
+# with a base id and its name, every task of an array is cancelled).
+# Also recorded: scancel's exit status proves nothing (an unknown or finished
+# id exits 0 silently, another user's job rc 210, controller down rc 8), so
+# aif confirms with squeue; no --me filter (`scancel --me 39_3` cancelled all
+# pending tasks 39_[1-5]); a pending array task cancelled by id leaves no
+# trace at all (no CANCELLED record, no jobcomp line).
+_SCANCEL_BY_NAME_PROGRAM = r"""set -u
+failed=0
+while [ "$#" -ge 2 ]; do
+    if [ -n "$1" ]; then
+        scancel --name="$1" -- "$2" || failed=$?
+    else
+        scancel -- "$2" || failed=$?
+    fi
+    shift 2
+done
+exit "$failed"
+"""
 
-    Recorded on 22.05: ``scancel <unknown or finished id>`` exits 0 and
-    prints nothing; ``scancel abc`` exits 1; another user's job gives
-    ``Access/permission denied``, rc 210; controller down, rc 8.
 
-    Deliberately no ``--me``/``-u`` filter: with a filter scancel matches the
-    ids against the job list, and ``scancel --me 39_3`` on an array whose
-    tasks 1-5 were still pending printed ``Terminating job 39_[1-5%1]`` and
-    cancelled all of them (recorded). A filter also turns an unknown id into
-    rc 1, and silently skips other users' jobs with rc 0.
+def scancel_by_name_argv(targets: Sequence[tuple[str, str]]) -> list[str]:
+    """One command that cancels each ``(job id, Slurm name)`` only while that id has that name.
 
-    A pending array task cancelled this way (``scancel 11_3``) leaves no
-    trace at all: no CANCELLED record in squeue, no jobcomp line (recorded);
-    the pending range just loses it (``11_[2-3%1]`` -> ``11_[2%1]``).
+    A '' name (a job of an older aif) is cancelled by id alone.
     """
-    return ["scancel", *_checked_job_ids(job_ids)]
+    if not targets:
+        raise ValueError("scancel needs at least one job id")
+    argv = ["bash", "-c", _SCANCEL_BY_NAME_PROGRAM, "aif-cancel"]
+    for job_id, name in targets:
+        [checked] = _checked_job_ids([job_id])
+        if any(c in name for c in ", \n\t\0"):
+            raise ValueError(f"not a Slurm job name aif gives: {name!r}")
+        argv += [name, checked]
+    return argv
 
 
 _SCANCEL_ERROR_RE = re.compile(r"Kill job error on job id (\S+): (.*)")

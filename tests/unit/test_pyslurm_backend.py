@@ -102,12 +102,17 @@ def test_find_tokens_and_cancel(fake_pyslurm: Any) -> None:
     fake_pyslurm.Jobs.load.return_value = {5: job(5, "PENDING", comment="aif:tok-a")}
     backend = PyslurmBackend(site="login")
     assert backend.find_tokens(["tok-a", "tok-b"]) == {"tok-a": "5"}
-    backend.cancel(["5"])
-    fake_pyslurm.Job.assert_called_once_with(5)
-    fake_pyslurm.Job.return_value.cancel.assert_called_once_with()
-    fake_pyslurm.Job.return_value.cancel.side_effect = RuntimeError("Access/permission denied")
+    loaded = fake_pyslurm.Job.load.return_value
+    loaded.name = "j.aif-a"
+    backend.cancel([("5", "j.aif-a")])
+    fake_pyslurm.Job.load.assert_called_once_with(5)
+    loaded.cancel.assert_called_once_with()
+    # An id that names another job now is never signalled.
+    backend.cancel([("5", "other.aif-b")])
+    loaded.cancel.assert_called_once_with()
+    loaded.cancel.side_effect = RuntimeError("Access/permission denied")
     with pytest.raises(SiteUnreachable, match="permission denied"):
-        backend.cancel(["5"])
+        backend.cancel([("5", "j.aif-a")])
 
 
 def test_missing_pyslurm_is_a_clear_error(mocker: MockerFixture) -> None:

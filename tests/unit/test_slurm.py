@@ -91,7 +91,7 @@ def test_valid_job_ids(job_id: str) -> None:
 def test_argv_builders_refuse_what_is_not_a_job_id(job_id: str) -> None:
     assert not slurm.is_job_id(job_id)
     with pytest.raises(ValueError):
-        slurm.scancel_argv([job_id])
+        slurm.scancel_by_name_argv([(job_id, "n")])
     with pytest.raises(ValueError):
         slurm.squeue_argv([job_id])
     with pytest.raises(ValueError):
@@ -100,7 +100,7 @@ def test_argv_builders_refuse_what_is_not_a_job_id(job_id: str) -> None:
 
 def test_argv_builders_refuse_no_ids() -> None:
     with pytest.raises(ValueError):
-        slurm.scancel_argv([])
+        slurm.scancel_by_name_argv([])
     with pytest.raises(ValueError):
         slurm.sacct_argv([], "slurmdbd")
 
@@ -449,9 +449,9 @@ def test_parse_sacct_skips_records_broken_by_the_jobcomp_file() -> None:
 # --- scancel --------------------------------------------------------------------
 
 
-def test_scancel_argv_has_no_user_filter() -> None:
+def test_scancel_has_no_user_filter() -> None:
     # scancel --me 39_3 cancelled every pending task of array 39 (recorded).
-    assert slurm.scancel_argv(["12", "13_4"]) == ["scancel", "12", "13_4"]
+    assert "--me" not in slurm.scancel_by_name_argv([("12", "a")])[2]
 
 
 def test_parse_scancel_errors() -> None:
@@ -886,3 +886,18 @@ def test_sacct_by_name_reads_the_jobcomp_file_from_a_date() -> None:
         slurm.sacct_by_name_argv(["a,b"], "jobcomp", "2026-11-29")
     with pytest.raises(ValueError):
         slurm.sacct_by_name_argv(["a"], "jobcomp", "yesterday")
+
+
+def test_scancel_by_name_checks_each_jobs_name_at_the_controller(tmp_path: Path) -> None:
+    """Each id is cancelled with its own --name filter; a '' name (older aif) by id alone."""
+    argv = slurm.scancel_by_name_argv([("12", "a.aif-x"), ("13", "")])
+    assert argv[:2] == ["bash", "-c"] and argv[4:] == ["a.aif-x", "12", "", "13"]
+    log = tmp_path / "calls"
+    fake = tmp_path / "scancel"
+    fake.write_text(f'#!/bin/bash\nprintf "%s|" "$@" >>{log}\necho >>{log}\n')
+    fake.chmod(0o755)
+    env = dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}")
+    subprocess.run(argv, env=env, check=True)
+    assert log.read_text().splitlines() == ["--name=a.aif-x|--|12|", "--|13|"]
+    with pytest.raises(ValueError):
+        slurm.scancel_by_name_argv([("12", "a,b")])
