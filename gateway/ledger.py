@@ -41,6 +41,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from gateway.errors import AifError, ConfigError, HomeUnusable, UsageError
 from gateway.home import aif_home, ensure_home, ensure_private_file, make_private
+from gateway.journal import claim_name
 from gateway.states import (
     ACTIVE_STATES,
     NOT_SUBMITTED_STATES,
@@ -125,7 +126,7 @@ class LedgerJob:
     @property
     def claim(self) -> str:
         """The claim file's name in the site's record: ``ITEM.GEN``."""
-        return f"{self.item}.{self.claim_gen}" if self.item else ""
+        return claim_name(self.item, self.claim_gen) if self.item else ""
 
     @property
     def terminal(self) -> bool:

@@ -199,7 +199,7 @@ def submit(
                 script=rendered[i].script,
                 workdir=rendered[i].workdir,
                 extra_args=extra,
-                claim=ctx.ledger.get(jobs[i].id).claim,
+                claim=journal.claim_name(planned[i].item, next_gen.get(planned[i].item, 0)),
                 token=jobs[i].token,
                 aif_id=jobs[i].id,
             )
