@@ -53,10 +53,33 @@ class SiteAccess:
 
 
 @dataclass(frozen=True)
+class PlacementWeights:
+    """How the federation weighs a site, in seconds of waiting (``[federation]`` in the config).
+
+    ``snapshot_ttl_s``: how long a probe of a site's load is reused (by every
+    aif process). ``sector_bonus_s``: what a factory focused on the job's
+    sector is worth, as seconds of waiting it may outweigh. ``queue_round_s``:
+    where Slurm gives no estimated start, a queue as deep as the partition is
+    large counts as this many seconds. ``data_s_per_missing_input``: the cost of
+    an input a site does not hold (0 today: such sites are not eligible; kept
+    so data movement can join the score).
+    """
+
+    snapshot_ttl_s: int = 30
+    sector_bonus_s: int = 600
+    queue_round_s: int = 1800
+    data_s_per_missing_input: int = 0
+
+
+FEDERATION_KEYS = ("snapshot_ttl_s", "sector_bonus_s", "queue_round_s", "data_s_per_missing_input")
+
+
+@dataclass(frozen=True)
 class UserConfig:
     sites: dict[str, SiteAccess] = field(default_factory=dict)
     files: tuple[str, ...] = ()
     sources: dict[str, str] = field(default_factory=dict)  # site entry -> the file that set it last
+    weights: PlacementWeights = field(default_factory=PlacementWeights)
 
     def access(self, site: str) -> SiteAccess:
         return self.sites.get(site, SiteAccess())
@@ -74,16 +97,35 @@ def config_files(home: Path | None = None) -> list[Path]:
 def load_config(home: Path | None = None) -> UserConfig:
     sites: dict[str, SiteAccess] = {}
     sources: dict[str, str] = {}
+    weights: dict[str, int] = {}
     files = config_files(home)
     for path in files:
-        parsed = parse_config(load_toml_file(path, ConfigError), source=str(path))
+        data = load_toml_file(path, ConfigError)
+        parsed = parse_config(data, source=str(path))
         sites.update(parsed)
         sources.update(dict.fromkeys(parsed, str(path)))
-    return UserConfig(sites=sites, files=tuple(str(p) for p in files), sources=sources)
+        weights.update(parse_weights(data, source=str(path)))
+    return UserConfig(
+        sites=sites,
+        files=tuple(str(p) for p in files),
+        sources=sources,
+        weights=PlacementWeights(**weights),
+    )
+
+
+def parse_weights(data: dict[str, object], *, source: str) -> dict[str, int]:
+    """The ``[federation]`` keys a file sets (later files win key by key)."""
+    if "federation" not in data:
+        return {}
+    top = Table(data, source=source, path="", error=ConfigError, allowed=("sites", "federation"))
+    t = top.table("federation", FEDERATION_KEYS)
+    raw = data["federation"]
+    assert isinstance(raw, dict)  # top.table checked it
+    return {key: t.integer(key, minimum=0, maximum=10**7) for key in FEDERATION_KEYS if key in raw}
 
 
 def parse_config(data: dict[str, object], *, source: str) -> dict[str, SiteAccess]:
-    top = Table(data, source=source, path="", error=ConfigError, allowed=("sites",))
+    top = Table(data, source=source, path="", error=ConfigError, allowed=("sites", "federation"))
     raw_sites = data.get("sites", {})
     if not isinstance(raw_sites, dict):
         top.fail("sites", "expected tables like [sites.lumi]")

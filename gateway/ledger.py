@@ -122,6 +122,8 @@ class LedgerJob:
     # Slurm's job name for it, which carries the aif id: the proof of identity
     # that Slurm's records of finished jobs keep ('' for jobs of older aif).
     slurm_name: str = ""
+    # Why it went where it went: the federation's ranking as JSON ('' if none).
+    placement: str = ""
 
     @property
     def claim(self) -> str:
@@ -212,14 +214,32 @@ def _migrate_v3(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX jobs_key ON jobs(submission_key)")
 
 
+def _migrate_v4(conn: sqlite3.Connection) -> None:
+    """Why a job went where it went (the ranking, as JSON) and every submission attempt."""
+    conn.execute("ALTER TABLE jobs ADD COLUMN placement TEXT NOT NULL DEFAULT ''")
+    conn.execute(
+        """
+        CREATE TABLE attempts (
+            seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+            job_id  TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+            site    TEXT NOT NULL,
+            at      TEXT NOT NULL,
+            outcome TEXT NOT NULL,
+            detail  TEXT NOT NULL DEFAULT ''
+        )
+        """
+    )
+    conn.execute("CREATE INDEX attempts_job ON attempts(job_id, seq)")
+
+
 # Version N of the schema is reached by applying _MIGRATIONS[:N]. Only append.
-_MIGRATIONS: tuple[Migration, ...] = (_migrate_v1, _migrate_v2, _migrate_v3)
+_MIGRATIONS: tuple[Migration, ...] = (_migrate_v1, _migrate_v2, _migrate_v3, _migrate_v4)
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 _JOB_COLUMNS = (
     "id, site, slurm_job_id, name, spec_path, spec_hash, token, state, reason, message, "
     "workdir, outputs, stdout_path, array_size, depends_on, created_at, updated_at, "
-    "submission_key, item, claim_gen, journal_dir, slurm_name"
+    "submission_key, item, claim_gen, journal_dir, slurm_name, placement"
 )
 
 
@@ -247,6 +267,7 @@ def _job_from_row(row: Sequence[Any]) -> LedgerJob:
         claim_gen,
         journal_dir,
         slurm_name,
+        placement,
     ) = row
     return LedgerJob(
         id=str(job_id),
@@ -271,6 +292,7 @@ def _job_from_row(row: Sequence[Any]) -> LedgerJob:
         claim_gen=int(claim_gen),
         journal_dir=str(journal_dir),
         slurm_name=str(slurm_name),
+        placement=str(placement),
     )
 
 
@@ -485,6 +507,7 @@ class Ledger:
         claim_gen: int = 0,
         journal_dir: str = "",
         slurm_name: str = "",
+        placement: str = "",
         job_id: str | None = None,
         token: str | None = None,
         slurm_job_id: str | None = None,
@@ -498,7 +521,7 @@ class Ledger:
         now = _now()
         conn.execute(
             f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES "
-            "(?, ?, ?, ?, ?, ?, ?, ?, '', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "(?, ?, ?, ?, ?, ?, ?, ?, '', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 job_id,
                 site,
@@ -521,6 +544,7 @@ class Ledger:
                 claim_gen,
                 journal_dir,
                 slurm_name,
+                placement,
             ),
         )
         conn.execute(
@@ -833,6 +857,47 @@ class Ledger:
             f"SELECT {_JOB_COLUMNS} FROM jobs WHERE submission_key = ? ORDER BY seq", (submission_key,)
         ).fetchall()
         return [_job_from_row(r) for r in rows]
+
+    def record_attempt(self, job_id: str, site: str, outcome: str, detail: str = "") -> None:
+        """One submission attempt of a job at a site, and how it went (for ``aif explain``)."""
+        with self._write():
+            self._require(job_id)
+            self._conn.execute(
+                "INSERT INTO attempts (job_id, site, at, outcome, detail) VALUES (?, ?, ?, ?, ?)",
+                (job_id, site, _now(), outcome, detail),
+            )
+
+    @_sqlite_errors_mapped
+    def attempts(self, job_id: str) -> list[tuple[str, str, str, str]]:
+        """(site, at, outcome, detail) of every attempt, oldest first."""
+        rows = self._conn.execute(
+            "SELECT site, at, outcome, detail FROM attempts WHERE job_id = ? ORDER BY seq", (job_id,)
+        ).fetchall()
+        return [(str(a), str(b), str(c), str(d)) for a, b, c, d in rows]
+
+    def reassign(
+        self, job_id: str, *, site: str, journal_dir: str, workdir: str, stdout_path: str
+    ) -> LedgerJob:
+        """Fail a job over to another site: allowed only while nothing was sent anywhere (proven).
+
+        The job keeps its id and token (never two live jobs for one aif id);
+        it goes back to SUBMITTING at ``site``, with that site's paths.
+        """
+        with self._write():
+            job = self._require(job_id)
+            if job.slurm_job_id is not None or job.state not in (
+                JobState.SUBMITTING,
+                JobState.UNREACHABLE,
+                JobState.NOT_SENT,
+            ):
+                raise ValueError(f"job {job_id} is {job.state}: it cannot move to another site")
+            self._conn.execute(
+                "UPDATE jobs SET site = ?, journal_dir = ?, workdir = ?, stdout_path = ?, message = '' "
+                "WHERE id = ?",
+                (site, journal_dir, workdir, stdout_path, job_id),
+            )
+            self._set_state(self._require(job_id), JobState.SUBMITTING, f"failed over to {site}")
+            return self._require(job_id)
 
     @_sqlite_errors_mapped
     def find_by_token(self, token: str) -> LedgerJob | None:

@@ -19,9 +19,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import gateway.federation.probe as load_probe
 from gateway import journal, slurm
 from gateway.errors import BackendMissing, SiteUnreachable
-from gateway.site import JobQuery, Sighting, confirm_in_queue, fetch_path
+from gateway.site import JobQuery, Sighting, SlurmCliBackend, confirm_in_queue, fetch_path
 from gateway.transports.base import CommandHook, Progress
 
 
@@ -151,6 +152,19 @@ class PyslurmBackend:
                 raise
             except Exception as exc:
                 raise SiteUnreachable(f"site {self.site}: cancelling job {job_id} failed: {exc}") from None
+
+    def _local(self) -> SlurmCliBackend:
+        """Slurm's own commands on this login node, for what libslurm here does not offer."""
+        from gateway.transports.local import LocalTransport
+
+        env = {"SLURM_CONF": self.slurm_conf} if self.slurm_conf else None
+        return SlurmCliBackend(transport=LocalTransport(self.site, env=env), accounting="jobcomp")
+
+    def probe(self, partitions: Sequence[str], script: str | None) -> load_probe.ProbeResult:
+        return self._local().probe(partitions, script)
+
+    def test_only(self, script: str) -> load_probe.StartEstimate:
+        return self._local().test_only(script)
 
     def find_names(self, names: Sequence[str], since: str) -> dict[str, str]:
         """libslurm here holds no finished-job records: nothing can be found by name."""

@@ -12,9 +12,11 @@ from __future__ import annotations
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
+import gateway.federation.probe as load_probe
 from gateway import journal, slurm
 from gateway.config import SiteAccess
 from gateway.errors import AifError, SiteUnreachable
@@ -87,6 +89,14 @@ class SiteBackend(Protocol):
         ...
 
     def find_tokens(self, tokens: Sequence[str]) -> dict[str, str]: ...
+
+    def probe(self, partitions: Sequence[str], script: str | None) -> load_probe.ProbeResult:
+        """The site's load in one command, with Slurm's estimated start for ``script`` if given."""
+        ...
+
+    def test_only(self, script: str) -> load_probe.StartEstimate:
+        """Slurm's estimated start for one more job shape (``sbatch --test-only``)."""
+        ...
 
     def read_file(self, path: str, offset: int = 0) -> bytes: ...
 
@@ -199,6 +209,26 @@ class SlurmCliBackend:
         if not result.ok:
             raise SiteUnreachable(f"site {self.site}: squeue failed: {_last_line(result)}")
         return slurm.find_tokens_in_queue(slurm.parse_squeue(result.stdout), tokens)
+
+    def probe(self, partitions: Sequence[str], script: str | None) -> load_probe.ProbeResult:
+        result = self._run(
+            load_probe.probe_argv(partitions, script is not None),
+            stdin=script.encode() if script is not None else None,
+        )
+        try:
+            return load_probe.parse_probe(result.stdout)
+        except load_probe.ProbeUnreadable as exc:
+            raise SiteUnreachable(f"site {self.site}: {exc}") from None
+
+    def test_only(self, script: str) -> load_probe.StartEstimate:
+        program = 'printf "%s\\n" "$(date +%Y-%m-%dT%H:%M:%S)"; ' + load_probe.TEST_ONLY_SHELL
+        result = self._run(["bash", "-c", program, "aif-test-only"], stdin=script.encode())
+        now_text, _, rest = result.stdout.partition("\n")
+        try:
+            now = datetime.fromisoformat(now_text.strip())
+        except ValueError:
+            raise SiteUnreachable(f"site {self.site}: sbatch --test-only answered nothing readable") from None
+        return load_probe.parse_test_only_output(rest, now)
 
     def read_file(self, path: str, offset: int = 0) -> bytes:
         if offset:

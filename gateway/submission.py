@@ -12,6 +12,7 @@ under a key that never lets one spec be sent twice. Part of the api layer.
 from __future__ import annotations
 
 import contextlib
+import json
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -19,11 +20,13 @@ from typing import Any
 
 from gateway import journal, slurm
 from gateway.api import login_user
-from gateway.broker import place, site_misfit
+from gateway.broker import site_misfit
 from gateway.context import Context, SiteResult
 from gateway.errors import AifError, Interrupted, InvalidInput, NoFit, SiteUnreachable, UsageError
+from gateway.federation.placer import Federation, pinned_ranking
+from gateway.federation.ranking import Ranking
 from gateway.ledger import LedgerJob, spec_sha256
-from gateway.profiles import check_spec_against_profiles, get_profile, resolve_account
+from gateway.profiles import SiteProfile, check_spec_against_profiles, get_profile, resolve_account
 from gateway.rendering import RenderedJob, fill_site_path, render_batch_script
 from gateway.settlement import claimed_by, settle_unresolved
 from gateway.spec import JobSpec, load_spec
@@ -58,6 +61,28 @@ class _Planned:
     site: str
     why: str
     item: str  # the spec's label in its submission (content digest and copy number)
+    ranking: Ranking  # where it could go, best first (one site when pinned)
+    pinned: bool
+
+
+def federation_for(ctx: Context, *, refresh: bool = False) -> Federation:
+    """The federation over this context's sites: probes through its backends, shared snapshots."""
+
+    def script_for(spec: JobSpec, profile: SiteProfile) -> str:
+        access = ctx.config.access(profile.name)
+        return render_batch_script(
+            spec, profile, account=resolve_account(profile, access), user=login_user(profile, ctx.config)
+        ).script
+
+    return Federation(ctx.profiles, ctx.config, ctx.backend, script_for, refresh=refresh)
+
+
+def no_site_error(spec: JobSpec, ranking: Ranking) -> AifError:
+    """Every site excluded: exit 5 when only for being down or unreachable (retry later), else 4."""
+    detail = "; ".join(f"{e.site}: {', '.join(e.reasons)}" for e in ranking.excluded)
+    if ranking.retryable:
+        return SiteUnreachable(f"no site can run {spec.name} now (retry later): {detail}")
+    return NoFit(f"no site can run {spec.name}: {detail}")
 
 
 def _spec_hash(path: str) -> str:
@@ -69,9 +94,18 @@ def _spec_hash(path: str) -> str:
 
 
 def plan_submissions(
-    ctx: Context, spec_paths: Sequence[str], site: str | None, *, record_invalid: bool = True
+    ctx: Context,
+    spec_paths: Sequence[str],
+    site: str | None,
+    *,
+    record_invalid: bool = True,
+    federation: Federation | None = None,
 ) -> list[_Planned]:
-    """Validate and place every spec before anything is sent: all or nothing."""
+    """Validate and place every spec before anything is sent: all or nothing.
+
+    Specs are placed one after the other against snapshots that count each
+    job just placed, so a burst spreads over the sites.
+    """
     planned: list[_Planned] = []
     copies: dict[str, int] = {}
     for path in spec_paths:
@@ -83,16 +117,21 @@ def plan_submissions(
             copies[digest] = copies.get(digest, 0) + 1
             chosen = site or spec.placement.site
             if chosen:
-                profile = get_profile(ctx.profiles, chosen)
-                why_not = site_misfit(spec, profile, ctx.config)
-                if why_not:
-                    raise NoFit(f"{spec.name} cannot run at {chosen}: {why_not}")
+                # Pinning is the same filter with one candidate, and no probe.
+                ranking = pinned_ranking(spec, get_profile(ctx.profiles, chosen), ctx.config)
+                if ranking.winner is None:
+                    reasons = "; ".join(r for e in ranking.excluded for r in e.reasons)
+                    raise NoFit(f"{spec.name} cannot run at {chosen}: {reasons}")
                 why = "named on the command line" if site else "pinned by the spec"
-                planned.append(_Planned(spec, chosen, why, item))
+                planned.append(_Planned(spec, chosen, why, item, ranking, pinned=True))
             else:
-                placement = place(spec, ctx.profiles, ctx.config)
-                planned.append(_Planned(spec, placement.site, placement.why, item))
-        except (InvalidInput, NoFit, UsageError) as exc:
+                federation = federation or federation_for(ctx)
+                ranking = federation.place(spec)
+                if ranking.winner is None:
+                    raise no_site_error(spec, ranking)
+                why = ranking.headline(spec.name).split(": ", 1)[1]
+                planned.append(_Planned(spec, ranking.winner.site, why, item, ranking, pinned=False))
+        except (InvalidInput, NoFit, UsageError, SiteUnreachable) as exc:
             if record_invalid:
                 ctx.ledger.record_invalid(
                     spec_path=path, spec_hash=_spec_hash(path), message=exc.message, site=site or ""
@@ -150,6 +189,9 @@ def _intent(
         "item": p.item,
         "claim_gen": gen,
         "journal_dir": journal_dir,
+        "placement": json.dumps(
+            {"headline": p.ranking.headline(p.spec.name), "pinned": p.pinned, **p.ranking.to_json()}
+        ),
     }
 
 
@@ -160,19 +202,25 @@ def submit(
     site: str | None = None,
     after: str | None = None,
     key: str | None = None,
+    failover: bool = True,
+    refresh: bool = False,
 ) -> SubmitReport:
     """Submit every spec under one key; one entry per spec, whatever happened to it.
 
     With no ``key`` a fresh one is made (it cannot have been used). With a
     key, what was sent under it before (from this machine or another, as the
     sites' records show) is adopted and only the rest is sent; a spec whose
-    content was never part of that submission is refused.
+    content was never part of that submission is refused. A job placed by
+    the federation whose site turns out to be down (nothing was sent, proven)
+    goes to the next site of its ranking, unless ``failover`` is off; a
+    pinned job never moves.
     """
     explicit = key is not None
     key = key if key is not None else journal.new_key()
     if not journal.is_valid_key(key):
         raise UsageError(f"--key {key!r}: a key is {journal.KEY_ALLOWED}")
-    planned = plan_submissions(ctx, spec_paths, site)
+    federation = federation_for(ctx, refresh=refresh)
+    planned = plan_submissions(ctx, spec_paths, site, federation=federation)
     dependency = _dependency(ctx, after, {p.site for p in planned})
     decided, next_gen = _settle_earlier(ctx, planned, key) if explicit else ({}, {})
     to_send = [i for i in range(len(planned)) if i not in decided]
@@ -182,17 +230,52 @@ def submit(
         for i in to_send
     ]
     jobs = dict(zip(to_send, ctx.ledger.record_intents(intents), strict=True))
-    rendered = {i: _render_for(ctx, planned[i], job.id, job.token) for i, job in jobs.items()}
-    ctx.ledger.record_paths(
-        (job.id, rendered[i].workdir, rendered[i].stdout_path, rendered[i].slurm_name)
-        for i, job in jobs.items()
-    )
     # A parent that already completed needs no Slurm dependency (and Slurm may have forgotten it).
     waits = dependency is not None and dependency.state != JobState.COMPLETED
     extra = (f"--dependency=afterok:{dependency.slurm_job_id}",) if dependency and waits else ()
+    where = {i: planned[i].site for i in to_send}
+    tried: dict[int, list[str]] = {i: [] for i in to_send}
+    pending = list(to_send)
+    try:
+        while pending:
+            _send_round(ctx, key, planned, jobs, where, pending, extra, next_gen)
+            for i in pending:
+                tried[i].append(where[i])
+            pending = (
+                _fail_over(ctx, key, planned, jobs, where, tried, pending, federation) if failover else []
+            )
+    except KeyboardInterrupt:
+        raise _interrupted(ctx, key, spec_paths, list(jobs.values()), decided) from None
+    for i, job in jobs.items():
+        now = ctx.ledger.get(job.id)
+        why = planned[i].why if len(tried[i]) < 2 else f"failed over from {', '.join(tried[i][:-1])}"
+        decided[i] = SubmittedJob(now, why, _how(now))
+    return SubmitReport(key=key, jobs=[decided[i] for i in range(len(planned))])
+
+
+def _send_round(
+    ctx: Context,
+    key: str,
+    planned: list[_Planned],
+    jobs: dict[int, LedgerJob],
+    where: dict[int, str],
+    pending: list[int],
+    extra: tuple[str, ...],
+    next_gen: dict[str, int],
+) -> None:
+    """Render and send ``pending`` to their sites (one batched command per site), record every answer."""
+    rendered = {
+        i: _render_for(ctx, replace(planned[i], site=where[i]), jobs[i].id, jobs[i].token) for i in pending
+    }
+    ctx.ledger.record_paths(
+        (jobs[i].id, rendered[i].workdir, rendered[i].stdout_path, rendered[i].slurm_name)
+        for i in pending
+        if ctx.ledger.get(jobs[i].id).state == JobState.SUBMITTING
+    )
     by_site: dict[str, list[int]] = {}
-    for i in to_send:
-        by_site.setdefault(planned[i].site, []).append(i)
+    for i in pending:
+        by_site.setdefault(where[i], []).append(i)
+    dirs = {s: journal.record_dir(_work_area(ctx, s), key) for s in by_site}
     batches = {
         site_name: [
             slurm.SubmissionItem(
@@ -207,18 +290,67 @@ def submit(
         ]
         for site_name, indexes in by_site.items()
     }
-    try:
-        answers = ctx.per_site(
-            batches,
-            lambda backend, items: backend.submit(items, journal_dirs[backend.site]),
+    answers = ctx.per_site(batches, lambda backend, items: backend.submit(items, dirs[backend.site]))
+    for site_name, indexes in by_site.items():
+        _record_answers(ctx, site_name, [jobs[i] for i in indexes], answers[site_name])
+        for i in indexes:
+            after = ctx.ledger.get(jobs[i].id)
+            ctx.ledger.record_attempt(
+                after.id, site_name, _attempt_outcome(after), after.message or after.reason
+            )
+
+
+def _attempt_outcome(job: LedgerJob) -> str:
+    if job.slurm_job_id:
+        return f"accepted as Slurm job {job.slurm_job_id}"
+    if job.unresolved:
+        return "in doubt: the answer was lost (the site's record settles it)"
+    return {
+        JobState.REJECTED: "refused by the scheduler",
+        JobState.UNREACHABLE: "site down: nothing was sent",
+        JobState.NOT_SENT: "not sent",
+    }.get(job.state, str(job.state))
+
+
+def _fail_over(
+    ctx: Context,
+    key: str,
+    planned: list[_Planned],
+    jobs: dict[int, LedgerJob],
+    where: dict[int, str],
+    tried: dict[int, list[str]],
+    pending: list[int],
+    federation: Federation,
+) -> list[int]:
+    """Move the jobs whose site was down (nothing sent, proven) to the next site of their ranking.
+
+    A job whose answer was lost is never sent elsewhere: it stays for its site's record to
+    settle. A pinned job never moves.
+    """
+    moved = []
+    for i in pending:
+        job = ctx.ledger.get(jobs[i].id)
+        proven_unsent = job.state == JobState.UNREACHABLE or (
+            job.state == JobState.NOT_SENT and job.message.startswith("never sent")
         )
-        for site_name, indexes in by_site.items():
-            _record_answers(ctx, site_name, [jobs[i] for i in indexes], answers[site_name])
-    except KeyboardInterrupt:
-        raise _interrupted(ctx, key, spec_paths, list(jobs.values()), decided) from None
-    for i, job in jobs.items():
-        decided[i] = SubmittedJob(ctx.ledger.get(job.id), planned[i].why, _how(ctx.ledger.get(job.id)))
-    return SubmitReport(key=key, jobs=[decided[i] for i in range(len(planned))])
+        if planned[i].pinned or not proven_unsent:
+            continue
+        nxt = next((s.site for s in planned[i].ranking.ranked if s.site not in tried[i]), None)
+        if nxt is None:
+            continue
+        target = replace(planned[i], site=nxt)
+        rendered = _render_for(ctx, target, job.id, job.token)
+        ctx.ledger.reassign(
+            job.id,
+            site=nxt,
+            journal_dir=journal.record_dir(_work_area(ctx, nxt), key),
+            workdir=rendered.workdir,
+            stdout_path=rendered.stdout_path,
+        )
+        federation.count_placed(planned[i].spec, nxt)
+        where[i] = nxt
+        moved.append(i)
+    return moved
 
 
 def _how(job: LedgerJob) -> str:

@@ -148,7 +148,7 @@ def test_fuzz_render(accounts_for_every_site: Path, tmp_path: Path, document: st
 @FUZZ
 @given(document=documents(SPEC_FILES))
 def test_fuzz_submit_dry_run_placement(
-    accounts_for_every_site: Path, tmp_path: Path, document: str | bytes
+    accounts_for_every_site: Path, tmp_path: Path, document: str | bytes, idle_sites: object
 ) -> None:
     """No site named: the spec is placed among every site (broker), rendered, and nothing is sent."""
     path = tmp_path / "spec.toml"

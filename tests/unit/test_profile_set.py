@@ -64,7 +64,7 @@ def test_using_a_broken_site_by_name_gives_its_error(user_profiles: Path) -> Non
     assert submitted.exit_code == 3 and "site.country: 'Finland'" in submitted.stderr
 
 
-def test_every_other_site_still_works(user_profiles: Path, aif_home: Path) -> None:
+def test_every_other_site_still_works(user_profiles: Path, aif_home: Path, idle_sites: object) -> None:
     (aif_home / "config.toml").write_text('[sites.meluxina]\naccount = "p200981"\n')
     rendered = aif("render", str(SPEC), "--site", "lumi", "--account", "project_465000123")
     assert rendered.exit_code == 0, rendered.output
@@ -145,7 +145,7 @@ def test_a_config_typo_is_named_where_the_site_is_used(config_with_a_typo: Path)
         assert "sites.lumii: 'lumii' is not a known site; did you mean 'lumi'?" in result.stderr
 
 
-def test_a_config_typo_does_not_break_other_sites(config_with_a_typo: Path) -> None:
+def test_a_config_typo_does_not_break_other_sites(config_with_a_typo: Path, idle_sites: object) -> None:
     assert aif("render", str(SPEC), "--site", "meluxina").exit_code == 0
     dry = aif("submit", str(SPEC), "--dry-run", "--json")
     assert dry.exit_code == 0, dry.output

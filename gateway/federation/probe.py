@@ -1,0 +1,224 @@
+"""Probing a site's load: the one remote command, and the pure parser of what it prints.
+
+One probe is one command at the site (``bash -c PROGRAM aif-probe PARTITIONS``):
+the site's clock, ``sinfo`` per partition (nodes by state, CPUs and GPUs idle
+and total), the pending and running jobs of every user in the partitions the
+job could use (with the CPUs and GPUs they hold or wait for), whether the site
+hides other users' jobs (``PrivateData``), its ``MaxArraySize``, and, with the
+job's rendered script on stdin, Slurm's own estimated start for it
+(``sbatch --test-only``, which answers on stderr "Job N to start at TIME
+using K processors on nodes X in partition P", or refuses). aif never
+models when running jobs end: Slurm is the scheduler.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from gateway import slurm
+
+_PROBE_PROGRAM = r"""set -u
+partitions=$1
+printf '@clock\t%s\t%s\n' "$(date +%s)" "$(date +%Y-%m-%dT%H:%M:%S)"
+echo '@sinfo'
+sinfo --noheader --Format="$2" 2>&1
+echo "@rc $?"
+echo '@queue'
+if [ -n "$partitions" ]; then
+    squeue --noheader --states=PENDING,RUNNING --partition="$partitions" \
+        --Format='Partition:|,State:|,NumNodes:|,NumCPUs:|,ArrayTaskID:|,tres-per-node:|' 2>&1
+    echo "@rc $?"
+else
+    echo "@rc 0"
+fi
+echo '@config'
+scontrol show config 2>&1 | grep -E '^(PrivateData|MaxArraySize) '
+echo '@testonly'
+if [ "$3" = test ]; then
+    sbatch --test-only 2>&1
+    echo "@rc $?"
+else
+    echo "@rc -"
+fi
+echo '@end'
+"""
+
+
+def probe_argv(partitions: Sequence[str], with_test: bool) -> list[str]:
+    """The probe; the job's script goes on stdin when ``with_test`` (``sbatch --test-only``)."""
+    for name in partitions:
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+            raise ValueError(f"not a partition name: {name!r}")
+    fmt = ",".join(f"{name}:|" for name in slurm.SINFO_FIELDS)
+    return [
+        "bash",
+        "-c",
+        _PROBE_PROGRAM,
+        "aif-probe",
+        ",".join(partitions),
+        fmt,
+        "test" if with_test else "-",
+    ]
+
+
+# ``sbatch --test-only`` alone, script on stdin: a new job shape within a snapshot's life.
+# The caller prints the site's clock first (the estimate is in the site's local time).
+TEST_ONLY_SHELL = 'sbatch --test-only 2>&1; echo "@rc $?"'
+
+
+@dataclass(frozen=True)
+class PartitionDemand:
+    """Pending and running work in one partition, all users (array tasks counted one by one)."""
+
+    pending_jobs: int = 0
+    pending_cpus: int = 0
+    pending_gpus: int = 0
+    running_jobs: int = 0
+    running_cpus: int = 0
+    running_gpus: int = 0
+
+
+@dataclass(frozen=True)
+class StartEstimate:
+    """Slurm's answer to ``sbatch --test-only``: when and where, or why it cannot run."""
+
+    ok: bool
+    seconds: float | None  # from the site's now to the estimated start (never negative)
+    partition: str
+    message: str  # Slurm's words
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """What one probe of one site found (``problem`` set when it could not be read)."""
+
+    site_epoch: int
+    partitions: tuple[slurm.PartitionLoad, ...]
+    demand: dict[str, PartitionDemand] = field(default_factory=dict)
+    queue_visible: bool = True
+    max_array_size: int | None = None
+    estimate: StartEstimate | None = None
+
+
+class ProbeUnreadable(ValueError):
+    """The probe printed something it does not print (cut short, or not our program)."""
+
+
+def parse_probe(stdout: str) -> ProbeResult:
+    """Parse the probe's sections; any missing section or failed sinfo is ProbeUnreadable."""
+    sections = _sections(stdout)
+    clock = sections.get("clock")
+    if clock is None or "end" not in sections:
+        raise ProbeUnreadable("the probe's answer was cut short")
+    epoch_text, _, local_now = clock[0].partition("\t")
+    try:
+        site_epoch = int(epoch_text)
+        now = datetime.fromisoformat(local_now)
+    except ValueError as exc:
+        raise ProbeUnreadable(f"the site's clock is unreadable: {clock[0]!r}") from exc
+    sinfo_lines, sinfo_rc = _body_and_rc(sections["sinfo"])
+    if sinfo_rc != "0":
+        raise ProbeUnreadable(f"sinfo failed: {_last(sinfo_lines)}")
+    try:
+        partitions = tuple(slurm.parse_sinfo("\n".join(sinfo_lines)))
+    except slurm.SlurmOutputError as exc:
+        raise ProbeUnreadable(str(exc)) from exc
+    queue_lines, queue_rc = _body_and_rc(sections["queue"])
+    if queue_rc != "0":
+        raise ProbeUnreadable(f"squeue failed: {_last(queue_lines)}")
+    config = dict(line.split(None, 2)[0::2] for line in sections.get("config", []) if "=" in line)
+    private = config.get("PrivateData", "").lower()
+    array_size = config.get("MaxArraySize", "")
+    test_lines, test_rc = _body_and_rc(sections["testonly"])
+    return ProbeResult(
+        site_epoch=site_epoch,
+        partitions=partitions,
+        demand=parse_demand(queue_lines),
+        queue_visible="jobs" not in private,
+        max_array_size=int(array_size) if array_size.isdigit() else None,
+        estimate=None if test_rc == "-" else parse_test_only(test_lines, test_rc, now),
+    )
+
+
+def parse_test_only_output(stdout: str, site_now: datetime) -> StartEstimate:
+    """The answer of :func:`test_only_argv`."""
+    lines, rc = _body_and_rc(stdout.splitlines())
+    return parse_test_only(lines, rc, site_now)
+
+
+_START_RE = re.compile(r"Job \d+ to start at (\S+) using .* in partition (\S+)")
+
+
+def parse_test_only(lines: Sequence[str], rc: str, site_now: datetime) -> StartEstimate:
+    """``sbatch --test-only``'s words, as seconds from the site's now (its own clock)."""
+    text = " / ".join(line.strip() for line in lines if line.strip())
+    match = _START_RE.search(text)
+    if rc == "0" and match:
+        try:
+            start = datetime.fromisoformat(match.group(1))
+        except ValueError:
+            return StartEstimate(False, None, "", f"unreadable estimate: {text}")
+        seconds = max(0.0, (start - site_now).total_seconds())
+        return StartEstimate(True, seconds, match.group(2), text)
+    return StartEstimate(False, None, "", text or f"sbatch --test-only exited {rc}")
+
+
+def parse_demand(lines: Sequence[str]) -> dict[str, PartitionDemand]:
+    """Per partition: pending and running jobs, CPUs and GPUs (a job pending for ``a,b`` counts in both)."""
+    totals: dict[str, list[int]] = {}
+    for line in lines:
+        if not line.strip():
+            continue
+        fields = line.split("|")
+        if len(fields) != 7 or fields[6].strip():
+            raise ProbeUnreadable(f"squeue line is not in aif's format: {line[:200]!r}")
+        partitions, state, nodes_text, cpus_text, tasks_text, tres, _ = fields
+        tasks = 1 if tasks_text.strip() in ("", "N/A") else slurm.count_array_tasks(tasks_text)
+        nodes = _int(nodes_text) or 1
+        cpus = _int(cpus_text) or 0
+        gpus = slurm.gres_count(tres.replace("gres:", ""), "gpu") * nodes
+        running = state.strip() == "RUNNING"
+        for partition in partitions.split(","):
+            row = totals.setdefault(partition.strip(), [0] * 6)
+            offset = 3 if running else 0
+            row[offset] += tasks
+            row[offset + 1] += tasks * cpus
+            row[offset + 2] += tasks * gpus
+    return {name: PartitionDemand(*row) for name, row in totals.items()}
+
+
+def _int(text: str) -> int | None:
+    match = re.match(r"\s*([0-9]+)", text)
+    return int(match.group(1)) if match else None
+
+
+def _sections(stdout: str) -> dict[str, list[str]]:
+    sections: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in stdout.splitlines():
+        if line.startswith("@clock\t"):
+            sections["clock"] = [line[len("@clock\t") :]]
+            current = None
+        elif line in ("@sinfo", "@queue", "@config", "@testonly", "@end"):
+            current = sections.setdefault(line[1:], [])
+        elif current is not None:
+            current.append(line)
+    return sections
+
+
+def _body_and_rc(lines: Sequence[str]) -> tuple[list[str], str]:
+    body = list(lines)
+    rc = ""
+    while body and not body[-1].startswith("@rc "):
+        body.pop()
+    if body:
+        rc = body.pop()[4:].strip()
+    return body, rc
+
+
+def _last(lines: Sequence[str]) -> str:
+    texts = [line for line in lines if line.strip()]
+    return texts[-1] if texts else "no output"

@@ -1,0 +1,229 @@
+"""Which sites may run a job (eligibility) and which will start it soonest (ranking). Pure.
+
+Eligibility is a list of reasons per site; a site with none may run the job.
+The score of an eligible site is one number of seconds, with its terms shown:
+
+    score = time to start + data - sector bonus
+
+- time to start: Slurm's own estimated start at that site (``sbatch
+  --test-only``, converted with the site's clock), while the job still fits
+  the capacity the probe saw free after the jobs placed since; otherwise the
+  queue depth: (work waiting + work placed since + this job - free) over the
+  partition's size, times ``queue_round_s`` (the way ARC's FastestQueue
+  normalises waiting jobs by slots, turned into seconds);
+- data: inputs held at the site cost nothing (sites without them are not
+  eligible yet: moving catalogue datasets is a later issue);
+- sector bonus: a factory whose sectors include the job's earns
+  ``sector_bonus_s`` seconds, a preference a long queue can outweigh.
+
+Ties are broken by the larger share of the partition still free, then by the
+site's name: the rule is written into every explanation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from gateway import slurm
+from gateway.broker import site_misfit
+from gateway.config import PlacementWeights, UserConfig
+from gateway.federation.probe import PartitionDemand, StartEstimate
+from gateway.federation.snapshot import Placed, Snapshot
+from gateway.profiles import SiteProfile
+from gateway.rendering import choose_partition
+from gateway.spec import JobSpec
+
+TIE_RULE = "ties go to the site with the larger share of the partition free, then by name"
+
+
+@dataclass(frozen=True)
+class Excluded:
+    site: str
+    reasons: tuple[str, ...]
+    transient: bool  # every reason is a site being down, unreachable or in maintenance
+    candidate: bool = True  # it passed the static rules (only its state at the site excluded it)
+
+    def to_json(self) -> dict[str, object]:
+        return {"site": self.site, "reasons": list(self.reasons)}
+
+
+@dataclass(frozen=True)
+class Scored:
+    site: str
+    score: float
+    terms: Mapping[str, float]
+    partition: str
+    basis: str  # which estimate the time to start came from, in words
+    reasons: tuple[str, ...]  # why it ranks where it does, in words
+    free_share: float  # the partition's share still free after the jobs placed since
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "site": self.site,
+            "score": round(self.score, 1),
+            "terms": {k: round(v, 1) for k, v in self.terms.items()},
+            "partition": self.partition,
+            "reasons": list(self.reasons),
+        }
+
+
+@dataclass(frozen=True)
+class Ranking:
+    ranked: tuple[Scored, ...]
+    excluded: tuple[Excluded, ...]
+    tie_rule: str = TIE_RULE
+
+    @property
+    def winner(self) -> Scored | None:
+        return self.ranked[0] if self.ranked else None
+
+    @property
+    def retryable(self) -> bool:
+        """Nothing to rank, and every candidate was excluded only for being down or unreachable."""
+        candidates = [e for e in self.excluded if e.candidate]
+        return not self.ranked and bool(candidates) and all(e.transient for e in candidates)
+
+    def headline(self, spec_name: str) -> str:
+        """One plain sentence: which site wins and why."""
+        best = self.winner
+        if best is None:
+            return f"no site can run {spec_name} now"
+        why = "; ".join(best.reasons[:2])
+        if len(self.ranked) > 1:
+            second = self.ranked[1]
+            why += f"; next best {second.site} (score {second.score:.0f} s)"
+        return f"{spec_name} goes to {best.site}: {why}"
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "ranking": [s.to_json() for s in self.ranked],
+            "excluded": [e.to_json() for e in self.excluded],
+            "tie_rule": self.tie_rule,
+        }
+
+
+@dataclass(frozen=True)
+class SiteView:
+    """What ranking knows of one site: its profile and, unless pinned, its load."""
+
+    profile: SiteProfile
+    snapshot: Snapshot | None  # None: not probed (a pinned submission needs no ranking)
+    estimate: StartEstimate | None = None
+    placed_here: tuple[Placed, ...] = field(default=())  # placed by this process since the probe
+
+
+def static_reasons(spec: JobSpec, profile: SiteProfile, config: UserConfig) -> list[str]:
+    """Why a site may not run the job whatever its load (empty: it may)."""
+    why_not = site_misfit(spec, profile, config)
+    if why_not is None:
+        return []
+    missing = [d for d in spec.data.inputs if profile.dataset(d) is None]
+    if missing and why_not.startswith("does not hold"):
+        return [f"{why_not} (moving catalogue datasets between sites is a later issue)"]
+    return [why_not]
+
+
+def job_need(spec: JobSpec, profile: SiteProfile) -> tuple[str, int, int]:
+    """(partition, GPUs, CPUs) the job takes at this site."""
+    choice = choose_partition(spec, profile)
+    res = spec.resources
+    gpus = res.nodes * res.gpus_per_node
+    cpus = res.nodes * res.tasks_per_node * (choice.cpus_per_task or 1)
+    return choice.partition.name, gpus, cpus
+
+
+def rank(
+    spec: JobSpec,
+    views: Sequence[SiteView],
+    config: UserConfig,
+) -> Ranking:
+    """Eligible sites in order (best first) with their terms, then the excluded with every reason."""
+    weights = config.weights
+    ranked: list[Scored] = []
+    excluded: list[Excluded] = []
+    for view in sorted(views, key=lambda v: v.profile.name):
+        reasons = static_reasons(spec, view.profile, config)
+        if reasons:
+            excluded.append(Excluded(view.profile.name, tuple(reasons), transient=False, candidate=False))
+            continue
+        scored = _score(spec, view, weights)
+        if isinstance(scored, Excluded):
+            excluded.append(scored)
+        else:
+            ranked.append(scored)
+    ranked.sort(key=lambda s: (s.score, -s.free_share, s.site))
+    return Ranking(tuple(ranked), tuple(excluded))
+
+
+def _score(spec: JobSpec, view: SiteView, weights: PlacementWeights) -> Scored | Excluded:
+    site = view.profile.name
+    partition, need_gpus, need_cpus = job_need(spec, view.profile)
+    sector = spec.job.sector is not None and spec.job.sector in view.profile.sectors
+    bonus = float(weights.sector_bonus_s) if sector else 0.0
+    data = 0.0  # every input is held here (or the site was excluded)
+    reasons: list[str] = []
+    if spec.data.inputs:
+        reasons.append(f"holds {', '.join(spec.data.inputs)}")
+    if sector:
+        reasons.append(f"focuses on {spec.job.sector} (-{bonus:.0f} s)")
+    if view.snapshot is None:
+        terms = {"time_to_start": 0.0, "data": data, "sector_bonus": -bonus if bonus else 0.0}
+        return Scored(site, data - bonus, terms, partition, "not probed (pinned)", tuple(reasons), 0.0)
+    snapshot = view.snapshot
+    if snapshot.result is None:
+        return Excluded(site, (f"unreachable: {snapshot.problem}",), transient=True)
+    load = next((p for p in snapshot.result.partitions if p.partition == partition), None)
+    if load is None:
+        return Excluded(site, (f"partition {partition} is not at the site (sinfo)",), transient=False)
+    usable = _usable_nodes(load)
+    if not load.up or usable == 0:
+        what = "is down" if not load.up else "has every node down or drained"
+        return Excluded(site, (f"partition {partition} {what} ({_states(load)})",), transient=True)
+    estimate = view.estimate
+    if estimate is not None and not estimate.ok:
+        return Excluded(site, (f"Slurm says it cannot run there: {estimate.message}",), transient=False)
+    gpu_job = need_gpus > 0
+    total = load.gpus_total if gpu_job else load.cpus_total
+    free = (load.gpus_total - load.gpus_used) if gpu_job else load.cpus_idle
+    placed = [*snapshot.placed, *view.placed_here]
+    placed_here = sum(p.gpus if gpu_job else p.cpus for p in placed if p.partition == partition)
+    need = need_gpus if gpu_job else need_cpus
+    unit = "GPUs" if gpu_job else "CPUs"
+    free_after = free - placed_here
+    demand = snapshot.result.demand.get(partition, PartitionDemand())
+    waiting = demand.pending_gpus if gpu_job else demand.pending_cpus
+    if estimate is not None and estimate.seconds is not None and (placed_here == 0 or free_after >= need):
+        start = estimate.seconds
+        where = estimate.partition or partition
+        basis = f"Slurm's estimate (sbatch --test-only): starts in {start:.0f} s in {where}"
+        if placed_here:
+            basis += f"; {placed_here} {unit} placed since still leave {free_after} free"
+    else:
+        ahead = (waiting if snapshot.result.queue_visible else 0) + placed_here + need - free
+        start = max(0.0, ahead / max(total, 1) * weights.queue_round_s)
+        why = "no estimate from Slurm" if estimate is None else f"{placed_here} {unit} placed since the probe"
+        depth = (
+            f"{waiting} {unit} waiting"
+            if snapshot.result.queue_visible
+            else "queue not visible (PrivateData)"
+        )
+        basis = (
+            f"queue depth ({why}): {depth}, {placed_here} placed since, {free} of {total} free "
+            f"-> {start:.0f} s"
+        )
+    reasons.insert(0, basis)
+    if not snapshot.result.queue_visible:
+        reasons.append("other users' jobs are hidden here (PrivateData=jobs): queue depth not visible")
+    terms = {"time_to_start": start, "data": data, "sector_bonus": -bonus if bonus else 0.0}
+    share = max(0.0, free_after / max(total, 1))
+    return Scored(site, start + data - bonus, terms, partition, basis, tuple(reasons), share)
+
+
+def _usable_nodes(load: slurm.PartitionLoad) -> int:
+    bad = ("down", "drain", "drained", "draining", "fail", "failing", "maint", "unknown", "inval", "future")
+    return sum(n for state, n in load.nodes_by_state.items() if not state.rstrip("*~#!%$@^-").startswith(bad))
+
+
+def _states(load: slurm.PartitionLoad) -> str:
+    return ", ".join(f"{n} {state}" for state, n in sorted(load.nodes_by_state.items()))

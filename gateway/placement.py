@@ -1,0 +1,121 @@
+"""The federation as the commands see it: rank a spec, show each site's load, explain a job.
+
+Part of the api layer; the federation itself (probing, snapshots, ranking)
+is ``gateway.federation``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.api import site_problem
+from gateway.context import Context
+from gateway.federation.placer import pinned_ranking
+from gateway.federation.ranking import Ranking
+from gateway.federation.snapshot import Snapshot
+from gateway.ledger import Ledger, LedgerJob
+from gateway.profiles import check_spec_against_profiles, get_profile
+from gateway.spec import JobSpec, load_spec
+from gateway.submission import federation_for
+
+
+def rank_spec(ctx: Context, spec_path: str, *, refresh: bool = False) -> tuple[JobSpec, Ranking]:
+    """Every site for ``spec_path``, best first, and the excluded ones with every reason."""
+    spec = load_spec(spec_path)
+    check_spec_against_profiles(spec, ctx.profiles)
+    if spec.placement.site:
+        return spec, pinned_ranking(spec, get_profile(ctx.profiles, spec.placement.site), ctx.config)
+    return spec, federation_for(ctx, refresh=refresh).rank(spec)
+
+
+@dataclass(frozen=True)
+class SiteLoad:
+    """One line of `aif load`."""
+
+    site: str
+    reachable: bool
+    problem: str
+    latency_s: float
+    age_s: float
+    gpus_free: int
+    gpus_total: int
+    cpus_free: int
+    cpus_total: int
+    pending_jobs: int
+    pending_gpus: int
+    queue_visible: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "site": self.site,
+            "reachable": self.reachable,
+            "problem": self.problem,
+            "latency_s": round(self.latency_s, 3),
+            "snapshot_age_s": round(self.age_s, 1),
+            "gpus": {"free": self.gpus_free, "total": self.gpus_total},
+            "cpus": {"free": self.cpus_free, "total": self.cpus_total},
+            "pending": {"jobs": self.pending_jobs, "gpus": self.pending_gpus, "visible": self.queue_visible},
+        }
+
+
+def site_loads(ctx: Context, *, refresh: bool = False) -> list[SiteLoad]:
+    """Every usable site's load (one probe per site at most per TTL, all sites at once)."""
+    sites = [name for name, profile in sorted(ctx.profiles.items()) if not site_problem(profile, ctx.config)]
+    found = federation_for(ctx, refresh=refresh).snapshots(sites)
+    return [_load_of(site, found[site][0]) for site in sites]
+
+
+def _load_of(site: str, snapshot: Snapshot) -> SiteLoad:
+    result = snapshot.result
+    if result is None:
+        return SiteLoad(
+            site, False, snapshot.problem, snapshot.latency_s, snapshot.age(), 0, 0, 0, 0, 0, 0, True
+        )
+    parts = result.partitions
+    placed_gpus = sum(p.gpus for p in snapshot.placed)
+    return SiteLoad(
+        site=site,
+        reachable=True,
+        problem="",
+        latency_s=snapshot.latency_s,
+        age_s=snapshot.age(time.time()),
+        gpus_free=max(0, sum(p.gpus_total - p.gpus_used for p in parts) - placed_gpus),
+        gpus_total=sum(p.gpus_total for p in parts),
+        cpus_free=sum(p.cpus_idle for p in parts),
+        cpus_total=sum(p.cpus_total for p in parts),
+        pending_jobs=sum(d.pending_jobs for d in result.demand.values()),
+        pending_gpus=sum(d.pending_gpus for d in result.demand.values()),
+        queue_visible=result.queue_visible,
+    )
+
+
+@dataclass(frozen=True)
+class Explanation:
+    job: LedgerJob
+    placement: dict[str, Any]  # the ranking as it was ({} for jobs placed before the federation)
+    attempts: list[tuple[str, str, str, str]]  # (site, at, outcome, detail)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.job.id,
+            "site": self.job.site,
+            "slurm_job_id": self.job.slurm_job_id,
+            "state": str(self.job.state),
+            "placement": self.placement,
+            "attempts": [
+                dict(zip(("site", "at", "outcome", "detail"), a, strict=True)) for a in self.attempts
+            ],
+        }
+
+
+def explain(ledger: Ledger, job_id: str) -> Explanation:
+    """Why a job went where it went: the ranking kept at submission, and every attempt."""
+    job = ledger.get(job_id)
+    try:
+        placement = json.loads(job.placement) if job.placement else {}
+    except ValueError:
+        placement = {}
+    return Explanation(job, placement, ledger.attempts(job.id))
