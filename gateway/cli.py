@@ -256,6 +256,10 @@ def jobs_table(jobs: Sequence[Any], title: str, problems: dict[str, str] | None 
     "pass the same key on every retry). Default: a new key, printed.",
 )
 @click.option("--dry-run", is_flag=True, help="Validate, place and render; submit nothing.")
+@click.option(
+    "--no-failover", is_flag=True, help="If the chosen site is down, fail instead of trying the next one."
+)
+@click.option("--refresh", is_flag=True, help="Probe the sites' load now, whatever the snapshots' age.")
 @json_option
 @click.pass_context
 def submit(
@@ -265,6 +269,8 @@ def submit(
     after: str | None,
     key: str | None,
     dry_run: bool,
+    no_failover: bool,
+    refresh: bool,
     as_json: bool,
 ) -> None:
     """Submit one or more job SPECS (TOML)."""
@@ -276,10 +282,14 @@ def submit(
         if dry_run:
             _print_dry_runs(lifecycle.dry_run(lctx, list(specs), site=site), as_json)
             return
-        report = lifecycle.submit(lctx, list(specs), site=site, after=after, key=key)
+        report = lifecycle.submit(
+            lctx, list(specs), site=site, after=after, key=key, failover=not no_failover, refresh=refresh
+        )
     results = report.jobs
     if as_json:
-        print_json([{**job_json(r.job), "why": r.why, "how": r.how} for r in results])
+        print_json(
+            [{**job_json(r.job), "why": r.why, "how": r.how, "placement": _placement(r.job)} for r in results]
+        )
     else:
         for r in results:
             if r.job.slurm_job_id:
@@ -312,6 +322,108 @@ def submit(
         # Each job's line above already said why: the error line only counts them.
         what = "rejected" if error is SchedulerRejected else "not submitted or not confirmed"
         raise error(f"{len(jobs)} of {len(results)} jobs {what} (see above)")
+
+
+def _placement(job: Any) -> Any:
+    """The ranking kept with the job (terms per site), as JSON."""
+    return json.loads(job.placement) if job.placement else None
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--refresh", is_flag=True, help="Probe the sites' load now, whatever the snapshots' age.")
+@json_option
+@click.pass_context
+def rank(ctx: click.Context, spec: str, refresh: bool, as_json: bool) -> None:
+    """Where SPEC would start soonest: the eligible sites in order, each term, every exclusion."""
+    from gateway import placement
+
+    with open_context(ctx) as lctx:
+        job_spec, ranking = placement.rank_spec(lctx, spec, refresh=refresh)
+    if as_json:
+        print_json(ranking.to_json())
+        return
+    console().print(ranking.headline(job_spec.name))
+    table = new_table("ranking", ("site", "score (s)", "time to start", "data", "sector", "why"))
+    for s in ranking.ranked:
+        terms = s.terms
+        table.add_row(
+            s.site,
+            f"{s.score:.0f}",
+            f"{terms['time_to_start']:.0f}",
+            f"{terms['data']:.0f}",
+            f"{terms['sector_bonus']:.0f}",
+            "; ".join(s.reasons),
+        )
+    console().print(table)
+    excluded = new_table("excluded", ("site", "why not"))
+    for e in ranking.excluded:
+        excluded.add_row(e.site, "; ".join(e.reasons))
+    console().print(excluded)
+    console().print(f"score = time to start + data - sector bonus, in seconds; {ranking.tie_rule}")
+
+
+@main.command()
+@click.option("--refresh", is_flag=True, help="Probe now, whatever the snapshots' age.")
+@json_option
+@click.pass_context
+def load(ctx: click.Context, refresh: bool, as_json: bool) -> None:
+    """Each usable site's load: reachable or why not, free GPUs and CPUs, queue, snapshot age."""
+    from gateway import placement
+
+    with open_context(ctx) as lctx:
+        loads = placement.site_loads(lctx, refresh=refresh)
+    if as_json:
+        print_json([site_load.to_json() for site_load in loads])
+        return
+    table = new_table(
+        "site load",
+        ("site", "reachable", "latency", "GPUs free/total", "CPUs free/total", "pending jobs (GPUs)", "age"),
+    )
+    for x in loads:
+        pending = f"{x.pending_jobs} ({x.pending_gpus})" if x.queue_visible else "not visible"
+        table.add_row(
+            x.site,
+            "yes" if x.reachable else f"no: {x.problem}",
+            f"{x.latency_s * 1000:.0f} ms",
+            f"{x.gpus_free}/{x.gpus_total}" if x.reachable else "-",
+            f"{x.cpus_free}/{x.cpus_total}" if x.reachable else "-",
+            pending if x.reachable else "-",
+            f"{x.age_s:.0f} s",
+        )
+    console().print(table)
+
+
+@main.command()
+@click.argument("job_id")
+@json_option
+def explain(job_id: str, as_json: bool) -> None:
+    """Why a job went where it went: the ranking when it was placed, and every submission attempt."""
+    from gateway import placement
+    from gateway.ledger import Ledger
+
+    with Ledger() as ledger:
+        why = placement.explain(ledger, job_id)
+    if as_json:
+        print_json(why.to_json())
+        return
+    placed = why.placement
+    console().print(f"{why.job.id} ({why.job.name}) went to {why.job.site}")
+    if placed.get("headline"):
+        console().print(placed["headline"] + (" (pinned: no ranking)" if placed.get("pinned") else ""))
+    table = new_table("ranking when it was placed", ("site", "score (s)", "terms", "why"))
+    for s in placed.get("ranking", []):
+        terms = ", ".join(f"{k} {v:g}" for k, v in s.get("terms", {}).items())
+        table.add_row(s["site"], f"{s['score']:g}", terms, "; ".join(s.get("reasons", [])))
+    console().print(table)
+    excluded = new_table("excluded", ("site", "why not"))
+    for e in placed.get("excluded", []):
+        excluded.add_row(e["site"], "; ".join(e["reasons"]))
+    console().print(excluded)
+    attempts = new_table("submission attempts", ("site", "at", "outcome", "detail"))
+    for attempt in why.attempts:
+        attempts.add_row(*attempt)
+    console().print(attempts)
 
 
 def _print_dry_runs(runs: Sequence[Any], as_json: bool) -> None:

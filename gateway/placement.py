@@ -33,7 +33,7 @@ def rank_spec(ctx: Context, spec_path: str, *, refresh: bool = False) -> tuple[J
 
 @dataclass(frozen=True)
 class SiteLoad:
-    """One line of `aif load`."""
+    """One line of `aif load` (capacity: the site's largest partition; pending: all partitions asked)."""
 
     site: str
     reachable: bool
@@ -74,6 +74,8 @@ def _load_of(site: str, snapshot: Snapshot) -> SiteLoad:
         return SiteLoad(
             site, False, snapshot.problem, snapshot.latency_s, snapshot.age(), 0, 0, 0, 0, 0, 0, True
         )
+    # Partitions often share nodes (sinfo reports each partition's own view), so the
+    # site's capacity is its largest partition's, not their sum.
     parts = result.partitions
     placed_gpus = sum(p.gpus for p in snapshot.placed)
     return SiteLoad(
@@ -82,10 +84,10 @@ def _load_of(site: str, snapshot: Snapshot) -> SiteLoad:
         problem="",
         latency_s=snapshot.latency_s,
         age_s=snapshot.age(time.time()),
-        gpus_free=max(0, sum(p.gpus_total - p.gpus_used for p in parts) - placed_gpus),
-        gpus_total=sum(p.gpus_total for p in parts),
-        cpus_free=sum(p.cpus_idle for p in parts),
-        cpus_total=sum(p.cpus_total for p in parts),
+        gpus_free=max(0, max((p.gpus_total - p.gpus_used for p in parts), default=0) - placed_gpus),
+        gpus_total=max((p.gpus_total for p in parts), default=0),
+        cpus_free=max((p.cpus_idle for p in parts), default=0),
+        cpus_total=max((p.cpus_total for p in parts), default=0),
         pending_jobs=sum(d.pending_jobs for d in result.demand.values()),
         pending_gpus=sum(d.pending_gpus for d in result.demand.values()),
         queue_visible=result.queue_visible,
