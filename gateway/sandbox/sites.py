@@ -82,7 +82,10 @@ SANDBOX_SITES: tuple[SandboxSite, ...] = (
         gpus_per_node=4,
         sectors=("health", "climate"),
         max_sensitivity="sensitive",
-        datasets=(SandboxDataset("ehr-demo", "50G", "sensitive"),),
+        datasets=(
+            SandboxDataset("ehr-demo", "50G", "sensitive"),
+            SandboxDataset("shared-corpus", "10G", "internal"),
+        ),
     ),
     SandboxSite(
         name="sandbox-south",
@@ -94,7 +97,10 @@ SANDBOX_SITES: tuple[SandboxSite, ...] = (
         gpus_per_node=8,
         sectors=("finance", "language"),
         max_sensitivity="internal",
-        datasets=(SandboxDataset("news-corpus", "500G", "internal"),),
+        datasets=(
+            SandboxDataset("news-corpus", "500G", "internal"),
+            SandboxDataset("shared-corpus", "10G", "internal"),
+        ),
     ),
     SandboxSite(
         name="sandbox-east",
