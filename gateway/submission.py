@@ -20,11 +20,10 @@ from typing import Any
 
 from gateway import journal, slurm
 from gateway.api import login_user
-from gateway.broker import site_misfit
 from gateway.context import Context, SiteResult
 from gateway.errors import AifError, Interrupted, InvalidInput, NoFit, SiteUnreachable, UsageError
 from gateway.federation.placer import Federation, pinned_ranking
-from gateway.federation.ranking import Ranking
+from gateway.federation.ranking import Ranking, site_misfit
 from gateway.ledger import LedgerJob, spec_sha256
 from gateway.profiles import SiteProfile, check_spec_against_profiles, get_profile, resolve_account
 from gateway.rendering import RenderedJob, fill_site_path, render_batch_script

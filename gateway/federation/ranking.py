@@ -26,11 +26,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from gateway import slurm
-from gateway.broker import site_misfit
 from gateway.config import PlacementWeights, UserConfig
+from gateway.errors import AifError
 from gateway.federation.probe import PartitionDemand, StartEstimate
 from gateway.federation.snapshot import Placed, Snapshot
-from gateway.profiles import SiteProfile
+from gateway.profiles import SiteProfile, resolve_account
 from gateway.rendering import choose_partition
 from gateway.spec import JobSpec
 
@@ -111,6 +111,29 @@ class SiteView:
     snapshot: Snapshot | None  # None: not probed (a pinned submission needs no ranking)
     estimate: StartEstimate | None = None
     placed_here: tuple[Placed, ...] = field(default=())  # placed by this process since the probe
+
+
+def site_misfit(spec: JobSpec, profile: SiteProfile, config: UserConfig) -> str | None:
+    """Why ``profile``'s site cannot take ``spec`` (None when it can)."""
+    if profile.name in spec.placement.exclude:
+        return "excluded by the spec"
+    if spec.placement.countries and profile.country not in spec.placement.countries:
+        return f"in {profile.country}, the spec allows only {', '.join(spec.placement.countries)}"
+    if not profile.accepts_sensitivity(spec.data.sensitivity):
+        return f"accepts data up to {profile.max_sensitivity}, the job's is {spec.data.sensitivity}"
+    missing = [d for d in spec.data.inputs if profile.dataset(d) is None]
+    if missing:
+        return f"does not hold dataset {', '.join(missing)}"
+    if spec.environment.container and not profile.environment.container_exec:
+        return "has no container runtime"
+    if spec.environment.modules and not profile.environment.module_command:
+        return "has no module system"
+    try:
+        resolve_account(profile, config.access(profile.name))
+        choose_partition(spec, profile)
+    except AifError as exc:
+        return exc.message
+    return None
 
 
 def static_reasons(spec: JobSpec, profile: SiteProfile, config: UserConfig) -> list[str]:

@@ -150,7 +150,7 @@ def test_fuzz_render(accounts_for_every_site: Path, tmp_path: Path, document: st
 def test_fuzz_submit_dry_run_placement(
     accounts_for_every_site: Path, tmp_path: Path, document: str | bytes, idle_sites: object
 ) -> None:
-    """No site named: the spec is placed among every site (broker), rendered, and nothing is sent."""
+    """No site named: the spec is placed among every site (the federation), rendered, and nothing is sent."""
     path = tmp_path / "spec.toml"
     write_document(path, document)
     clean_exit(CliRunner().invoke(main, ["submit", "--dry-run", str(path)]), {0, 3, 4})

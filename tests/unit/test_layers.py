@@ -1,5 +1,5 @@
 """Imports point down the layers only: spec -> profiles -> rendering -> transports -> site
--> broker -> ledger -> api -> cli. A module may import its own layer or any layer below."""
+-> federation -> ledger -> api -> cli. A module may import its own layer or any layer below."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ LAYERS: list[set[str]] = [
     {"gateway.rendering", "gateway.slurm", "gateway.journal", "gateway.federation.probe"},
     {"gateway.transports"},
     {"gateway.site", "gateway.pyslurm_backend"},
-    {"gateway.broker", "gateway.federation"},
+    {"gateway.federation"},
     {"gateway.ledger"},
     {
         "gateway.api",
