@@ -338,10 +338,14 @@ def rank(ctx: click.Context, spec: str, refresh: bool, as_json: bool) -> None:
     """Where SPEC would start soonest: the eligible sites in order, each term, every exclusion."""
     from gateway import placement
 
+    from gateway.submission import no_site_error
+
     with open_context(ctx) as lctx:
         job_spec, ranking = placement.rank_spec(lctx, spec, refresh=refresh)
     if as_json:
         print_json(ranking.to_json())
+        if ranking.winner is None:
+            raise no_site_error(job_spec, ranking)
         return
     console().print(ranking.headline(job_spec.name))
     table = new_table("ranking", ("site", "score (s)", "time to start", "data", "sector", "why"))
@@ -361,6 +365,8 @@ def rank(ctx: click.Context, spec: str, refresh: bool, as_json: bool) -> None:
         excluded.add_row(e.site, "; ".join(e.reasons))
     console().print(excluded)
     console().print(f"score = time to start + data - sector bonus, in seconds; {ranking.tie_rule}")
+    if ranking.winner is None:
+        raise no_site_error(job_spec, ranking)
 
 
 @main.command()

@@ -36,6 +36,8 @@ else
 fi
 echo '@config'
 scontrol show config 2>&1 | grep -E '^(PrivateData|MaxArraySize) '
+echo '@resv'
+scontrol show reservation --oneliner 2>&1
 echo '@testonly'
 if [ "$3" = test ]; then
     sbatch --test-only 2>&1
@@ -92,8 +94,23 @@ class StartEstimate:
 
 
 @dataclass(frozen=True)
+class Reservation:
+    """A reservation at the site (times in the site's local time, as Slurm prints them)."""
+
+    name: str
+    start: str
+    end: str
+    flags: tuple[str, ...]
+    nodes: str
+
+    @property
+    def maintenance(self) -> bool:
+        return "MAINT" in self.flags
+
+
+@dataclass(frozen=True)
 class ProbeResult:
-    """What one probe of one site found (``problem`` set when it could not be read)."""
+    """What one probe of one site found."""
 
     site_epoch: int
     partitions: tuple[slurm.PartitionLoad, ...]
@@ -101,6 +118,23 @@ class ProbeResult:
     queue_visible: bool = True
     max_array_size: int | None = None
     estimate: StartEstimate | None = None
+    site_now: str = ""  # the site's local time when probed (ISO, as Slurm prints times)
+    reservations: tuple[Reservation, ...] = ()
+
+    def reservation_ending_by(self, seconds: float) -> Reservation | None:
+        """A maintenance reservation that ends between the probe and ``seconds`` later (+1 min)."""
+        try:
+            now = datetime.fromisoformat(self.site_now)
+        except ValueError:
+            return None
+        for reservation in self.reservations:
+            try:
+                end = datetime.fromisoformat(reservation.end)
+            except ValueError:
+                continue
+            if reservation.maintenance and now < end and (end - now).total_seconds() <= seconds + 60:
+                return reservation
+        return None
 
 
 class ProbeUnreadable(ValueError):
@@ -133,6 +167,7 @@ def parse_probe(stdout: str) -> ProbeResult:
     private = config.get("PrivateData", "").lower()
     array_size = config.get("MaxArraySize", "")
     test_lines, test_rc = _body_and_rc(sections["testonly"])
+    reservations = tuple(r for r in (_reservation(line) for line in sections.get("resv", [])) if r)
     return ProbeResult(
         site_epoch=site_epoch,
         partitions=partitions,
@@ -140,6 +175,22 @@ def parse_probe(stdout: str) -> ProbeResult:
         queue_visible="jobs" not in private,
         max_array_size=int(array_size) if array_size.isdigit() else None,
         estimate=None if test_rc == "-" else parse_test_only(test_lines, test_rc, now),
+        site_now=now.isoformat(),
+        reservations=reservations,
+    )
+
+
+def _reservation(line: str) -> Reservation | None:
+    """One line of ``scontrol show reservation --oneliner`` (none: "No reservations in the system")."""
+    fields = dict(item.split("=", 1) for item in line.split() if "=" in item)
+    if "ReservationName" not in fields:
+        return None
+    return Reservation(
+        name=fields["ReservationName"],
+        start=fields.get("StartTime", ""),
+        end=fields.get("EndTime", ""),
+        flags=tuple(f for f in fields.get("Flags", "").split(",") if f),
+        nodes=fields.get("Nodes", ""),
     )
 
 
@@ -202,7 +253,7 @@ def _sections(stdout: str) -> dict[str, list[str]]:
         if line.startswith("@clock\t"):
             sections["clock"] = [line[len("@clock\t") :]]
             current = None
-        elif line in ("@sinfo", "@queue", "@config", "@testonly", "@end"):
+        elif line in ("@sinfo", "@queue", "@config", "@resv", "@testonly", "@end"):
             current = sections.setdefault(line[1:], [])
         elif current is not None:
             current.append(line)

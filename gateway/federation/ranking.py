@@ -222,6 +222,9 @@ def _score(spec: JobSpec, view: SiteView, weights: PlacementWeights) -> Scored |
         basis = f"Slurm's estimate (sbatch --test-only): starts in {start:.0f} s in {where}"
         if placed_here:
             basis += f"; {placed_here} {unit} placed since still leave {free_after} free"
+        maintenance = snapshot.result.reservation_ending_by(start) if start > 0 else None
+        if maintenance is not None:
+            basis += f", after maintenance reservation {maintenance.name} (until {maintenance.end})"
     else:
         ahead = (waiting if snapshot.result.queue_visible else 0) + placed_here + need - free
         start = max(0.0, ahead / max(total, 1) * weights.queue_round_s)
@@ -244,7 +247,9 @@ def _score(spec: JobSpec, view: SiteView, weights: PlacementWeights) -> Scored |
 
 
 def _usable_nodes(load: slurm.PartitionLoad) -> int:
-    bad = ("down", "drain", "drained", "draining", "fail", "failing", "maint", "unknown", "inval", "future")
+    # A node in a maintenance reservation ("maint") is not excluded: Slurm's estimate moves
+    # past the reservation, and the explanation names it.
+    bad = ("down", "drain", "drained", "draining", "fail", "failing", "unknown", "inval", "future")
     return sum(n for state, n in load.nodes_by_state.items() if not state.rstrip("*~#!%$@^-").startswith(bad))
 
 

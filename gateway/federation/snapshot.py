@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import slurm
-from gateway.federation.probe import PartitionDemand, ProbeResult, StartEstimate
+from gateway.federation.probe import PartitionDemand, ProbeResult, Reservation, StartEstimate
 from gateway.home import ensure_home
 
 
@@ -132,6 +132,8 @@ def _snapshot_to_json(snapshot: Snapshot) -> dict[str, Any]:
             "demand": {k: dataclasses.asdict(v) for k, v in result.demand.items()},
             "queue_visible": result.queue_visible,
             "max_array_size": result.max_array_size,
+            "site_now": result.site_now,
+            "reservations": [dataclasses.asdict(r) for r in result.reservations],
         },
         "estimates": {k: dataclasses.asdict(v) for k, v in snapshot.estimates.items()},
         "placed": [dataclasses.asdict(p) for p in snapshot.placed],
@@ -159,6 +161,10 @@ def _snapshot_from_json(data: dict[str, Any]) -> Snapshot:
             demand={k: PartitionDemand(**v) for k, v in raw["demand"].items()},
             queue_visible=bool(raw["queue_visible"]),
             max_array_size=raw["max_array_size"],
+            site_now=str(raw.get("site_now", "")),
+            reservations=tuple(
+                Reservation(**{**r, "flags": tuple(r["flags"])}) for r in raw.get("reservations", [])
+            ),
         )
     return Snapshot(
         site=str(data["site"]),

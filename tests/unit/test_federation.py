@@ -156,3 +156,13 @@ def test_a_snapshot_survives_the_store(tmp_path: Path) -> None:
     assert again is not None and again.result == dataclasses.replace(snap.result, estimate=None)
     assert len(again.placed) == 1
     assert again.estimates == snap.estimates
+
+
+def test_a_maintenance_reservation_is_a_later_start_and_is_named(profiles: dict[str, object]) -> None:
+    """probe-maintenance.stdout: south under a 10-minute MAINT reservation (created with scontrol)."""
+    south = view(profiles, "sandbox-south", "probe-maintenance.stdout")
+    north = view(profiles, "sandbox-north", "probe-idle.stdout")
+    ranking = rank(spec(), [south, north], CONFIG)  # type: ignore[arg-type]
+    waiting = next(s for s in ranking.ranked if s.site == "sandbox-south")
+    assert waiting.terms["time_to_start"] == 584  # 08:17:01 -> 08:26:45, the reservation's end
+    assert "after maintenance reservation maint-test (until 2026-11-29T08:26:45)" in waiting.basis
