@@ -337,7 +337,6 @@ def _placement(job: Any) -> Any:
 def rank(ctx: click.Context, spec: str, refresh: bool, as_json: bool) -> None:
     """Where SPEC would start soonest: the eligible sites in order, each term, every exclusion."""
     from gateway import placement
-
     from gateway.submission import no_site_error
 
     with open_context(ctx) as lctx:
