@@ -25,7 +25,10 @@ partitions=$1
 printf '@clock\t%s\t%s\n' "$(date +%s)" "$(date +%Y-%m-%dT%H:%M:%S)"
 echo '@sinfo'
 sinfo --noheader --Format="$2" 2>&1
-echo "@rc $?"
+rc=$?
+echo "@rc $rc"
+# No controller: every other query would block as long again, for nothing.
+if [ "$rc" -ne 0 ]; then echo '@end'; exit 0; fi
 echo '@queue'
 if [ -n "$partitions" ]; then
     squeue --noheader --states=PENDING,RUNNING --partition="$partitions" \
@@ -153,7 +156,7 @@ def parse_probe(stdout: str) -> ProbeResult:
         now = datetime.fromisoformat(local_now)
     except ValueError as exc:
         raise ProbeUnreadable(f"the site's clock is unreadable: {clock[0]!r}") from exc
-    sinfo_lines, sinfo_rc = _body_and_rc(sections["sinfo"])
+    sinfo_lines, sinfo_rc = _body_and_rc(sections.get("sinfo", []))
     if sinfo_rc != "0":
         raise ProbeUnreadable(f"sinfo failed: {_last(sinfo_lines)}")
     try:
