@@ -905,6 +905,7 @@ def test_scancel_by_name_checks_each_jobs_name_at_the_controller(tmp_path: Path)
 
 SHIPPED_PROGRAMS = {
     "scancel_by_name.sh": lambda: slurm.scancel_by_name_argv([("12", "a")]),
+    "submit.sh": slurm.submission_argv,
 }
 
 
