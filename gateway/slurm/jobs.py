@@ -4,8 +4,9 @@ The base of ``gateway.slurm``: the map from every state name squeue and sacct
 print to a ``JobState`` (the vocabulary itself is ``gateway.states``), job ids
 and the checks that keep them out of option syntax, exit codes, and
 ``JobRecord``, which the squeue and sacct parsers (``gateway.slurm.queue``)
-fill. ``SlurmOutputError`` and ``is_controller_unreachable`` serve every
-parser in the package.
+fill. Shared by the whole package: ``SlurmOutputError`` (output not in the
+format aif asked for) and ``is_controller_unreachable`` (any client's error
+text).
 """
 
 from __future__ import annotations
