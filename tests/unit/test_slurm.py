@@ -901,3 +901,19 @@ def test_scancel_by_name_checks_each_jobs_name_at_the_controller(tmp_path: Path)
     assert log.read_text().splitlines() == ["--name=a.aif-x|--|12|", "--|13|"]
     with pytest.raises(ValueError):
         slurm.scancel_by_name_argv([("12", "a,b")])
+
+
+SHIPPED_PROGRAMS = {
+    "scancel_by_name.sh": lambda: slurm.scancel_by_name_argv([("12", "a")]),
+    "submit.sh": slurm.submission_argv,
+}
+
+
+@pytest.mark.skipif(not shutil.which("bash"), reason="needs bash")
+@pytest.mark.parametrize("name", sorted(SHIPPED_PROGRAMS))
+def test_shipped_bash_programs_are_what_runs_and_parse(name: str) -> None:
+    """The bash programs aif runs at a site are files in the package; bash -n accepts them."""
+    path = Path(slurm.__file__).resolve().parent / name
+    assert SHIPPED_PROGRAMS[name]()[2] == path.read_text(encoding="utf-8")
+    result = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

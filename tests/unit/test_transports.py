@@ -36,6 +36,7 @@ from gateway.transports.ssh import (
     connection_for,
     resolve_route,
 )
+from gateway.transports.ssh import transport as ssh_transport
 
 HOSTILE = [
     "$(touch {marker})",
@@ -816,7 +817,7 @@ def connections(mocker: MockerFixture) -> Iterator[list[_FakeConnection]]:
     """Connections _connect_route hands out, in order; the test fills the list."""
     pool: list[_FakeConnection] = []
     handed_out = iter(pool)
-    mocker.patch.object(ssh, "_connect_route", side_effect=lambda *args: next(handed_out))
+    mocker.patch.object(ssh_transport, "_connect_route", side_effect=lambda *args: next(handed_out))
     yield pool
 
 
