@@ -19,7 +19,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import gateway.federation.probe as load_probe
+import gateway.slurm.probe as load_probe
 from gateway import journal, slurm
 from gateway.errors import BackendMissing, SiteUnreachable
 from gateway.site import JobQuery, Sighting, SlurmCliBackend, confirm_in_queue, fetch_path

@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
-import gateway.federation.probe as load_probe
+import gateway.slurm.probe as load_probe
 from gateway import journal, slurm
 from gateway.config import SiteAccess
 from gateway.errors import AifError, SiteUnreachable

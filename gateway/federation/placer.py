@@ -17,11 +17,11 @@ from dataclasses import dataclass, field, replace
 
 from gateway.config import UserConfig
 from gateway.errors import AifError
-from gateway.federation.probe import StartEstimate
 from gateway.federation.ranking import Ranking, SiteView, job_need, rank, static_reasons
 from gateway.federation.snapshot import Placed, Snapshot, SnapshotStore, shape_key
 from gateway.profiles import SiteProfile
 from gateway.site import SiteBackend
+from gateway.slurm.probe import StartEstimate
 from gateway.spec import JobSpec
 
 ScriptFor = Callable[[JobSpec, SiteProfile], str]

@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from gateway import slurm
 from gateway.config import PlacementWeights, UserConfig
 from gateway.errors import AifError
-from gateway.federation.probe import PartitionDemand, StartEstimate
 from gateway.federation.snapshot import Placed, Snapshot
 from gateway.profiles import SiteProfile, resolve_account
 from gateway.rendering import choose_partition
+from gateway.slurm.probe import PartitionDemand, StartEstimate
 from gateway.spec import JobSpec
 
 TIE_RULE = "ties go to the site with the larger share of the partition free, then by name"

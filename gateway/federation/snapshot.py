@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from gateway import slurm
-from gateway.federation.probe import PartitionDemand, ProbeResult, Reservation, StartEstimate
 from gateway.home import ensure_home
+from gateway.slurm.probe import PartitionDemand, ProbeResult, Reservation, StartEstimate
 
 
 @dataclass(frozen=True)

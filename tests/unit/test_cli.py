@@ -135,6 +135,7 @@ def test_wheel_ships_the_profiles(tmp_path: Path) -> None:
     # The bash programs aif runs at a site are files read at import.
     assert "gateway/slurm/submit.sh" in names
     assert "gateway/slurm/scancel_by_name.sh" in names
+    assert "gateway/slurm/probe.sh" in names
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt")))
     assert b"aif = gateway.cli:main" in entry_points
 

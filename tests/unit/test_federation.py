@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from gateway.config import PlacementWeights, SiteAccess, UserConfig
-from gateway.federation import probe
 from gateway.federation.ranking import SiteView, rank
 from gateway.federation.snapshot import Placed, Snapshot, SnapshotStore
 from gateway.profiles import load_profile
+from gateway.slurm import probe
 from gateway.spec import parse_spec
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "slurm"

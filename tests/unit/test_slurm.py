@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from gateway import slurm
-from gateway.slurm import JobRecord, JobState, Outcome, SubmissionItem, SubmissionOutcome
+from gateway.slurm import JobRecord, JobState, Outcome, SubmissionItem, SubmissionOutcome, probe
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "slurm"
 
@@ -906,6 +906,7 @@ def test_scancel_by_name_checks_each_jobs_name_at_the_controller(tmp_path: Path)
 SHIPPED_PROGRAMS = {
     "scancel_by_name.sh": lambda: slurm.scancel_by_name_argv([("12", "a")]),
     "submit.sh": slurm.submission_argv,
+    "probe.sh": lambda: probe.probe_argv(["gpu"], True),
 }
 
 

@@ -1,6 +1,7 @@
 """Probing a site's load: the one remote command, and the pure parser of what it prints.
 
-One probe is one command at the site (``bash -c PROGRAM aif-probe PARTITIONS``):
+One probe is one command at the site (``bash -c PROGRAM aif-probe PARTITIONS``,
+the program being ``probe.sh`` beside this file):
 the site's clock, ``sinfo`` per partition (nodes by state, CPUs and GPUs idle
 and total), the pending and running jobs of every user in the partitions the
 job could use (with the CPUs and GPUs they hold or wait for), whether the site
@@ -17,39 +18,12 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 
-from gateway import slurm
+from gateway.slurm.jobs import SlurmOutputError, count_array_tasks
+from gateway.slurm.load import SINFO_FIELDS, PartitionLoad, gres_count, parse_sinfo
 
-_PROBE_PROGRAM = r"""set -u
-partitions=$1
-printf '@clock\t%s\t%s\n' "$(date +%s)" "$(date +%Y-%m-%dT%H:%M:%S)"
-echo '@sinfo'
-sinfo --noheader --Format="$2" 2>&1
-rc=$?
-echo "@rc $rc"
-# No controller: every other query would block as long again, for nothing.
-if [ "$rc" -ne 0 ]; then echo '@end'; exit 0; fi
-echo '@queue'
-if [ -n "$partitions" ]; then
-    squeue --noheader --states=PENDING,RUNNING --partition="$partitions" \
-        --Format='Partition:|,State:|,NumNodes:|,NumCPUs:|,ArrayTaskID:|,tres-per-node:|' 2>&1
-    echo "@rc $?"
-else
-    echo "@rc 0"
-fi
-echo '@config'
-scontrol show config 2>&1 | grep -E '^(PrivateData|MaxArraySize) '
-echo '@resv'
-scontrol show reservation --oneliner 2>&1
-echo '@testonly'
-if [ "$3" = test ]; then
-    sbatch --test-only 2>&1
-    echo "@rc $?"
-else
-    echo "@rc -"
-fi
-echo '@end'
-"""
+_PROBE_PROGRAM = Path(__file__).with_name("probe.sh").read_text(encoding="utf-8")
 
 
 def probe_argv(partitions: Sequence[str], with_test: bool) -> list[str]:
@@ -57,7 +31,7 @@ def probe_argv(partitions: Sequence[str], with_test: bool) -> list[str]:
     for name in partitions:
         if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
             raise ValueError(f"not a partition name: {name!r}")
-    fmt = ",".join(f"{name}:|" for name in slurm.SINFO_FIELDS)
+    fmt = ",".join(f"{name}:|" for name in SINFO_FIELDS)
     return [
         "bash",
         "-c",
@@ -116,7 +90,7 @@ class ProbeResult:
     """What one probe of one site found."""
 
     site_epoch: int
-    partitions: tuple[slurm.PartitionLoad, ...]
+    partitions: tuple[PartitionLoad, ...]
     demand: dict[str, PartitionDemand] = field(default_factory=dict)
     queue_visible: bool = True
     max_array_size: int | None = None
@@ -160,8 +134,8 @@ def parse_probe(stdout: str) -> ProbeResult:
     if sinfo_rc != "0":
         raise ProbeUnreadable(f"sinfo failed: {_last(sinfo_lines)}")
     try:
-        partitions = tuple(slurm.parse_sinfo("\n".join(sinfo_lines)))
-    except slurm.SlurmOutputError as exc:
+        partitions = tuple(parse_sinfo("\n".join(sinfo_lines)))
+    except SlurmOutputError as exc:
         raise ProbeUnreadable(str(exc)) from exc
     queue_lines, queue_rc = _body_and_rc(sections["queue"])
     if queue_rc != "0":
@@ -230,10 +204,10 @@ def parse_demand(lines: Sequence[str]) -> dict[str, PartitionDemand]:
         if len(fields) != 7 or fields[6].strip():
             raise ProbeUnreadable(f"squeue line is not in aif's format: {line[:200]!r}")
         partitions, state, nodes_text, cpus_text, tasks_text, tres, _ = fields
-        tasks = 1 if tasks_text.strip() in ("", "N/A") else slurm.count_array_tasks(tasks_text)
+        tasks = 1 if tasks_text.strip() in ("", "N/A") else count_array_tasks(tasks_text)
         nodes = _int(nodes_text) or 1
         cpus = _int(cpus_text) or 0
-        gpus = slurm.gres_count(tres.replace("gres:", ""), "gpu") * nodes
+        gpus = gres_count(tres.replace("gres:", ""), "gpu") * nodes
         running = state.strip() == "RUNNING"
         for partition in partitions.split(","):
             row = totals.setdefault(partition.strip(), [0] * 6)
