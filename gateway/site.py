@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
-from gateway import journal, slurm
+from gateway import journal, partition_info, slurm
 from gateway.config import SiteAccess
 from gateway.errors import AifError, SiteUnreachable
 from gateway.profiles import SiteProfile
@@ -199,6 +199,13 @@ class SlurmCliBackend:
         if not result.ok:
             raise SiteUnreachable(f"site {self.site}: squeue failed: {_last_line(result)}")
         return slurm.find_tokens_in_queue(slurm.parse_squeue(result.stdout), tokens)
+
+    def survey(self, test_scripts: Sequence[str]) -> partition_info.SiteSnapshot:
+        """The site's partitions and nodes, and sbatch --test-only of each script: ONE command."""
+        result = self._run(partition_info.check_argv(test_scripts))
+        if not result.ok:
+            raise SiteUnreachable(f"site {self.site}: asking for its partitions failed: {_last_line(result)}")
+        return partition_info.parse_check_output(result.stdout, len(test_scripts))
 
     def read_file(self, path: str, offset: int = 0) -> bytes:
         if offset:

@@ -21,6 +21,7 @@ LAYERS: list[set[str]] = [
     {
         "gateway.api",
         "gateway.lifecycle",
+        "gateway.profile_check",
         "gateway.context",
         "gateway.settlement",
         "gateway.status",
