@@ -483,29 +483,22 @@ def _compare_memory(
     mismatches: list[Mismatch],
     notes: list[str],
 ) -> None:
-    per_node = []
-    source = "sinfo MEMORY"
+    usable: list[tuple[int, str]] = []  # per node: what a job may have there, and which limit says so
     for node in nodes:
-        usable = node.memory_mb
-        for limit, name in (
-            (there.max_mem_per_node_mb, "scontrol MaxMemPerNode"),
-            (
-                there.max_mem_per_cpu_mb * min(node.cpus, there.max_cpus_per_node or node.cpus)
-                if there.max_mem_per_cpu_mb is not None
-                else None,
-                "scontrol MaxMemPerCPU x CPUs",
-            ),
-        ):
-            if limit is not None and limit < usable:
-                usable, source = limit, name
-        per_node.append(usable)
+        candidates = [(node.memory_mb, "sinfo MEMORY")]
+        if there.max_mem_per_node_mb is not None:
+            candidates.append((there.max_mem_per_node_mb, "scontrol MaxMemPerNode"))
+        if there.max_mem_per_cpu_mb is not None:
+            cpus = min(node.cpus, there.max_cpus_per_node or node.cpus)
+            candidates.append((there.max_mem_per_cpu_mb * cpus, "scontrol MaxMemPerCPU x CPUs"))
+        usable.append(min(candidates, key=lambda candidate: candidate[0]))
     _compare_sizes(
         f"{key}.memory_per_node",
         p.memory_per_node_mb,
         f"{p.memory_per_node} ({p.memory_per_node_mb} MB)",
-        per_node,
+        [mb for mb, _ in usable],
         " MB",
-        source,
+        max(usable)[1],
         mismatches,
         notes,
         why="jobs asking that much memory per node are rejected",
