@@ -185,6 +185,40 @@ def profile_validate(files: Sequence[str], as_json: bool) -> None:
         sys.exit(EXIT_INVALID)
 
 
+@profile.command("check")
+@click.argument("site")
+@json_option
+@click.pass_context
+def profile_check(ctx: click.Context, site: str, as_json: bool) -> None:
+    """Compare SITE's profile with what the site has; exit 1 if they disagree, 5 if unreachable.
+
+    One command at the site: sinfo, scontrol show partition, and sbatch
+    --test-only of a small job per partition (it uses up job ids, runs nothing).
+    """
+    from gateway.errors import ProfileMismatch
+    from gateway.profile_check import check_profile
+
+    with open_context(ctx) as lctx:
+        report = check_profile(lctx, site)
+    if as_json:
+        print_json(report.to_json())
+    else:
+        click.echo(f"{report.site}: {report.profile_source} compared with the site")
+        for mismatch in report.mismatches:
+            click.echo(f"mismatch: {mismatch.line()}")
+        for note in report.notes:
+            click.echo(f"note: {note}")
+        table = new_table("sbatch --test-only", ("partition", "runs", "starts / why not"))
+        for t in report.test_only:
+            table.add_row(t.partition, "yes" if t.ok else "NO", t.start or t.message)
+        console().print(table)
+        if report.ok:
+            click.echo(f"{report.site}: the profile agrees with the site")
+    if not report.ok:
+        # What disagrees was just printed (or is in the JSON); the error line counts it.
+        raise ProfileMismatch(report.summary())
+
+
 # -- the job lifecycle --------------------------------------------------------------------
 
 

@@ -107,6 +107,10 @@ class HostKeyRejected(SiteUnreachable):
     """The site's SSH host key is unknown or changed: we refuse to talk to it."""
 
 
+class ProfileMismatch(AifError):
+    """`aif profile check` found the site disagreeing with its profile (the report says where)."""
+
+
 class SchedulerRejected(AifError):
     """The site's scheduler refused the job; the message is the scheduler's own."""
 

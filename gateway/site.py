@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Protocol
 
 import gateway.slurm.probe as load_probe
-from gateway import journal, slurm
+from gateway import journal, partition_info, slurm
 from gateway.config import SiteAccess
 from gateway.errors import AifError, SiteUnreachable
 from gateway.profiles import SiteProfile
@@ -229,6 +229,13 @@ class SlurmCliBackend:
         except ValueError:
             raise SiteUnreachable(f"site {self.site}: sbatch --test-only answered nothing readable") from None
         return load_probe.parse_test_only_output(rest, now)
+
+    def survey(self, test_scripts: Sequence[str]) -> partition_info.SiteSnapshot:
+        """The site's partitions and nodes, and sbatch --test-only of each script: ONE command."""
+        result = self._run(partition_info.check_argv(test_scripts))
+        if not result.ok:
+            raise SiteUnreachable(f"site {self.site}: asking for its partitions failed: {_last_line(result)}")
+        return partition_info.parse_check_output(result.stdout, len(test_scripts))
 
     def read_file(self, path: str, offset: int = 0) -> bytes:
         if offset:

@@ -13,7 +13,7 @@ LAYERS: list[set[str]] = [
     {"gateway.spec"},
     {"gateway.config"},
     {"gateway.profiles"},
-    {"gateway.rendering", "gateway.slurm", "gateway.journal"},
+    {"gateway.rendering", "gateway.slurm", "gateway.journal", "gateway.partition_info"},
     {"gateway.transports"},
     {"gateway.site", "gateway.pyslurm_backend"},
     {"gateway.federation"},
@@ -21,6 +21,7 @@ LAYERS: list[set[str]] = [
     {
         "gateway.api",
         "gateway.lifecycle",
+        "gateway.profile_check",
         "gateway.context",
         "gateway.settlement",
         "gateway.status",

@@ -1,0 +1,661 @@
+"""What a Slurm site really has, and how a profile compares: the dialect of `aif profile check`.
+
+Pure: no I/O. :func:`check_argv` is ONE command that prints, in sections,
+``sinfo`` one line per node and partition, ``scontrol show partition`` one
+line per partition, and the answer of ``sbatch --test-only`` to each test
+script given; :func:`parse_check_output` reads it back, and
+:func:`compare_profile` lists where a profile and the site disagree, each
+with the profile key to change.
+
+Every format here was checked against real Slurm 22.05; the recordings the
+unit tests replay are in ``tests/data/slurm/`` (its README says how each was made).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import shlex
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from gateway.profiles import Partition, SiteProfile
+from gateway.slurm import SlurmOutputError, parse_slurm_duration
+from gateway.tomlcheck import format_walltime
+
+# -- the command ---------------------------------------------------------------------------
+
+# One line per node and partition (-N); --all: hidden partitions and those the user's
+# groups may not use, so a profile naming one is told why rather than "no such partition".
+# Every field is an admin-chosen name or a number: "|" cannot occur in them.
+SINFO_NODE_FIELDS = ("%R", "%N", "%c", "%m", "%G", "%T")  # partition node CPUs MB gres state
+SINFO_NODES_ARGV: tuple[str, ...] = (
+    "sinfo",
+    "--all",
+    "--noheader",
+    "--Node",
+    "--format=" + "|".join(SINFO_NODE_FIELDS),
+)
+SCONTROL_PARTITIONS_ARGV: tuple[str, ...] = ("scontrol", "--all", "--oneliner", "show", "partition")
+# The script comes on stdin; the answer is on stderr (rc 0: it could run; rc 1: it cannot).
+TEST_ONLY_ARGV: tuple[str, ...] = ("sbatch", "--test-only")
+
+SECTION = "\x1e"  # starts every section line after the first: Slurm never prints it
+
+# Runs as: bash -c PROGRAM aif-profile-check SCRIPT...  The scripts are data (positional
+# arguments), never part of this text. sinfo or scontrol failing ends it with their
+# status (the controller cannot be asked); each test script gets its own answer.
+_CHECK_PROGRAM = f"""set -u
+{shlex.join(SINFO_NODES_ARGV)} || exit
+printf '\\036partitions\\n'
+{shlex.join(SCONTROL_PARTITIONS_ARGV)} || exit
+for script in "$@"; do
+    printf '\\036test-only\\n'
+    rc=0
+    printf '%s' "$script" | {shlex.join(TEST_ONLY_ARGV)} 2>&1 || rc=$?
+    printf '\\n\\036rc %d\\n' "$rc"
+done
+"""
+
+
+def check_argv(test_scripts: Sequence[str]) -> list[str]:
+    """The one command that asks the site everything `aif profile check` needs."""
+    return ["bash", "-c", _CHECK_PROGRAM, "aif-profile-check", *test_scripts]
+
+
+# -- what the site says ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GresItem:
+    """One generic resource of a node: ``gpu:a100:4(S:0-1)`` is ("gpu", "a100", 4)."""
+
+    name: str
+    type: str  # '' when the site names none (``gpu:4``)
+    count: int
+
+
+@dataclass(frozen=True)
+class SiteNode:
+    """One node as one of its partitions sees it (``sinfo -N``: a node in two partitions is two)."""
+
+    partition: str
+    name: str
+    cpus: int
+    memory_mb: int
+    gres: tuple[GresItem, ...]
+    state: str  # sinfo's long state: idle, mixed, allocated, drained, down*...
+
+    @property
+    def gpus(self) -> int:
+        return sum(item.count for item in self.gres if item.name == "gpu")
+
+    @property
+    def gpu_types(self) -> tuple[str, ...]:
+        return tuple(item.type for item in self.gres if item.name == "gpu" and item.type)
+
+    @property
+    def gres_text(self) -> str:
+        return ",".join(":".join(filter(None, (g.name, g.type, str(g.count)))) for g in self.gres) or "none"
+
+    @property
+    def available(self) -> bool:
+        """Whether jobs may start on it now (not down, drained, failing, unknown...)."""
+        # A trailing "*" means the node does not respond; "~" (powered down) and the
+        # other power flags leave it usable: Slurm starts it for a job.
+        if self.state.endswith("*"):
+            return False
+        base = self.state.rstrip("~#!%$@^-+").lower()
+        return base in ("idle", "mixed", "allocated", "completing", "planned", "reserved")
+
+
+@dataclass(frozen=True)
+class SitePartition:
+    """One partition as ``scontrol show partition -o`` prints it (limits None: UNLIMITED)."""
+
+    name: str
+    state: str  # UP, DOWN, DRAIN, INACTIVE
+    default: bool
+    hidden: bool
+    nodes: str  # Slurm's host list, '' for none
+    total_nodes: int
+    max_nodes: int | None
+    max_time: str  # as printed: 2-00:00:00, 12:00:00, UNLIMITED
+    max_time_seconds: int | None
+    max_cpus_per_node: int | None
+    max_mem_per_node_mb: int | None
+    max_mem_per_cpu_mb: int | None
+    allow_qos: tuple[str, ...] | None  # None: ALL
+    deny_qos: tuple[str, ...]
+    oversubscribe: str  # NO, YES:4, FORCE:4, EXCLUSIVE
+    fields: Mapping[str, str] = field(hash=False, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class TestOnly:
+    """What ``sbatch --test-only`` said of one partition's test job.
+
+    ``ok``: it could run. ``start``: when Slurm expects it to start (ISO time,
+    '' if not said). ``message``: Slurm's answer on one line, or why it was not run.
+    """
+
+    partition: str
+    ok: bool
+    start: str
+    message: str
+
+
+@dataclass(frozen=True)
+class SiteSnapshot:
+    """Everything one `aif profile check` command brought back."""
+
+    partitions: tuple[SitePartition, ...]
+    nodes: tuple[SiteNode, ...]
+    test_only: tuple[tuple[int, str], ...]  # (sbatch's exit status, its answer) per test script
+
+    def partition(self, name: str) -> SitePartition | None:
+        return next((p for p in self.partitions if p.name == name), None)
+
+    def nodes_of(self, partition: str) -> list[SiteNode]:
+        return [n for n in self.nodes if n.partition == partition]
+
+
+_UNSET = frozenset({"", "(null)", "N/A", "NONE"})
+
+
+def parse_gres(text: str) -> tuple[GresItem, ...]:
+    """``gpu:a100:4(S:0-1),nvme:1`` -> items; ``(null)`` -> none."""
+    items = []
+    # Commas also appear inside "(S:0,2)" socket lists: drop those first.
+    for raw in re.sub(r"\([^)]*\)", "", text.strip()).split(","):
+        parts = raw.strip().split(":")
+        if not parts[0] or parts[0] in _UNSET:
+            continue
+        count = 1  # "gpu" alone means one
+        kind = ""
+        if len(parts) >= 2 and re.fullmatch(r"[0-9]+[KMGTP]?", parts[-1]):
+            count = _count(parts[-1])
+            kind = ":".join(parts[1:-1])
+        elif len(parts) >= 2:
+            kind = ":".join(parts[1:])
+        items.append(GresItem(parts[0], kind, count))
+    return tuple(items)
+
+
+def _count(text: str) -> int:
+    factor = {"K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4, "P": 1024**5}
+    if text[-1] in factor:
+        return int(text[:-1]) * factor[text[-1]]
+    return int(text)
+
+
+def parse_sinfo_nodes(stdout: str) -> tuple[SiteNode, ...]:
+    """The lines of :data:`SINFO_NODES_ARGV`."""
+    nodes = []
+    for line in stdout.splitlines():
+        if not line.strip():
+            continue
+        fields = line.split("|")
+        if len(fields) != len(SINFO_NODE_FIELDS):
+            raise SlurmOutputError(f"sinfo line is not in aif's format: {line[:200]!r}")
+        partition, name, cpus, memory, gres, state = (f.strip() for f in fields)
+        try:
+            nodes.append(SiteNode(partition, name, int(cpus), int(memory), parse_gres(gres), state))
+        except ValueError:
+            raise SlurmOutputError(f"sinfo numbers unreadable: {line[:200]!r}") from None
+    return tuple(nodes)
+
+
+def parse_scontrol_partitions(stdout: str) -> tuple[SitePartition, ...]:
+    """The lines of :data:`SCONTROL_PARTITIONS_ARGV`: ``Key=Value`` pairs, one partition a line."""
+    partitions = []
+    for line in stdout.splitlines():
+        if not line.strip():
+            continue
+        fields: dict[str, str] = {}
+        last = ""
+        for token in line.split():
+            key, equals, value = token.partition("=")
+            if equals and re.fullmatch(r"[A-Za-z]+", key):
+                fields[key] = value
+                last = key
+            elif last:  # a value with a space in it
+                fields[last] += " " + token
+        partitions.append(_partition(fields, line))
+    return tuple(partitions)
+
+
+def _partition(fields: dict[str, str], line: str) -> SitePartition:
+    missing = [k for k in ("PartitionName", "State", "MaxTime", "MaxNodes", "TotalNodes") if k not in fields]
+    if missing:
+        raise SlurmOutputError(f"scontrol partition line lacks {', '.join(missing)}: {line[:200]!r}")
+    try:
+        return SitePartition(
+            name=fields["PartitionName"],
+            state=fields["State"],
+            default=fields.get("Default") == "YES",
+            hidden=fields.get("Hidden") == "YES",
+            nodes="" if fields.get("Nodes", "") in _UNSET else fields["Nodes"],
+            total_nodes=int(fields["TotalNodes"]),
+            max_nodes=_limit(fields["MaxNodes"]),
+            max_time=fields["MaxTime"],
+            max_time_seconds=parse_slurm_duration(fields["MaxTime"]),
+            max_cpus_per_node=_limit(fields.get("MaxCPUsPerNode", "UNLIMITED")),
+            max_mem_per_node_mb=_memory_limit(fields.get("MaxMemPerNode", "UNLIMITED")),
+            max_mem_per_cpu_mb=_memory_limit(fields.get("MaxMemPerCPU", "UNLIMITED")),
+            allow_qos=_name_list(fields.get("AllowQos", "ALL")),
+            deny_qos=_name_list(fields.get("DenyQos", "")) or (),
+            oversubscribe=fields.get("OverSubscribe", "NO"),
+            fields=MappingProxyType(fields),
+        )
+    except ValueError:
+        raise SlurmOutputError(f"scontrol partition numbers unreadable: {line[:200]!r}") from None
+
+
+def _limit(text: str) -> int | None:
+    return None if text in ("UNLIMITED", "INFINITE", "") else int(text)
+
+
+def _memory_limit(text: str) -> int | None:
+    """MB; scontrol prints MB without a unit, but a suffix is read too (``500G``)."""
+    if text in ("UNLIMITED", "INFINITE", "", "0"):
+        return None
+    factor = {"M": 1, "G": 1024, "T": 1024**2}
+    if text[-1] in factor:
+        return int(text[:-1]) * factor[text[-1]]
+    return int(text)
+
+
+def _name_list(text: str) -> tuple[str, ...] | None:
+    if text == "ALL":
+        return None
+    return tuple(name for name in text.split(",") if name and name not in _UNSET)
+
+
+_TEST_ONLY_RE = re.compile(
+    r"Job [0-9]+ to start at (\S+) using [0-9]+ processors on nodes \S+ in partition \S+"
+)
+
+
+def read_test_only(partition: str, returncode: int, answer: str) -> TestOnly:
+    """One partition's ``sbatch --test-only`` answer: rc 0 and when it would start, or why not."""
+    lines = [line.strip() for line in answer.strip().splitlines() if line.strip()]
+    message = " / ".join(lines) or f"sbatch exited with status {returncode} and said nothing"
+    match = _TEST_ONLY_RE.search(answer)
+    return TestOnly(
+        partition=partition,
+        ok=returncode == 0,
+        start=match.group(1) if match and returncode == 0 else "",
+        message=message,
+    )
+
+
+def parse_check_output(stdout: str, scripts: int) -> SiteSnapshot:
+    """What :func:`check_argv` printed (exit status 0) for ``scripts`` test scripts."""
+    sections = stdout.split(SECTION)
+    if len(sections) < 2 or not sections[1].startswith("partitions\n"):
+        raise SlurmOutputError("the profile check printed no partitions section")
+    answers: list[tuple[int, str]] = []
+    rest = sections[2:]
+    while rest:
+        if len(rest) < 2 or not rest[0].startswith("test-only\n"):
+            raise SlurmOutputError(f"the profile check's output is cut short: {rest[0][:200]!r}")
+        answer, status = rest[0][len("test-only\n") :], rest[1]
+        matched = re.fullmatch(r"rc (-?[0-9]+)\n?", status)
+        if matched is None:
+            raise SlurmOutputError(f"the profile check's test answer ends oddly: {status[:200]!r}")
+        answers.append((int(matched.group(1)), answer))
+        rest = rest[2:]
+    if len(answers) != scripts:
+        raise SlurmOutputError(f"the profile check answered {len(answers)} of {scripts} test jobs")
+    return SiteSnapshot(
+        partitions=parse_scontrol_partitions(sections[1][len("partitions\n") :]),
+        nodes=parse_sinfo_nodes(sections[0]),
+        test_only=tuple(answers),
+    )
+
+
+# -- the comparison --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """One place where the profile says something the site contradicts.
+
+    ``key`` is the profile key to change (``partitions[1].cpus_per_node``);
+    ``profile`` and ``site`` are the two values as text; ``source`` is the
+    Slurm command and field the site's value comes from; ``why`` what goes
+    wrong for jobs meanwhile.
+    """
+
+    key: str
+    profile: str
+    site: str
+    source: str
+    why: str = ""
+
+    def line(self) -> str:
+        text = f"{self.key}: profile says {self.profile}, the site has {self.site} ({self.source})"
+        return f"{text}: {self.why}" if self.why else text
+
+    def to_json(self) -> dict[str, str]:
+        return {
+            "key": self.key,
+            "profile": self.profile,
+            "site": self.site,
+            "source": self.source,
+            "why": self.why,
+        }
+
+
+@dataclass(frozen=True)
+class Comparison:
+    mismatches: tuple[Mismatch, ...]
+    notes: tuple[str, ...]  # informational: nothing in the profile is wrong
+
+
+def compare_profile(profile: SiteProfile, site: SiteSnapshot) -> Comparison:
+    """Every disagreement between the profile's partitions and the site's, and notes on the rest."""
+    mismatches: list[Mismatch] = []
+    notes: list[str] = []
+    for index, partition in enumerate(profile.partitions):
+        _compare_partition(profile, index, partition, site, mismatches, notes)
+    listed = {p.name for p in profile.partitions}
+    for extra in site.partitions:
+        if extra.name not in listed:
+            notes.append(f"the site's partition {extra.name} is not in the profile: {_describe(extra, site)}")
+    return Comparison(tuple(mismatches), tuple(notes))
+
+
+def _compare_partition(
+    profile: SiteProfile,
+    index: int,
+    p: Partition,
+    site: SiteSnapshot,
+    mismatches: list[Mismatch],
+    notes: list[str],
+) -> None:
+    key = f"partitions[{index}]"
+    there = site.partition(p.name)
+    if there is None:
+        names = [s.name for s in site.partitions]
+        close = difflib.get_close_matches(p.name, names, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        mismatches.append(
+            Mismatch(
+                f"{key}.name",
+                p.name,
+                f"no such partition (it has {', '.join(names) or 'none'})",
+                "scontrol PartitionName",
+                f"every job placed there is rejected{hint}",
+            )
+        )
+        return
+    if there.state != "UP":
+        notes.append(
+            f"{key} ({p.name}) is {there.state} at the site (scontrol State): its jobs do not start now"
+        )
+    if there.hidden:
+        notes.append(f"{key} ({p.name}) is hidden at the site (scontrol Hidden=YES)")
+    nodes = site.nodes_of(p.name)
+    if not nodes:
+        mismatches.append(
+            Mismatch(
+                f"{key}.name", p.name, "a partition without nodes", "scontrol Nodes", "no job can run there"
+            )
+        )
+        return
+    unavailable = [n for n in nodes if not n.available]
+    if unavailable:
+        shown = ", ".join(f"{n.name} {n.state}" for n in unavailable[:5])
+        more = ", ..." if len(unavailable) > 5 else ""
+        notes.append(
+            f"{key} ({p.name}): {len(unavailable)} of {len(nodes)} nodes cannot run jobs now ({shown}{more})"
+        )
+    _compare_cpus(key, p, there, nodes, mismatches, notes)
+    _compare_memory(key, p, there, nodes, mismatches, notes)
+    _compare_gpus(profile, key, p, nodes, mismatches, notes)
+    _compare_limits(key, p, there, mismatches, notes)
+    _compare_qos(profile, index, p, there, mismatches)
+    if there.oversubscribe == "EXCLUSIVE" and not p.whole_node:
+        notes.append(
+            f"{key}.whole_node: the site gives whole nodes in {p.name} (scontrol OverSubscribe=EXCLUSIVE); "
+            "whole_node = true would say so"
+        )
+
+
+def _compare_sizes(
+    key: str,
+    asked: int,
+    shown: str,
+    per_node: Sequence[int],
+    unit: str,
+    source: str,
+    mismatches: list[Mismatch],
+    notes: list[str],
+    *,
+    why: str,
+) -> None:
+    """A usable size: more than any node has is a mismatch, less than every node a note."""
+    low, high = min(per_node), max(per_node)
+    span = f"{low}{unit}" if low == high else f"{low}{unit} to {high}{unit} (nodes differ)"
+    if asked > high:
+        mismatches.append(Mismatch(key, shown, span, source, why))
+    elif asked > low:
+        notes.append(f"{key}: {shown} fits only some of the site's nodes, which have {span} ({source})")
+    elif asked < low:
+        notes.append(
+            f"{key}: the profile says {shown}, the site's nodes have {span} ({source}): fine if deliberate"
+        )
+
+
+def _compare_cpus(
+    key: str,
+    p: Partition,
+    there: SitePartition,
+    nodes: Sequence[SiteNode],
+    mismatches: list[Mismatch],
+    notes: list[str],
+) -> None:
+    cap = there.max_cpus_per_node
+    per_node = [min(n.cpus, cap) if cap is not None else n.cpus for n in nodes]
+    capped = cap is not None and any(cap < n.cpus for n in nodes)
+    source = "scontrol MaxCPUsPerNode" if capped else "sinfo CPUS"
+    _compare_sizes(
+        f"{key}.cpus_per_node",
+        p.cpus_per_node,
+        str(p.cpus_per_node),
+        per_node,
+        "",
+        source,
+        mismatches,
+        notes,
+        why="jobs asking that many cores per node are rejected",
+    )
+
+
+def _compare_memory(
+    key: str,
+    p: Partition,
+    there: SitePartition,
+    nodes: Sequence[SiteNode],
+    mismatches: list[Mismatch],
+    notes: list[str],
+) -> None:
+    usable: list[tuple[int, str]] = []  # per node: what a job may have there, and which limit says so
+    for node in nodes:
+        candidates = [(node.memory_mb, "sinfo MEMORY")]
+        if there.max_mem_per_node_mb is not None:
+            candidates.append((there.max_mem_per_node_mb, "scontrol MaxMemPerNode"))
+        if there.max_mem_per_cpu_mb is not None:
+            cpus = min(node.cpus, there.max_cpus_per_node or node.cpus)
+            candidates.append((there.max_mem_per_cpu_mb * cpus, "scontrol MaxMemPerCPU x CPUs"))
+        usable.append(min(candidates, key=lambda candidate: candidate[0]))
+    _compare_sizes(
+        f"{key}.memory_per_node",
+        p.memory_per_node_mb,
+        f"{p.memory_per_node} ({p.memory_per_node_mb} MB)",
+        [mb for mb, _ in usable],
+        " MB",
+        max(usable)[1],
+        mismatches,
+        notes,
+        why="jobs asking that much memory per node are rejected",
+    )
+
+
+def _compare_gpus(
+    profile: SiteProfile,
+    key: str,
+    p: Partition,
+    nodes: Sequence[SiteNode],
+    mismatches: list[Mismatch],
+    notes: list[str],
+) -> None:
+    counts = [n.gpus for n in nodes]
+    low, high = min(counts), max(counts)
+    gres = ", ".join(sorted({n.gres_text for n in nodes}))
+    if not p.gpus_per_node:
+        if high:
+            notes.append(
+                f"{key}.gpus_per_node: the profile lists {p.name} without GPUs, its nodes have {gres} "
+                "(sinfo GRES): aif sends only CPU jobs there"
+            )
+        return
+    span = str(low) if low == high else f"{low} to {high} (nodes differ)"
+    if p.gpus_per_node > high or p.gpus_per_node < low:
+        why = (
+            "jobs asking that many GPUs per node are rejected"
+            if p.gpus_per_node > high
+            else "jobs that could use more GPUs are placed elsewhere"
+        )
+        mismatches.append(
+            Mismatch(f"{key}.gpus_per_node", str(p.gpus_per_node), f"{span} ({gres})", "sinfo GRES", why)
+        )
+    elif low != high:
+        notes.append(
+            f"{key}.gpus_per_node: {p.gpus_per_node} GPUs fit only some nodes, which have {span} (sinfo GRES)"
+        )
+    types = sorted({t for n in nodes for t in n.gpu_types})
+    model = p.gpu_model.lower()
+    typed = profile.slurm.gpu_request in ("gres-typed", "gpus-per-node-typed")
+    if not types:
+        if typed:
+            mismatches.append(
+                Mismatch(
+                    "slurm.gpu_request",
+                    profile.slurm.gpu_request,
+                    f"GPUs of no named type in {p.name} ({gres})",
+                    "sinfo GRES",
+                    f"typed GPU requests ({model or '?'}:N) cannot be met there",
+                )
+            )
+        elif model:
+            notes.append(
+                f"{key}.gpu_model: the site's GRES in {p.name} names no GPU type ({gres}), "
+                f"so {p.gpu_model!r} cannot be checked"
+            )
+    elif model and model not in [t.lower() for t in types]:
+        mismatches.append(
+            Mismatch(
+                f"{key}.gpu_model",
+                repr(p.gpu_model),
+                "GPU type " + " and ".join(types),
+                "sinfo GRES",
+                "typed requests fail, and specs asking for the real model never go there",
+            )
+        )
+    elif not model:
+        notes.append(
+            f"{key}.gpu_model: the site's GPUs in {p.name} are of type {' and '.join(types)} (sinfo GRES); "
+            "the profile names none, so specs asking for a model never go there"
+        )
+    elif len(types) > 1:
+        notes.append(f"{key}.gpu_model: {p.name} mixes GPU types {' and '.join(types)} (sinfo GRES)")
+
+
+def _compare_limits(
+    key: str, p: Partition, there: SitePartition, mismatches: list[Mismatch], notes: list[str]
+) -> None:
+    site_time = there.max_time_seconds
+    if site_time is not None:
+        shown = format_walltime(site_time)
+        if p.max_walltime_seconds > site_time:
+            mismatches.append(
+                Mismatch(
+                    f"{key}.max_walltime",
+                    p.max_walltime,
+                    shown,
+                    "scontrol MaxTime",
+                    "longer jobs are accepted but never start (PartitionTimeLimit)",
+                )
+            )
+        elif p.max_walltime_seconds < site_time:
+            notes.append(
+                f"{key}.max_walltime: the profile says {p.max_walltime}, "
+                f"the site allows {shown} (scontrol MaxTime)"
+            )
+    if there.max_nodes is not None and there.max_nodes <= there.total_nodes:
+        limit, source = there.max_nodes, "scontrol MaxNodes"
+    else:
+        limit, source = there.total_nodes, "scontrol TotalNodes"
+    if p.max_nodes > limit:
+        mismatches.append(
+            Mismatch(f"{key}.max_nodes", str(p.max_nodes), str(limit), source, "larger jobs are rejected")
+        )
+    elif p.max_nodes < limit:
+        notes.append(f"{key}.max_nodes: the profile says {p.max_nodes}, the site allows {limit} ({source})")
+
+
+def _compare_qos(
+    profile: SiteProfile, index: int, p: Partition, there: SitePartition, mismatches: list[Mismatch]
+) -> None:
+    used: list[tuple[str, str]] = []
+    if p.qos:
+        used.append((f"partitions[{index}].qos", p.qos))
+    used += [(f"qos[{i}].name", r.name) for i, r in enumerate(profile.qos_rules) if r.partition == p.name]
+    for key, name in used:
+        if there.allow_qos is not None and name not in there.allow_qos:
+            allowed = ", ".join(there.allow_qos) or "none"
+            mismatches.append(
+                Mismatch(
+                    key,
+                    name,
+                    f"only QOS {allowed} allowed in {p.name}",
+                    "scontrol AllowQos",
+                    "its jobs are rejected",
+                )
+            )
+        elif name in there.deny_qos:
+            mismatches.append(
+                Mismatch(
+                    key, name, f"QOS {name} denied in {p.name}", "scontrol DenyQos", "its jobs are rejected"
+                )
+            )
+
+
+def _describe(partition: SitePartition, site: SiteSnapshot) -> str:
+    """A partition the profile does not list, in a few words."""
+    nodes = site.nodes_of(partition.name)
+    words = []
+    if partition.default:
+        words.append("the default")
+    if partition.hidden:
+        words.append("hidden")
+    if partition.state != "UP":
+        words.append(partition.state)
+    words.append(f"{partition.total_nodes} {'node' if partition.total_nodes == 1 else 'nodes'}")
+    if nodes:
+        words.append(_span("CPUs", [n.cpus for n in nodes]))
+        words.append(_span("MB", [n.memory_mb for n in nodes]))
+        gres = sorted({n.gres_text for n in nodes} - {"none"})
+        if gres:
+            words.append("GRES " + " / ".join(gres))
+    words.append(f"MaxTime {partition.max_time}")
+    return ", ".join(words)
+
+
+def _span(unit: str, values: Iterable[int]) -> str:
+    ordered = sorted(set(values))
+    return f"{ordered[0]} {unit}" if len(ordered) == 1 else f"{ordered[0]}-{ordered[-1]} {unit}"
