@@ -1,10 +1,10 @@
 """`aif profile check SITE`: does a site's profile agree with what the site really has?
 
-ONE command at the site (``gateway.partition_info.check_argv``): sinfo and
+ONE command at the site (``gateway.slurm.partitions.check_argv``): sinfo and
 scontrol for the partitions and nodes, and ``sbatch --test-only`` of a tiny
 job per profile partition. The test jobs are rendered by the normal renderer
 from a built-in spec, so their account, QOS and partition directives are the
-ones real jobs get. Reading and comparing are pure (``gateway.partition_info``);
+ones real jobs get. Reading and comparing are pure (``gateway.slurm.partitions``);
 this module only puts them together.
 """
 
@@ -15,10 +15,10 @@ from dataclasses import dataclass, replace
 from gateway.api import login_user
 from gateway.context import Context
 from gateway.errors import AifError, UsageError
-from gateway.partition_info import Mismatch, TestOnly, compare_profile, read_test_only
 from gateway.profiles import Partition, QosRule, SiteProfile, get_profile, resolve_account
 from gateway.rendering import render_batch_script
 from gateway.site import SlurmCliBackend
+from gateway.slurm.partitions import Mismatch, TestOnly, compare_profile, read_test_only
 from gateway.spec import JobSpec, parse_spec
 from gateway.tomlcheck import format_walltime
 

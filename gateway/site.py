@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Protocol
 
 import gateway.slurm.probe as load_probe
-from gateway import journal, partition_info, slurm
+from gateway import journal, slurm
 from gateway.config import SiteAccess
 from gateway.errors import AifError, SiteUnreachable
 from gateway.profiles import SiteProfile
+from gateway.slurm import partitions as partition_info
 from gateway.states import JobState
 from gateway.transports.base import DEFAULT_TIMEOUT, CommandHook, CommandResult, Progress, Transport
 

@@ -3,7 +3,7 @@
 Pure: no subprocess, no I/O at a site. Transports run the argv lists (quoting
 them where a shell stands in between) and hand back stdout/stderr; this package
 reads them. The bash programs aif runs at a site are files in the package
-(``submit.sh``, ``scancel_by_name.sh``), read once at import.
+(``submit.sh``, ``scancel_by_name.sh``, ``probe.sh``), read once at import.
 
 Everything here was checked against real Slurm 22.05; the recordings the unit
 tests replay are in ``tests/data/slurm/`` (its README says how each was made).
@@ -11,10 +11,16 @@ tests replay are in ``tests/data/slurm/`` (its README says how each was made).
 - ``jobs``: job states (one map onto ``gateway.states.JobState``), job ids,
   exit codes and ``JobRecord``;
 - ``queue``: squeue, sacct and scancel, and finding a job by its token or name;
-- ``load``: load probing, partition load (sinfo) and queue depth;
+- ``load``: partition load (sinfo) and queue depth;
+- ``probe``: a site's load in one command, with Slurm's estimated start for a job
+  (the federation's probe);
+- ``partitions``: what a site's partitions really are (sinfo per node, scontrol,
+  sbatch --test-only), compared with a profile (``aif profile check``);
 - ``submission``: the batched submission program, its bundle and its answers.
 
-Every public name is re-exported here: ``from gateway import slurm``.
+Every public name of ``jobs``, ``queue``, ``load`` and ``submission`` is
+re-exported here (``from gateway import slurm``); ``probe`` and ``partitions``
+are imported as modules.
 """
 
 from __future__ import annotations

@@ -177,13 +177,13 @@ def parse_test_only_output(stdout: str, site_now: datetime) -> StartEstimate:
     return parse_test_only(lines, rc, site_now)
 
 
-_START_RE = re.compile(r"Job \d+ to start at (\S+) using .* in partition (\S+)")
+TEST_ONLY_START_RE = re.compile(r"Job \d+ to start at (\S+) using .* in partition (\S+)")
 
 
 def parse_test_only(lines: Sequence[str], rc: str, site_now: datetime) -> StartEstimate:
     """``sbatch --test-only``'s words, as seconds from the site's now (its own clock)."""
     text = " / ".join(line.strip() for line in lines if line.strip())
-    match = _START_RE.search(text)
+    match = TEST_ONLY_START_RE.search(text)
     if rc == "0" and match:
         try:
             start = datetime.fromisoformat(match.group(1))

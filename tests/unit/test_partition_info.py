@@ -1,4 +1,4 @@
-"""gateway.partition_info against output recorded from real Slurm 22.05 (tests/data/slurm/README.md)."""
+"""gateway.slurm.partitions against output recorded from real Slurm 22.05 (tests/data/slurm/README.md)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway import partition_info
-from gateway.partition_info import (
+from gateway.profiles import SiteProfile, load_profile
+from gateway.slurm import SlurmOutputError
+from gateway.slurm import partitions as partition_info
+from gateway.slurm.partitions import (
     GresItem,
     compare_profile,
     parse_check_output,
@@ -19,8 +21,6 @@ from gateway.partition_info import (
     parse_sinfo_nodes,
     read_test_only,
 )
-from gateway.profiles import SiteProfile, load_profile
-from gateway.slurm import SlurmOutputError
 
 TESTS = Path(__file__).resolve().parents[1]
 DATA = TESTS / "data" / "slurm"

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from gateway.profiles import Partition, SiteProfile
-from gateway.slurm import SlurmOutputError, parse_slurm_duration
+from gateway.slurm.jobs import SlurmOutputError
+from gateway.slurm.load import parse_slurm_duration
+from gateway.slurm.probe import TEST_ONLY_START_RE
 from gateway.tomlcheck import format_walltime
 
 # -- the command ---------------------------------------------------------------------------
@@ -273,9 +275,8 @@ def _name_list(text: str) -> tuple[str, ...] | None:
     return tuple(name for name in text.split(",") if name and name not in _UNSET)
 
 
-_TEST_ONLY_RE = re.compile(
-    r"Job [0-9]+ to start at (\S+) using [0-9]+ processors on nodes \S+ in partition \S+"
-)
+# sbatch --test-only's answer, read the same way as the federation's probe reads it.
+_TEST_ONLY_RE = TEST_ONLY_START_RE
 
 
 def read_test_only(partition: str, returncode: int, answer: str) -> TestOnly:
