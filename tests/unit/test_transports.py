@@ -944,3 +944,17 @@ def test_connection_cache_one_transport_per_site() -> None:
         close_all()
     assert connection_for(_target()) is not first
     close_all()
+
+
+def test_a_reused_ssh_connection_takes_the_callers_hook_or_none() -> None:
+    """An earlier `aif -v` in the same process must not keep echoing for callers without -v."""
+    from gateway.transports.ssh import SshTarget, close_all, connection_for
+
+    target = SshTarget(site="hooked", host="127.0.0.1", port=1)
+    seen: list[str] = []
+    first = connection_for(target, on_command=lambda site, argv: seen.append(site))
+    again = connection_for(target)
+    try:
+        assert again is first and again.on_command is None
+    finally:
+        close_all()

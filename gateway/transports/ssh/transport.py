@@ -399,7 +399,9 @@ def connection_for(target: SshTarget, on_command: CommandHook | None = None) -> 
         if transport is None:
             transport = SshTransport(target, on_command=on_command)
             _connections[target.site] = transport
-        elif on_command is not None:
+        else:
+            # This caller's hook, or none: an earlier `aif -v` in the same process must not
+            # keep echoing commands for a caller that did not ask for it.
             transport.on_command = on_command
         return transport
 
