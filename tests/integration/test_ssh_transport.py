@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -358,13 +358,22 @@ def test_one_connection_serves_many_commands(sshd: Sshd) -> None:
 def test_connection_for_caches_one_transport_per_site(sshd: Sshd) -> None:
     target = sshd.target(site="cached")
     seen: list[tuple[str, tuple[str, ...]]] = []
-    first = connection_for(target, on_command=lambda site, argv: seen.append((site, tuple(argv))))
-    second = connection_for(target)
+
+    def hook(site: str, argv: Sequence[str]) -> None:
+        seen.append((site, tuple(argv)))
+
+    first = connection_for(target, on_command=hook)
+    second = connection_for(target, on_command=hook)
     assert first is second
     first.run(["true"])
     second.run(["true"], stdin=b"secret stdin is never reported")
     assert first.connect_count == 1
     assert seen == [("cached", ("true",)), ("cached", ("true",))]
+    # A caller without a hook gets the same connection, and no echo of its commands.
+    third = connection_for(target)
+    assert third is first
+    third.run(["true"])
+    assert len(seen) == 2
     close_all()
     assert connection_for(target) is not first
 
