@@ -40,10 +40,13 @@ def ensure_home(directory: Path | None = None, *, mode: int = HOME_MODE) -> Path
     directory = directory if directory is not None else aif_home()
     if directory.is_dir():
         return directory
-    if directory.exists() or directory.is_symlink():
+    # Checked again: another aif process may have created it since is_dir() above.
+    if (directory.exists() or directory.is_symlink()) and not directory.is_dir():
         raise HomeUnusable(
             f"the aif home {directory} is not a directory; remove it, or set AIF_HOME to a directory"
         )
+    if directory.is_dir():
+        return directory
     try:
         directory.parent.mkdir(parents=True, exist_ok=True)
         try:
