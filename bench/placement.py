@@ -74,7 +74,8 @@ fastestqueue  ARC's FastestQueue broker (nordugrid/arc,
 Wait of a job = Slurm's start time (squeue's start_time once the job is no
 longer pending, or `sacct -c` Start once it left squeue) minus the wall-clock
 time just before its `aif submit` process was started. The sites run on this
-machine, so both clocks are the same; Slurm's start times have 1 s resolution.
+machine, so both clocks are the same. Slurm's start times are whole seconds
+(truncated), so a wait reads up to 1 s short, alike for every policy.
 Every wait includes the submission itself (an `aif submit` process, about
 0.6 s here) and Slurm's scheduling tick (about 1 s). A run ends once every job
 has started (the rest of their sleep is not waited for) or at its deadline;
