@@ -40,7 +40,7 @@ policy (`aif submit --site` with all of one site's specs, one process per site).
 Policies. Each job is submitted by its own `aif submit --json SPEC` process,
 started at the job's arrival time; the baselines choose a site first and add
 `--site SITE`, so every policy pays the same submission path. A baseline picks
-among the sites aif itself finds eligible (``gateway.broker.site_misfit``: the
+among the sites aif itself finds eligible (``gateway.federation.ranking.site_misfit``: the
 same rules as a pinned submission).
 
 aif           `aif submit SPEC`: aif places the job.
@@ -694,7 +694,7 @@ def main() -> int:
     def say(line: str) -> None:
         print(f"[placement] {line}", file=sys.stderr, flush=True)
 
-    from gateway.broker import site_misfit
+    from gateway.federation.ranking import site_misfit
     from gateway.profiles import load_sites
     from gateway.sandbox import manager
     from gateway.spec import load_spec
