@@ -59,15 +59,15 @@ class PlacementWeights:
     ``snapshot_ttl_s``: how long a probe of a site's load is reused (by every
     aif process). ``sector_bonus_s``: what a factory focused on the job's
     sector is worth, as seconds of waiting it may outweigh. ``queue_round_s``:
-    where Slurm gives no estimated start, a queue as deep as the partition is
-    large counts as this many seconds. ``data_s_per_missing_input``: the cost of
+    a queue as deep as the partition is large counts as this many seconds (0:
+    the job's own walltime). ``data_s_per_missing_input``: the cost of
     an input a site does not hold (0 today: such sites are not eligible; kept
     so data movement can join the score).
     """
 
     snapshot_ttl_s: int = 30
     sector_bonus_s: int = 600
-    queue_round_s: int = 1800
+    queue_round_s: int = 0
     data_s_per_missing_input: int = 0
 
 

@@ -6,11 +6,13 @@ The score of an eligible site is one number of seconds, with its terms shown:
     score = time to start + data - sector bonus
 
 - time to start: Slurm's own estimated start at that site (``sbatch
-  --test-only``, converted with the site's clock), while the job still fits
-  the capacity the probe saw free after the jobs placed since; otherwise the
-  queue depth: (work waiting + work placed since + this job - free) over the
-  partition's size, times ``queue_round_s`` (the way ARC's FastestQueue
-  normalises waiting jobs by slots, turned into seconds);
+  --test-only``, converted with the site's clock). Once the jobs placed since
+  the probe no longer fit the capacity it saw free, the queue-depth term for
+  that excess is added: (work placed since + this job - free) over the
+  partition's size, times a round (the job's own walltime, or
+  ``queue_round_s``), the way ARC's FastestQueue normalises waiting jobs by
+  slots, turned into seconds. With no estimate from Slurm, the queue depth
+  alone: (work waiting + that excess) over the size, times a round;
 - data: inputs held at the site cost nothing (sites without them are not
   eligible yet: moving catalogue datasets is a later issue);
 - sector bonus: a factory whose sectors include the job's earns
@@ -216,27 +218,40 @@ def _score(spec: JobSpec, view: SiteView, weights: PlacementWeights) -> Scored |
     free_after = free - placed_here
     demand = snapshot.result.demand.get(partition, PartitionDemand())
     waiting = demand.pending_gpus if gpu_job else demand.pending_cpus
-    if estimate is not None and estimate.seconds is not None and (placed_here == 0 or free_after >= need):
+    # A "round" is how long a partition as full as it is large takes to drain, for jobs like
+    # this one: the job's own walltime unless the config sets one. Not a model of when
+    # running jobs end (Slurm is the scheduler): a unit to compare queues in seconds.
+    round_s = float(weights.queue_round_s or spec.resources.walltime_seconds)
+    beyond = placed_here + need - max(free, 0)  # work placed since that the free capacity cannot take
+    if estimate is not None and estimate.seconds is not None:
         start = estimate.seconds
         where = estimate.partition or partition
         basis = f"Slurm's estimate (sbatch --test-only): starts in {start:.0f} s in {where}"
-        if placed_here:
+        if placed_here and beyond > 0:
+            extra = beyond / max(total, 1) * round_s
+            start += extra
+            basis += (
+                f", + {extra:.0f} s of queue for the {placed_here} {unit} placed since the probe "
+                f"({free} of {total} were free)"
+            )
+        elif placed_here:
             basis += f"; {placed_here} {unit} placed since still leave {free_after} free"
-        maintenance = snapshot.result.reservation_ending_by(start) if start > 0 else None
+        maintenance = (
+            snapshot.result.reservation_ending_by(estimate.seconds) if estimate.seconds > 0 else None
+        )
         if maintenance is not None:
             basis += f", after maintenance reservation {maintenance.name} (until {maintenance.end})"
     else:
-        ahead = (waiting if snapshot.result.queue_visible else 0) + placed_here + need - free
-        start = max(0.0, ahead / max(total, 1) * weights.queue_round_s)
-        why = "no estimate from Slurm" if estimate is None else f"{placed_here} {unit} placed since the probe"
+        ahead = (waiting if snapshot.result.queue_visible else 0) + beyond
+        start = max(0.0, ahead / max(total, 1) * round_s)
         depth = (
             f"{waiting} {unit} waiting"
             if snapshot.result.queue_visible
             else "queue not visible (PrivateData)"
         )
         basis = (
-            f"queue depth ({why}): {depth}, {placed_here} placed since, {free} of {total} free "
-            f"-> {start:.0f} s"
+            f"queue depth (no estimate from Slurm): {depth}, {placed_here} placed since, "
+            f"{free} of {total} free -> {start:.0f} s"
         )
     reasons.insert(0, basis)
     if not snapshot.result.queue_visible:

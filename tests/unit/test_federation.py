@@ -120,8 +120,9 @@ def test_jobs_placed_since_the_probe_move_to_the_queue_depth_term(profiles: dict
     ranking = rank(spec(), [north, south], config)  # type: ignore[arg-type]
     assert ranking.winner is not None and ranking.winner.site == "sandbox-south"
     full = next(s for s in ranking.ranked if s.site == "sandbox-north")
-    assert full.basis.startswith("queue depth (8 GPUs placed since the probe)")
-    assert full.terms["time_to_start"] == pytest.approx(1 / 8 * 1800)
+    assert "+ 450 s of queue for the 8 GPUs placed since the probe" in full.basis
+    # Slurm's 0 s, plus the one GPU beyond the 8 free over 8 GPUs, times the job's 1 h walltime.
+    assert full.terms["time_to_start"] == pytest.approx(1 / 8 * 3600)
 
 
 def test_ties_are_broken_by_free_share_then_name(profiles: dict[str, object]) -> None:
