@@ -675,9 +675,6 @@ def ratio_line(results: Mapping[str, Mapping[str, RunResult]]) -> str:
 # --- Main -------------------------------------------------------------------------------------
 
 
-BENCH_SNAPSHOT_TTL_S = 1
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument(
@@ -716,10 +713,6 @@ def main() -> int:
     home = work / "home"
     for part in ("profiles", "config.d"):
         shutil.copytree(facts.aif_home / part, home / part)
-    # The bench plays hours of work in seconds, so the federation's snapshot lifetime is
-    # scaled the same way: 30 s against hour-long jobs is 1 s against jobs of seconds.
-    # (Every other weight is as shipped; the queue round is each job's own walltime.)
-    (home / "config.d" / "bench.toml").write_text(f"[federation]\nsnapshot_ttl_s = {BENCH_SNAPSHOT_TTL_S}\n")
     env = {**os.environ, "AIF_HOME": str(home)}
     profiles, config = load_sites(home)
     specs_dir = work / "specs"
