@@ -131,7 +131,7 @@ def test_wheel_ships_the_profiles(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     for site in ("lumi", "hammerhai", "pharos", "it4lia", "meluxina", "bsc", "mimer"):
         assert f"gateway/_profiles/{site}.toml" in names
-    assert "gateway/cli.py" in names
+    assert "gateway/cli/__init__.py" in names and "gateway/cli/federation.py" in names
     # The bash programs aif runs at a site are files read at import.
     assert "gateway/slurm/submit.sh" in names
     assert "gateway/slurm/scancel_by_name.sh" in names

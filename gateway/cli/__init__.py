@@ -3,7 +3,9 @@
 Errors become output in exactly one place (:class:`AifGroup.main`): one
 line on stderr, the error's exit code, never a traceback for bad input.
 Imports of the heavy layers happen inside commands so ``aif --help`` and
-``aif render`` start fast.
+``aif render`` start fast. The federation's commands (``rank``, ``load``,
+``explain``) are in ``federation.py`` beside this file, the sandbox's in
+``sandbox.py``.
 """
 
 from __future__ import annotations
@@ -363,108 +365,6 @@ def _placement(job: Any) -> Any:
     return json.loads(job.placement) if job.placement else None
 
 
-@main.command()
-@click.argument("spec", type=click.Path(dir_okay=False))
-@click.option("--refresh", is_flag=True, help="Probe the sites' load now, whatever the snapshots' age.")
-@json_option
-@click.pass_context
-def rank(ctx: click.Context, spec: str, refresh: bool, as_json: bool) -> None:
-    """Where SPEC would start soonest: the eligible sites in order, each term, every exclusion."""
-    from gateway import placement
-    from gateway.submission import no_site_error
-
-    with open_context(ctx) as lctx:
-        job_spec, ranking = placement.rank_spec(lctx, spec, refresh=refresh)
-    if as_json:
-        print_json(ranking.to_json())
-        if ranking.winner is None:
-            raise no_site_error(job_spec, ranking)
-        return
-    console().print(ranking.headline(job_spec.name))
-    table = new_table("ranking", ("site", "score (s)", "time to start", "data", "sector", "why"))
-    for s in ranking.ranked:
-        terms = s.terms
-        table.add_row(
-            s.site,
-            f"{s.score:.0f}",
-            f"{terms['time_to_start']:.0f}",
-            f"{terms['data']:.0f}",
-            f"{terms['sector_bonus']:.0f}",
-            "; ".join(s.reasons),
-        )
-    console().print(table)
-    excluded = new_table("excluded", ("site", "why not"))
-    for e in ranking.excluded:
-        excluded.add_row(e.site, "; ".join(e.reasons))
-    console().print(excluded)
-    console().print(f"score = time to start + data - sector bonus, in seconds; {ranking.tie_rule}")
-    if ranking.winner is None:
-        raise no_site_error(job_spec, ranking)
-
-
-@main.command()
-@click.option("--refresh", is_flag=True, help="Probe now, whatever the snapshots' age.")
-@json_option
-@click.pass_context
-def load(ctx: click.Context, refresh: bool, as_json: bool) -> None:
-    """Each usable site's load: reachable or why not, free GPUs and CPUs, queue, snapshot age."""
-    from gateway import placement
-
-    with open_context(ctx) as lctx:
-        loads = placement.site_loads(lctx, refresh=refresh)
-    if as_json:
-        print_json([site_load.to_json() for site_load in loads])
-        return
-    table = new_table(
-        "site load",
-        ("site", "reachable", "latency", "GPUs free/total", "CPUs free/total", "pending jobs (GPUs)", "age"),
-    )
-    for x in loads:
-        pending = f"{x.pending_jobs} ({x.pending_gpus})" if x.queue_visible else "not visible"
-        table.add_row(
-            x.site,
-            "yes" if x.reachable else f"no: {x.problem}",
-            f"{x.latency_s * 1000:.0f} ms",
-            f"{x.gpus_free}/{x.gpus_total}" if x.reachable else "-",
-            f"{x.cpus_free}/{x.cpus_total}" if x.reachable else "-",
-            pending if x.reachable else "-",
-            f"{x.age_s:.0f} s",
-        )
-    console().print(table)
-
-
-@main.command()
-@click.argument("job_id")
-@json_option
-def explain(job_id: str, as_json: bool) -> None:
-    """Why a job went where it went: the ranking when it was placed, and every submission attempt."""
-    from gateway import placement
-    from gateway.ledger import Ledger
-
-    with Ledger() as ledger:
-        why = placement.explain(ledger, job_id)
-    if as_json:
-        print_json(why.to_json())
-        return
-    placed = why.placement
-    console().print(f"{why.job.id} ({why.job.name}) went to {why.job.site}")
-    if placed.get("headline"):
-        console().print(placed["headline"] + (" (pinned: no ranking)" if placed.get("pinned") else ""))
-    table = new_table("ranking when it was placed", ("site", "score (s)", "terms", "why"))
-    for s in placed.get("ranking", []):
-        terms = ", ".join(f"{k} {v:g}" for k, v in s.get("terms", {}).items())
-        table.add_row(s["site"], f"{s['score']:g}", terms, "; ".join(s.get("reasons", [])))
-    console().print(table)
-    excluded = new_table("excluded", ("site", "why not"))
-    for e in placed.get("excluded", []):
-        excluded.add_row(e["site"], "; ".join(e["reasons"]))
-    console().print(excluded)
-    attempts = new_table("submission attempts", ("site", "at", "outcome", "detail"))
-    for attempt in why.attempts:
-        attempts.add_row(*attempt)
-    console().print(attempts)
-
-
 def _print_dry_runs(runs: Sequence[Any], as_json: bool) -> None:
     if as_json:
         print_json(
@@ -725,68 +625,10 @@ def fetch(ctx: click.Context, job_id: str, dest: str | None, as_json: bool) -> N
     click.echo(f"{job.id}: fetched {', '.join(fetched)} into {where}")
 
 
-# -- the sandbox ----------------------------------------------------------------------------
-
-
-@main.group()
-def sandbox() -> None:
-    """A federation of real Slurm clusters on this machine, to try aif (needs root)."""
-
-
-@sandbox.command("up")
-@json_option
-def sandbox_up(as_json: bool) -> None:
-    """Start the sandbox (installs Slurm, munge and OpenSSH from Debian if missing)."""
-    from gateway.sandbox import manager
-
-    status = manager.up(progress=None if as_json else lambda line: click.echo(line, err=True))
-    _print_sandbox(status, as_json)
-
-
-@sandbox.command("down")
-def sandbox_down() -> None:
-    """Stop every sandbox daemon."""
-    from gateway.sandbox import manager
-
-    manager.down()
-    click.echo("sandbox stopped")
-
-
-@sandbox.command("status")
-@json_option
-def sandbox_status(as_json: bool) -> None:
-    """Whether each sandbox site's controller, nodes and sshd answer (exit 1 unless all do)."""
-    from gateway.errors import SandboxDown
-    from gateway.sandbox import manager
-
-    status = manager.status()
-    _print_sandbox(status, as_json)
-    if not status.up:
-        # What is down was just printed (the problems, or the JSON's "problems").
-        raise SandboxDown("the sandbox is not up")
-
-
-def _print_sandbox(status: Any, as_json: bool) -> None:
-    data = status.to_dict()
-    if as_json:
-        print_json(data)
-        return
-    table = new_table(
-        "aif sandbox: " + ("up" if data.get("up") else "down"),
-        ("site", "ssh port", "controller", "nodes", "sshd"),
-    )
-    for site in data.get("sites", []):
-        nodes = ", ".join(f"{n} {state}" for n, state in site.get("node_states", {}).items())
-        table.add_row(
-            site["name"],
-            str(site["ssh_port"]),
-            "up" if site["controller"] else "down",
-            nodes or ("up" if site["nodes"] else "down"),
-            "up" if site["sshd"] else "down",
-        )
-    console().print(table)
-    for problem in data.get("problems", []):
-        console(stderr=True).print(f"problem: {problem}")
+# The federation's and the sandbox's commands live beside this file; importing them
+# registers them on `main` (they import only click at start-up, like this file).
+from gateway.cli import federation as _federation_commands  # noqa: E402,F401
+from gateway.cli import sandbox as _sandbox_commands  # noqa: E402,F401
 
 
 def run() -> None:  # pragma: no cover - console entry for `python -m gateway`

@@ -1,0 +1,109 @@
+"""`aif rank`, `aif load` and `aif explain`: the federation as people and scripts see it."""
+
+from __future__ import annotations
+
+import click
+
+from gateway.cli import console, json_option, main, new_table, open_context, print_json
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--refresh", is_flag=True, help="Probe the sites' load now, whatever the snapshots' age.")
+@json_option
+@click.pass_context
+def rank(ctx: click.Context, spec: str, refresh: bool, as_json: bool) -> None:
+    """Where SPEC would start soonest: the eligible sites in order, each term, every exclusion."""
+    from gateway import placement
+    from gateway.submission import no_site_error
+
+    with open_context(ctx) as lctx:
+        job_spec, ranking = placement.rank_spec(lctx, spec, refresh=refresh)
+    if as_json:
+        print_json(ranking.to_json())
+        if ranking.winner is None:
+            raise no_site_error(job_spec, ranking)
+        return
+    console().print(ranking.headline(job_spec.name))
+    table = new_table("ranking", ("site", "score (s)", "time to start", "data", "sector", "why"))
+    for s in ranking.ranked:
+        terms = s.terms
+        table.add_row(
+            s.site,
+            f"{s.score:.0f}",
+            f"{terms['time_to_start']:.0f}",
+            f"{terms['data']:.0f}",
+            f"{terms['sector_bonus']:.0f}",
+            "; ".join(s.reasons),
+        )
+    console().print(table)
+    excluded = new_table("excluded", ("site", "why not"))
+    for e in ranking.excluded:
+        excluded.add_row(e.site, "; ".join(e.reasons))
+    console().print(excluded)
+    console().print(f"score = time to start + data - sector bonus, in seconds; {ranking.tie_rule}")
+    if ranking.winner is None:
+        raise no_site_error(job_spec, ranking)
+
+
+@main.command()
+@click.option("--refresh", is_flag=True, help="Probe now, whatever the snapshots' age.")
+@json_option
+@click.pass_context
+def load(ctx: click.Context, refresh: bool, as_json: bool) -> None:
+    """Each usable site's load: reachable or why not, free GPUs and CPUs, queue, snapshot age."""
+    from gateway import placement
+
+    with open_context(ctx) as lctx:
+        loads = placement.site_loads(lctx, refresh=refresh)
+    if as_json:
+        print_json([site_load.to_json() for site_load in loads])
+        return
+    table = new_table(
+        "site load",
+        ("site", "reachable", "latency", "GPUs free/total", "CPUs free/total", "pending jobs (GPUs)", "age"),
+    )
+    for x in loads:
+        pending = f"{x.pending_jobs} ({x.pending_gpus})" if x.queue_visible else "not visible"
+        table.add_row(
+            x.site,
+            "yes" if x.reachable else f"no: {x.problem}",
+            f"{x.latency_s * 1000:.0f} ms",
+            f"{x.gpus_free}/{x.gpus_total}" if x.reachable else "-",
+            f"{x.cpus_free}/{x.cpus_total}" if x.reachable else "-",
+            pending if x.reachable else "-",
+            f"{x.age_s:.0f} s",
+        )
+    console().print(table)
+
+
+@main.command()
+@click.argument("job_id")
+@json_option
+def explain(job_id: str, as_json: bool) -> None:
+    """Why a job went where it went: the ranking when it was placed, and every submission attempt."""
+    from gateway import placement
+    from gateway.ledger import Ledger
+
+    with Ledger() as ledger:
+        why = placement.explain(ledger, job_id)
+    if as_json:
+        print_json(why.to_json())
+        return
+    placed = why.placement
+    console().print(f"{why.job.id} ({why.job.name}) went to {why.job.site}")
+    if placed.get("headline"):
+        console().print(placed["headline"] + (" (pinned: no ranking)" if placed.get("pinned") else ""))
+    table = new_table("ranking when it was placed", ("site", "score (s)", "terms", "why"))
+    for s in placed.get("ranking", []):
+        terms = ", ".join(f"{k} {v:g}" for k, v in s.get("terms", {}).items())
+        table.add_row(s["site"], f"{s['score']:g}", terms, "; ".join(s.get("reasons", [])))
+    console().print(table)
+    excluded = new_table("excluded", ("site", "why not"))
+    for e in placed.get("excluded", []):
+        excluded.add_row(e["site"], "; ".join(e["reasons"]))
+    console().print(excluded)
+    attempts = new_table("submission attempts", ("site", "at", "outcome", "detail"))
+    for attempt in why.attempts:
+        attempts.add_row(*attempt)
+    console().print(attempts)
