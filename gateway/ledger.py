@@ -858,14 +858,16 @@ class Ledger:
         ).fetchall()
         return [_job_from_row(r) for r in rows]
 
-    def record_attempt(self, job_id: str, site: str, outcome: str, detail: str = "") -> None:
-        """One submission attempt of a job at a site, and how it went (for ``aif explain``)."""
+    def record_attempts(self, attempts: Iterable[tuple[str, str, str, str]]) -> None:
+        """``(job_id, site, outcome, detail)`` of submission attempts, in one transaction (one fsync
+        for a batch), for ``aif explain``."""
         with self._write():
-            self._require(job_id)
-            self._conn.execute(
-                "INSERT INTO attempts (job_id, site, at, outcome, detail) VALUES (?, ?, ?, ?, ?)",
-                (job_id, site, _now(), outcome, detail),
-            )
+            for job_id, site, outcome, detail in attempts:
+                self._require(job_id)
+                self._conn.execute(
+                    "INSERT INTO attempts (job_id, site, at, outcome, detail) VALUES (?, ?, ?, ?, ?)",
+                    (job_id, site, _now(), outcome, detail),
+                )
 
     @_sqlite_errors_mapped
     def attempts(self, job_id: str) -> list[tuple[str, str, str, str]]:

@@ -68,10 +68,7 @@ def federation_for(ctx: Context, *, refresh: bool = False) -> Federation:
     """The federation over this context's sites: probes through its backends, shared snapshots."""
 
     def script_for(spec: JobSpec, profile: SiteProfile) -> str:
-        access = ctx.config.access(profile.name)
-        return render_batch_script(
-            spec, profile, account=resolve_account(profile, access), user=login_user(profile, ctx.config)
-        ).script
+        return _render(ctx, spec, profile).script
 
     return Federation(ctx.profiles, ctx.config, ctx.backend, script_for, refresh=refresh)
 
@@ -149,26 +146,32 @@ def dry_run(ctx: Context, spec_paths: Sequence[str], *, site: str | None = None)
     return [DryRun(spec=p.spec.source, site=p.site, why=p.why, rendered=_render_for(ctx, p)) for p in planned]
 
 
+def _account_and_user(ctx: Context, profile: SiteProfile) -> tuple[str | None, str]:
+    """The account to send and the login name at ``profile``'s site, from the user's config."""
+    return resolve_account(profile, ctx.config.access(profile.name)), login_user(profile, ctx.config)
+
+
 def _work_area(ctx: Context, site: str) -> str:
     profile = ctx.profiles[site]
-    access = ctx.config.access(site)
-    account = resolve_account(profile, access)
-    return fill_site_path(
-        profile.slurm.work_area, user=login_user(profile, ctx.config), account=account, site=site
-    )
+    account, user = _account_and_user(ctx, profile)
+    return fill_site_path(profile.slurm.work_area, user=user, account=account, site=site)
+
+
+def _render(
+    ctx: Context, spec: JobSpec, profile: SiteProfile, job_id: str | None = None, token: str | None = None
+) -> RenderedJob:
+    """The script for ``spec`` at ``profile``'s site; without an id (dry run, probe) no id or token yet."""
+    account, user = _account_and_user(ctx, profile)
+    if job_id is None:
+        return render_batch_script(spec, profile, account=account, user=user)
+    return render_batch_script(spec, profile, account=account, user=user, job_id=job_id, token=token)
 
 
 def _render_for(
     ctx: Context, p: _Planned, job_id: str | None = None, token: str | None = None
 ) -> RenderedJob:
-    """The script for a planned job; without an id (dry run) there is no id or token yet."""
-    profile = ctx.profiles[p.site]
-    access = ctx.config.access(p.site)
-    account = resolve_account(profile, access)
-    user = login_user(profile, ctx.config)
-    if job_id is None:
-        return render_batch_script(p.spec, profile, account=account, user=user)
-    return render_batch_script(p.spec, profile, account=account, user=user, job_id=job_id, token=token)
+    """The script for a planned job at its site."""
+    return _render(ctx, p.spec, ctx.profiles[p.site], job_id, token)
 
 
 def _intent(
@@ -267,9 +270,7 @@ def _send_round(
         i: _render_for(ctx, replace(planned[i], site=where[i]), jobs[i].id, jobs[i].token) for i in pending
     }
     ctx.ledger.record_paths(
-        (jobs[i].id, rendered[i].workdir, rendered[i].stdout_path, rendered[i].slurm_name)
-        for i in pending
-        if ctx.ledger.get(jobs[i].id).state == JobState.SUBMITTING
+        (jobs[i].id, rendered[i].workdir, rendered[i].stdout_path, rendered[i].slurm_name) for i in pending
     )
     by_site: dict[str, list[int]] = {}
     for i in pending:
@@ -290,13 +291,13 @@ def _send_round(
         for site_name, indexes in by_site.items()
     }
     answers = ctx.per_site(batches, lambda backend, items: backend.submit(items, dirs[backend.site]))
+    attempts = []
     for site_name, indexes in by_site.items():
         _record_answers(ctx, site_name, [jobs[i] for i in indexes], answers[site_name])
         for i in indexes:
             after = ctx.ledger.get(jobs[i].id)
-            ctx.ledger.record_attempt(
-                after.id, site_name, _attempt_outcome(after), after.message or after.reason
-            )
+            attempts.append((after.id, site_name, _attempt_outcome(after), after.message or after.reason))
+    ctx.ledger.record_attempts(attempts)
 
 
 def _attempt_outcome(job: LedgerJob) -> str:
@@ -411,11 +412,12 @@ def _settle_earlier(
     if unresolved:
         refresh(ctx, unresolved)
         earlier = ledger.jobs_with_key(key)
-    sites = {j.site for j in earlier} | {p.site for p in planned}
-    for p in planned:
-        sites |= {
-            name for name, prof in ctx.profiles.items() if site_misfit(p.spec, prof, ctx.config) is None
-        }
+    # Where each spec could have gone (statically): its record may be at any of them.
+    could_run = [
+        {name for name, prof in ctx.profiles.items() if site_misfit(p.spec, prof, ctx.config) is None}
+        for p in planned
+    ]
+    sites = {j.site for j in earlier} | {p.site for p in planned} | set().union(*could_run)
     dirs = {}
     for name in sorted(sites):
         try:
@@ -443,7 +445,7 @@ def _settle_earlier(
         if earlier_job is not None:
             decided[index] = SubmittedJob(earlier_job[0], p.why, earlier_job[1])
             continue
-        blind = [name for name in unasked if site_misfit(p.spec, ctx.profiles[name], ctx.config) is None]
+        blind = [name for name in unasked if name in could_run[index]]
         if blind:
             raise SiteUnreachable(
                 f"cannot tell whether {p.spec.source} was already sent under key {key}: "
