@@ -13,7 +13,7 @@ LAYERS: list[set[str]] = [
     {"gateway.spec"},
     {"gateway.config"},
     {"gateway.profiles"},
-    {"gateway.rendering", "gateway.slurm", "gateway.journal"},
+    {"gateway.rendering", "gateway.arrays", "gateway.slurm", "gateway.journal"},
     {"gateway.transports"},
     {"gateway.site", "gateway.pyslurm_backend"},
     {"gateway.federation"},
