@@ -124,6 +124,11 @@ class LedgerJob:
     slurm_name: str = ""
     # Why it went where it went: the federation's ranking as JSON ('' if none).
     placement: str = ""
+    # Sent as one task of an array of specs (``gateway.arrays``): the token the array
+    # carries in Slurm (its comment) and the task that is this job ('' and None otherwise).
+    # ``slurm_job_id`` is then Slurm's ``ARRAYID_TASK`` and ``slurm_name`` the array's.
+    array_token: str = ""
+    array_task: int | None = None
 
     @property
     def claim(self) -> str:
@@ -232,14 +237,20 @@ def _migrate_v4(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX attempts_job ON attempts(job_id, seq)")
 
 
+def _migrate_v5(conn: sqlite3.Connection) -> None:
+    """Specs sent as tasks of one array: the array's token and the job's task in it."""
+    conn.execute("ALTER TABLE jobs ADD COLUMN array_token TEXT NOT NULL DEFAULT ''")
+    conn.execute("ALTER TABLE jobs ADD COLUMN array_task INTEGER")
+
+
 # Version N of the schema is reached by applying _MIGRATIONS[:N]. Only append.
-_MIGRATIONS: tuple[Migration, ...] = (_migrate_v1, _migrate_v2, _migrate_v3, _migrate_v4)
+_MIGRATIONS: tuple[Migration, ...] = (_migrate_v1, _migrate_v2, _migrate_v3, _migrate_v4, _migrate_v5)
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 _JOB_COLUMNS = (
     "id, site, slurm_job_id, name, spec_path, spec_hash, token, state, reason, message, "
     "workdir, outputs, stdout_path, array_size, depends_on, created_at, updated_at, "
-    "submission_key, item, claim_gen, journal_dir, slurm_name, placement"
+    "submission_key, item, claim_gen, journal_dir, slurm_name, placement, array_token, array_task"
 )
 
 
@@ -268,6 +279,8 @@ def _job_from_row(row: Sequence[Any]) -> LedgerJob:
         journal_dir,
         slurm_name,
         placement,
+        array_token,
+        array_task,
     ) = row
     return LedgerJob(
         id=str(job_id),
@@ -293,6 +306,8 @@ def _job_from_row(row: Sequence[Any]) -> LedgerJob:
         journal_dir=str(journal_dir),
         slurm_name=str(slurm_name),
         placement=str(placement),
+        array_token=str(array_token),
+        array_task=None if array_task is None else int(array_task),
     )
 
 
@@ -508,6 +523,8 @@ class Ledger:
         journal_dir: str = "",
         slurm_name: str = "",
         placement: str = "",
+        array_token: str = "",
+        array_task: int | None = None,
         job_id: str | None = None,
         token: str | None = None,
         slurm_job_id: str | None = None,
@@ -521,7 +538,7 @@ class Ledger:
         now = _now()
         conn.execute(
             f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES "
-            "(?, ?, ?, ?, ?, ?, ?, ?, '', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "(?, ?, ?, ?, ?, ?, ?, ?, '', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 job_id,
                 site,
@@ -545,6 +562,8 @@ class Ledger:
                 journal_dir,
                 slurm_name,
                 placement,
+                array_token,
+                array_task,
             ),
         )
         conn.execute(
@@ -637,21 +656,25 @@ class Ledger:
             ids = [self._insert(state=JobState.SUBMITTING, message="", **intent) for intent in intents]
             return [self._require(job_id) for job_id in ids]
 
-    def record_paths(self, paths: Iterable[tuple[str, ...]]) -> None:
-        """Set ``(job_id, workdir, stdout_path[, slurm_name])`` of jobs still SUBMITTING, in one transaction.
+    def record_paths(self, paths: Iterable[tuple[Any, ...]]) -> None:
+        """Set ``(job_id, workdir, stdout_path[, slurm_name[, array_token, array_task]])`` of jobs
+        still SUBMITTING, in one transaction.
 
         The workdir and Slurm name contain the job's own id, so they are known
         only after :meth:`record_intents` gave the id, and before anything is sent.
+        A job sent on its own (no array token given) is no array's task.
         """
         with self._write():
             for job_id, workdir, stdout_path, *rest in paths:
                 job = self._require(job_id)
                 if job.state != JobState.SUBMITTING:
                     raise ValueError(f"job {job_id} is {job.state}; its paths are fixed")
+                array_token = str(rest[1]) if len(rest) > 1 else ""
+                array_task = int(rest[2]) if len(rest) > 2 and array_token else None
                 self._conn.execute(
-                    "UPDATE jobs SET workdir = ?, stdout_path = ?, slurm_name = COALESCE(?, slurm_name) "
-                    "WHERE id = ?",
-                    (workdir, stdout_path, rest[0] if rest else None, job_id),
+                    "UPDATE jobs SET workdir = ?, stdout_path = ?, slurm_name = COALESCE(?, slurm_name), "
+                    "array_token = ?, array_task = ? WHERE id = ?",
+                    (workdir, stdout_path, rest[0] if rest else None, array_token, array_task, job_id),
                 )
 
     def mark_submitted_many(self, submitted: Iterable[tuple[str, str]]) -> list[LedgerJob]:
@@ -894,8 +917,8 @@ class Ledger:
             ):
                 raise ValueError(f"job {job_id} is {job.state}: it cannot move to another site")
             self._conn.execute(
-                "UPDATE jobs SET site = ?, journal_dir = ?, workdir = ?, stdout_path = ?, message = '' "
-                "WHERE id = ?",
+                "UPDATE jobs SET site = ?, journal_dir = ?, workdir = ?, stdout_path = ?, message = '', "
+                "array_token = '', array_task = NULL WHERE id = ?",
                 (site, journal_dir, workdir, stdout_path, job_id),
             )
             self._set_state(self._require(job_id), JobState.SUBMITTING, f"failed over to {site}")
