@@ -23,7 +23,7 @@ by the array plus its index, ``ARRAYID_TASK`` in Slurm's own notation.
 from __future__ import annotations
 
 import shlex
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 from gateway import __version__
@@ -170,21 +170,22 @@ def render_array_script(
     for index, (spec, job_id) in enumerate(members):
         workdir = site_workdir(spec, profile, work_area, job_id)
         tasks.append(ArrayTask(job_id, index, workdir, stdout_path))
-        lines += [
-            f"{index})",
+        # Indenting a line never reaches inside a quoted multi-line value: only its first line moves.
+        arm = [
             f"# {comment_safe(spec.source)} (sha256 {spec.sha256[:12] or '-'})",
             *export_lines(spec, profile, job_id, user, account),
             f"aif_workdir={shlex.quote(workdir)}",
             "aif_job() {",
-            _job_line(spec, profile),
+            "    " + _job_line(spec, profile),
             "}",
             ";;",
         ]
+        lines += [f"{index})", *("    " + line for line in arm)]
     lines += [
         "*)",
-        'echo "aif: task ${SLURM_ARRAY_TASK_ID:-?} is not one of this array\'s" >&2',
-        "exit 64",
-        ";;",
+        '    echo "aif: task ${SLURM_ARRAY_TASK_ID:-?} is not one of this array\'s" >&2',
+        "    exit 64",
+        "    ;;",
         "esac",
         'cd -- "$aif_workdir"',
     ]
@@ -200,6 +201,53 @@ def render_array_script(
         work_area=work_area,
         tasks=tuple(tasks),
     )
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What one sbatch sends: the job at ``positions[0]`` on its own (``array`` None), or the
+    jobs at ``positions`` as the tasks of one array, in that order."""
+
+    positions: tuple[int, ...]
+    array: RenderedArray | None = None
+    array_token: str = ""
+
+
+def plan_batches(
+    specs: Sequence[JobSpec],
+    job_ids: Sequence[str],
+    profile: SiteProfile,
+    *,
+    account: str | None,
+    user: str,
+    max_tasks: int,
+    new_token: Callable[[], str],
+    coalesce: bool = True,
+) -> list[Batch]:
+    """The sbatch calls that send these jobs to ``profile``'s site: specs of one shape as
+    arrays of at most ``max_tasks`` tasks (and of a script Slurm accepts), the rest alone.
+
+    In order of first appearance; ``new_token`` gives each array its token.
+    """
+    keys = [coalesce_key(spec, profile, account=account) if coalesce else None for spec in specs]
+    batches: list[Batch] = []
+
+    def add(group: list[int]) -> None:
+        if len(group) == 1:
+            batches.append(Batch((group[0],)))
+            return
+        token = new_token()
+        members = [(specs[i], job_ids[i]) for i in group]
+        rendered = render_array_script(members, profile, account=account, user=user, array_token=token)
+        if len(rendered.script.encode()) > ARRAY_SCRIPT_MAX_BYTES:
+            add(group[: len(group) // 2])
+            add(group[len(group) // 2 :])
+            return
+        batches.append(Batch(tuple(group), rendered, token))
+
+    for group in group_by_key(keys, max_tasks):
+        add(group)
+    return batches
 
 
 def _job_line(spec: JobSpec, profile: SiteProfile) -> str:

@@ -64,6 +64,10 @@ def stdout_path_of(job: LedgerJob, task: int | None = None) -> str:
             f"--task {task}: {job.id} is an array of {job.array_size} tasks; "
             f"expected 0 to {job.array_size - 1}"
         )
+    if job.array_token:
+        # One task of an array of specs: Slurm wrote its output as ARRAYID_TASK.
+        array_id, _, own_task = job.slurm_job_id.partition("_")
+        return job.stdout_path.replace("%A", array_id).replace("%a", own_task)
     path = job.stdout_path.replace("%A", job.slurm_job_id).replace("%j", job.slurm_job_id)
     return path.replace("%a", str(task if task is not None else 0))
 
@@ -121,7 +125,8 @@ def cancel(ctx: Context, job_ids: Sequence[str]) -> list[CancelResult]:
         raise SiteUnreachable("; ".join(report.unreachable.values()) + " (nothing was cancelled there)")
     targets = [j for j in report.jobs if j.id in report.in_queue and not is_terminal(j.state)]
     by_site: dict[str, list[LedgerJob]] = {}
-    for job in targets:
+    # One array's tasks side by side: the site checks each array's name once.
+    for job in sorted(targets, key=lambda j: (j.slurm_job_id or "").partition("_")[0]):
         by_site.setdefault(job.site, []).append(job)
     sent = ctx.per_site(
         by_site, lambda backend, jobs: backend.cancel([(j.slurm_job_id or "", j.slurm_name) for j in jobs])
@@ -133,7 +138,9 @@ def cancel(ctx: Context, job_ids: Sequence[str]) -> list[CancelResult]:
     active = list(targets)
     while active:
         report = refresh(ctx, [j.id for j in active])
-        active = [j for j in report.jobs if not is_terminal(j.state)]
+        _pending_tasks_cancelled(ctx, report)
+        active = [ledger.get(j.id) for j in report.jobs]
+        active = [j for j in active if not is_terminal(j.state)]
         if not active or ctx.clock.monotonic() > deadline:
             break
         ctx.clock.sleep(0.5)
@@ -152,6 +159,24 @@ def cancel(ctx: Context, job_ids: Sequence[str]) -> list[CancelResult]:
             why = job.reason or "its identity at the site cannot be confirmed"
             results.append(CancelResult(job, was.state, False, f"not signalled: {why}"))
     return results
+
+
+def _pending_tasks_cancelled(ctx: Context, report: StatusReport) -> None:
+    """Tasks of arrays of specs that were pending when signalled and have left the queue.
+
+    Slurm keeps no trace of a pending array task it cancelled (no CANCELLED
+    record in squeue, nothing in the finished-job records: recorded on 22.05),
+    so the task just confirmed in the queue, signalled, and now gone is CANCELLED.
+    """
+    gone = [
+        (job.id, JobState.CANCELLED.value, "cancelled while pending (Slurm keeps no record of it)")
+        for job in report.jobs
+        if job.array_token
+        and not is_terminal(job.state)
+        and job.id not in report.in_queue
+        and job.site not in report.unreachable
+    ]
+    ctx.ledger.update_states(gone)
 
 
 def fetch(

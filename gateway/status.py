@@ -52,7 +52,9 @@ def refresh(
         if job.unresolved:
             unresolved.setdefault(job.site, []).append(job)
         elif job.slurm_job_id:
-            queries.setdefault(job.site, []).append(JobQuery(job.slurm_job_id, job.token, job.slurm_name))
+            queries.setdefault(job.site, []).append(
+                JobQuery(job.slurm_job_id, job.token, job.slurm_name, job.array_token)
+            )
     work = {
         site: _SiteQuery(
             settle_plan(ctx, unresolved[site], False) if site in unresolved else None, queries.get(site, [])

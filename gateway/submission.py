@@ -6,7 +6,10 @@ under a key that never lets one spec be sent twice. Part of the api layer.
   machine, and in the site's own record (``gateway.journal``) before sbatch runs;
 - a submission has a key: the same key with the same specs never submits
   twice, from any machine: what the sites' records show as sent is adopted;
-- answers that were lost are settled from the site's record at once.
+- answers that were lost are settled from the site's record at once;
+- specs of one shape sent to one site in one call become ONE Slurm array job
+  (``gateway.arrays``), each spec still its own aif job: one task of it,
+  claimed in the site's record on its own before the array is sent.
 """
 
 from __future__ import annotations
@@ -15,16 +18,23 @@ import contextlib
 import json
 import shlex
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gateway import journal, slurm
 from gateway.api import login_user
+from gateway.arrays import (
+    DEFAULT_MAX_ARRAY_SIZE,
+    Batch,
+    array_job_name,
+    array_output_dir,
+    plan_batches,
+)
 from gateway.context import Context, SiteResult
 from gateway.errors import AifError, Interrupted, InvalidInput, NoFit, SiteUnreachable, UsageError
 from gateway.federation.placer import Federation, pinned_ranking
 from gateway.federation.ranking import Ranking, site_misfit
-from gateway.ledger import LedgerJob, spec_sha256
+from gateway.ledger import LedgerJob, new_submission_token, spec_sha256
 from gateway.profiles import SiteProfile, check_spec_against_profiles, get_profile, resolve_account
 from gateway.rendering import RenderedJob, fill_site_path, render_batch_script
 from gateway.settlement import claimed_by, settle_unresolved
@@ -206,6 +216,7 @@ def submit(
     key: str | None = None,
     failover: bool = True,
     refresh: bool = False,
+    coalesce: bool = True,
 ) -> SubmitReport:
     """Submit every spec under one key; one entry per spec, whatever happened to it.
 
@@ -215,7 +226,8 @@ def submit(
     content was never part of that submission is refused. A job placed by
     the federation whose site turns out to be down (nothing was sent, proven)
     goes to the next site of its ranking, unless ``failover`` is off; a
-    pinned job never moves.
+    pinned job never moves. Unless ``coalesce`` is off, specs of one shape
+    sent to one site go as one array job (each spec one task of it).
     """
     explicit = key is not None
     key = key if key is not None else journal.new_key()
@@ -238,9 +250,10 @@ def submit(
     where = {i: planned[i].site for i in to_send}
     tried: dict[int, list[str]] = {i: [] for i in to_send}
     pending = list(to_send)
+    sending = _Sending(ctx, key, planned, jobs, where, extra, next_gen, coalesce, federation)
     try:
         while pending:
-            _send_round(ctx, key, planned, jobs, where, pending, extra, next_gen)
+            sending.round(pending)
             for i in pending:
                 tried[i].append(where[i])
             pending = (
@@ -255,49 +268,139 @@ def submit(
     return SubmitReport(key=key, jobs=[decided[i] for i in range(len(planned))])
 
 
-def _send_round(
-    ctx: Context,
-    key: str,
-    planned: list[_Planned],
-    jobs: dict[int, LedgerJob],
-    where: dict[int, str],
-    pending: list[int],
-    extra: tuple[str, ...],
-    next_gen: dict[str, int],
-) -> None:
-    """Render and send ``pending`` to their sites (one batched command per site), record every answer."""
-    rendered = {
-        i: _render_for(ctx, replace(planned[i], site=where[i]), jobs[i].id, jobs[i].token) for i in pending
-    }
-    ctx.ledger.record_paths(
-        (jobs[i].id, rendered[i].workdir, rendered[i].stdout_path, rendered[i].slurm_name) for i in pending
-    )
-    by_site: dict[str, list[int]] = {}
-    for i in pending:
-        by_site.setdefault(where[i], []).append(i)
-    dirs = {s: journal.record_dir(_work_area(ctx, s), key) for s in by_site}
-    batches = {
-        site_name: [
-            slurm.SubmissionItem(
-                script=rendered[i].script,
-                workdir=rendered[i].workdir,
-                extra_args=extra,
-                claim=journal.claim_name(planned[i].item, next_gen.get(planned[i].item, 0)),
-                token=jobs[i].token,
-                aif_id=jobs[i].id,
+@dataclass
+class _Sending:
+    """One submission's rounds: render, record the paths, send (one command per site), record
+    every answer. Jobs whose site was down may come back for another round (failover)."""
+
+    ctx: Context
+    key: str
+    planned: list[_Planned]
+    jobs: dict[int, LedgerJob]
+    where: dict[int, str]
+    extra: tuple[str, ...]
+    next_gen: dict[str, int]
+    coalesce: bool
+    federation: Federation
+    max_array: dict[str, int] = field(default_factory=dict)  # the sites' MaxArraySize, once known
+
+    def round(self, pending: list[int]) -> None:
+        """Send ``pending`` to their sites; an array over a site's MaxArraySize (nothing was
+        claimed or sent) goes again, cut to the size the site named."""
+        attempts: list[tuple[str, str, str, str]] = []
+        left = list(pending)
+        while left:
+            too_large = self._send(left, attempts)
+            left = [i for i in left if self.jobs[i].id in too_large]
+            allowed: dict[str, int] = {}
+            for i in left:
+                site = self.where[i]
+                allowed[site] = min(allowed.get(site, too_large[self.jobs[i].id]), too_large[self.jobs[i].id])
+            for site, size in allowed.items():
+                # A site that refuses the size it named gets no arrays at all (no endless rounds).
+                self.max_array[site] = size if size < self.max_array.get(site, size + 1) else 1
+        self.ctx.ledger.record_attempts(attempts)
+
+    def _send(self, pending: list[int], attempts: list[tuple[str, str, str, str]]) -> dict[str, int]:
+        ctx = self.ctx
+        by_site: dict[str, list[int]] = {}
+        for i in pending:
+            by_site.setdefault(self.where[i], []).append(i)
+        plans = {site: self._batches(site, indexes) for site, indexes in by_site.items()}
+        ctx.ledger.record_paths(row for plan in plans.values() for row in plan[1])
+        dirs = {s: journal.record_dir(_work_area(ctx, s), self.key) for s in by_site}
+        batches = {site: plan[0] for site, plan in plans.items()}
+        order = {site: plan[2] for site, plan in plans.items()}
+        answers = ctx.per_site(batches, lambda backend, items: backend.submit(items, dirs[backend.site]))
+        too_large: dict[str, int] = {}
+        for site_name, indexes in order.items():
+            too_large.update(
+                _record_answers(ctx, site_name, [self.jobs[i] for i in indexes], answers[site_name])
             )
-            for i in indexes
-        ]
-        for site_name, indexes in by_site.items()
-    }
-    answers = ctx.per_site(batches, lambda backend, items: backend.submit(items, dirs[backend.site]))
-    attempts = []
-    for site_name, indexes in by_site.items():
-        _record_answers(ctx, site_name, [jobs[i] for i in indexes], answers[site_name])
-        for i in indexes:
-            after = ctx.ledger.get(jobs[i].id)
-            attempts.append((after.id, site_name, _attempt_outcome(after), after.message or after.reason))
-    ctx.ledger.record_attempts(attempts)
+            for i in indexes:
+                if self.jobs[i].id in too_large:
+                    continue  # not sent: it goes again at once, in a smaller array
+                after = ctx.ledger.get(self.jobs[i].id)
+                attempts.append((after.id, site_name, _attempt_outcome(after), after.message or after.reason))
+        return too_large
+
+    def _batches(
+        self, site: str, indexes: list[int]
+    ) -> tuple[list[slurm.Submission], list[tuple[Any, ...]], list[int]]:
+        """The site's submission items, each job's paths for the ledger, and the jobs in the
+        order of the answers (an array's members in task order)."""
+        ctx = self.ctx
+        profile = ctx.profiles[site]
+        account, user = _account_and_user(ctx, profile)
+        coalesce = self.coalesce and ctx.config.access(site).transport != "pyslurm"
+        plan = plan_batches(
+            [self.planned[i].spec for i in indexes],
+            [self.jobs[i].id for i in indexes],
+            profile,
+            account=account,
+            user=user,
+            max_tasks=self._max_array_size(site),
+            new_token=new_submission_token,
+            coalesce=coalesce,
+        )
+        items: list[slurm.Submission] = []
+        paths: list[tuple[Any, ...]] = []
+        order: list[int] = []
+        for batch in plan:
+            members = [indexes[position] for position in batch.positions]
+            order += members
+            if batch.array is None:
+                items.append(self._single(members[0], paths))
+            else:
+                items.append(self._array(batch, members, paths))
+        return items, paths, order
+
+    def _claim(self, i: int) -> str:
+        item = self.planned[i].item
+        return journal.claim_name(item, self.next_gen.get(item, 0))
+
+    def _single(self, i: int, paths: list[tuple[Any, ...]]) -> slurm.SubmissionItem:
+        job = self.jobs[i]
+        rendered = _render_for(self.ctx, replace(self.planned[i], site=self.where[i]), job.id, job.token)
+        paths.append((job.id, rendered.workdir, rendered.stdout_path, rendered.slurm_name))
+        return slurm.SubmissionItem(
+            script=rendered.script,
+            workdir=rendered.workdir,
+            extra_args=self.extra,
+            claim=self._claim(i),
+            token=job.token,
+            aif_id=job.id,
+        )
+
+    def _array(self, batch: Batch, members: list[int], paths: list[tuple[Any, ...]]) -> slurm.ArraySubmission:
+        assert batch.array is not None
+        rendered = batch.array
+        for i, task in zip(members, rendered.tasks, strict=True):
+            job = self.jobs[i]
+            paths.append(
+                (job.id, task.workdir, task.stdout_path, rendered.slurm_name, batch.array_token, task.index)
+            )
+        return slurm.ArraySubmission(
+            script=rendered.script,
+            output_dir=rendered.output_dir,
+            array_token=batch.array_token,
+            members=tuple(
+                slurm.ArrayMember(self._claim(i), self.jobs[i].token, self.jobs[i].id, task.workdir)
+                for i, task in zip(members, rendered.tasks, strict=True)
+            ),
+            extra_args=self.extra,
+        )
+
+    def _max_array_size(self, site: str) -> int:
+        """The site's MaxArraySize: as it answered, else as its last probe saw it, else Slurm's default.
+
+        The submission program checks it again at the site before anything is claimed.
+        """
+        if site not in self.max_array:
+            snapshot = self.federation.store.read(site)
+            seen = snapshot.result.max_array_size if snapshot and snapshot.result else None
+            self.max_array[site] = seen or DEFAULT_MAX_ARRAY_SIZE
+        return self.max_array[site]
 
 
 def _attempt_outcome(job: LedgerJob) -> str:
@@ -363,16 +466,21 @@ def _how(job: LedgerJob) -> str:
 
 def _record_answers(
     ctx: Context, site: str, jobs: list[LedgerJob], answer: SiteResult[list[slurm.SubmissionOutcome]]
-) -> None:
-    """Write what the site answered; items whose answer was lost are settled from its record."""
+) -> dict[str, int]:
+    """Write what the site answered; items whose answer was lost are settled from its record.
+
+    Returns the jobs of arrays over the site's MaxArraySize (nothing claimed, nothing sent:
+    they stay SUBMITTING) with the size the site allows.
+    """
     ledger = ctx.ledger
     unknown: list[LedgerJob] = []
+    too_large: dict[str, int] = {}
     if answer.value is None:
         if answer.nothing_ran:
             # Nothing was sent: the connection or the program never started.
             for job in jobs:
                 ledger.mark_not_submitted(job.id, JobState.UNREACHABLE, answer.problem)
-            return
+            return too_large
         unknown = jobs
     else:
         accepted = []
@@ -385,6 +493,8 @@ def _record_answers(
                 ledger.mark_not_submitted(job.id, JobState.UNREACHABLE, f"site {site}: {outcome.error}")
             elif outcome.kind is slurm.Outcome.CLAIMED:
                 ledger.mark_not_submitted(job.id, JobState.NOT_SENT, claimed_by(outcome.error, job))
+            elif outcome.kind is slurm.Outcome.TOO_LARGE:
+                too_large[job.id] = slurm.max_array_size_of(outcome) or 1
             else:
                 unknown.append(job)
         ledger.mark_submitted_many(accepted)
@@ -394,6 +504,7 @@ def _record_answers(
         # If the site cannot be asked now, they stay SUBMITTING: `aif status` settles them.
         with contextlib.suppress(AifError):
             settle_unresolved(ctx, site, [ledger.get(j.id) for j in unknown], fence_now=True)
+    return too_large
 
 
 def _settle_earlier(
@@ -487,10 +598,19 @@ def _earlier_job(
 
 
 def _adopt(ctx: Context, p: _Planned, key: str, journal_dir: str, claim: journal.Claim) -> LedgerJob:
-    """A job another aif sent under this key, into this ledger under its own id and token."""
+    """A job another aif sent under this key, into this ledger under its own id and token
+    (a task of an array: with its array's token, task, name and output)."""
     rendered = _render_for(ctx, p, claim.aif_id, claim.token)
     intent = _intent(p, key, journal_dir, None, claim.gen)
     intent.update(workdir=rendered.workdir, stdout_path=rendered.stdout_path, slurm_name=rendered.slurm_name)
+    if claim.array_token and claim.array_task is not None:
+        output_dir = array_output_dir(rendered.work_area, claim.array_token)
+        intent.update(
+            stdout_path=f"{output_dir}/slurm-%A_%a.out",
+            slurm_name=array_job_name(claim.array_token),
+            array_token=claim.array_token,
+            array_task=claim.array_task,
+        )
     return ctx.ledger.record_adopted(
         intent, job_id=claim.aif_id, token=claim.token, slurm_job_id=claim.slurm_job_id
     )

@@ -296,6 +296,11 @@ def jobs_table(jobs: Sequence[Any], title: str, problems: dict[str, str] | None 
     "--no-failover", is_flag=True, help="If the chosen site is down, fail instead of trying the next one."
 )
 @click.option("--refresh", is_flag=True, help="Probe the sites' load now, whatever the snapshots' age.")
+@click.option(
+    "--no-coalesce",
+    is_flag=True,
+    help="Send each spec as its own Slurm job, never specs of one shape as one array job.",
+)
 @json_option
 @click.pass_context
 def submit(
@@ -307,6 +312,7 @@ def submit(
     dry_run: bool,
     no_failover: bool,
     refresh: bool,
+    no_coalesce: bool,
     as_json: bool,
 ) -> None:
     """Submit one or more job SPECS (TOML)."""
@@ -319,7 +325,14 @@ def submit(
             _print_dry_runs(lifecycle.dry_run(lctx, list(specs), site=site), as_json)
             return
         report = lifecycle.submit(
-            lctx, list(specs), site=site, after=after, key=key, failover=not no_failover, refresh=refresh
+            lctx,
+            list(specs),
+            site=site,
+            after=after,
+            key=key,
+            failover=not no_failover,
+            refresh=refresh,
+            coalesce=not no_coalesce,
         )
     results = report.jobs
     if as_json:
