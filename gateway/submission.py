@@ -261,8 +261,9 @@ def submit(
             )
     except KeyboardInterrupt:
         raise _interrupted(ctx, key, spec_paths, list(jobs.values()), decided) from None
+    latest = {j.id: j for j in ctx.ledger.jobs_with_key(key)}  # one read, not one per job
     for i, job in jobs.items():
-        now = ctx.ledger.get(job.id)
+        now = latest[job.id]
         why = planned[i].why if len(tried[i]) < 2 else f"failed over from {', '.join(tried[i][:-1])}"
         decided[i] = SubmittedJob(now, why, _how(now))
     return SubmitReport(key=key, jobs=[decided[i] for i in range(len(planned))])
@@ -317,10 +318,12 @@ class _Sending:
             too_large.update(
                 _record_answers(ctx, site_name, [self.jobs[i] for i in indexes], answers[site_name])
             )
+        latest = {j.id: j for j in ctx.ledger.jobs_with_key(self.key)}  # one read, not one per job
+        for site_name, indexes in order.items():
             for i in indexes:
                 if self.jobs[i].id in too_large:
                     continue  # not sent: it goes again at once, in a smaller array
-                after = ctx.ledger.get(self.jobs[i].id)
+                after = latest[self.jobs[i].id]
                 attempts.append((after.id, site_name, _attempt_outcome(after), after.message or after.reason))
         return too_large
 

@@ -29,10 +29,16 @@ one_line() {
 journal=
 [ -f "$workspace/journal" ] && IFS= read -r -d '' journal <"$workspace/journal"
 # Every workdir (and the record's directory) first, in ONE mkdir: a fork per job
-# would cost more than its sbatch. An array brings its members' workdirs too.
+# would cost more than its sbatch. An array brings its members' workdirs too; its
+# fields (token, then claim, token, aif id, workdir per member) are kept in one
+# flat list, from arrays[ITEM] to ends[ITEM], read in order (bash indexes lists
+# sequentially fast, but slices of them slowly).
 workdirs=()
 wanted=()
 [ -n "$journal" ] && [ ! -d "$journal" ] && wanted+=("$journal")
+fields=()
+arrays=()
+ends=()
 count=0
 while :; do
     printf -v item '%s/%06d' "$workspace" "$count"
@@ -42,14 +48,23 @@ while :; do
     workdirs[count]=$workdir
     [ -n "$workdir" ] && [ ! -d "$workdir" ] && wanted+=("$workdir")
     if [ -f "$item/array" ]; then
-        fields=()
+        arrays[count]=${#fields[@]}
         while IFS= read -r -d '' field; do fields+=("$field"); done <"$item/array"
-        for ((m = 4; m < ${#fields[@]}; m += 4)); do
+        ends[count]=${#fields[@]}
+        for ((m = arrays[count] + 4; m < ends[count]; m += 4)); do
             [ -d "${fields[m]}" ] || wanted+=("${fields[m]}")
         done
     fi
     count=$((count + 1))
 done
+# The site's MaxArraySize, asked while the directories are made (only with an array).
+max_array=0
+asked=
+if [ "${#arrays[@]}" -gt 0 ]; then
+    { scontrol show config | sed -n 's/^MaxArraySize *= *\([0-9]*\).*/\1/p' >|"$workspace/max-array"; } \
+        2>/dev/null </dev/null &
+    asked=$!
+fi
 if [ "${#wanted[@]}" -gt 0 ]; then
     mkdir -p -- "${wanted[@]}" 2>|"$workspace/mkdir-errors" </dev/null || true
 fi
@@ -95,14 +110,16 @@ run_sbatch() {
 # each member ARRAYID_TASK, in the record first. Its members are answer slots
 # $slot on; an array over the site's MaxArraySize is not claimed, not sent.
 submit_array() {
-    fields=()
-    while IFS= read -r -d '' field; do fields+=("$field"); done <"$item/array"
-    members=$(((${#fields[@]} - 1) / 4))
+    at=${arrays[index - 1]}
+    array_token=${fields[at]}
+    members=$(((ends[index - 1] - at - 1) / 4))
     first=$slot
     slot=$((slot + members))
-    if [ -z "$max_array" ]; then
-        max_array=$(scontrol show config 2>/dev/null | sed -n 's/^MaxArraySize *= *\([0-9]*\).*/\1/p')
-        max_array=${max_array:-0}
+    if [ -n "$asked" ]; then
+        wait "$asked" 2>/dev/null
+        asked=
+        IFS= read -r max_array 2>/dev/null <"$workspace/max-array"
+        [ -n "$max_array" ] || max_array=0
     fi
     if [ "$max_array" -gt 0 ] && [ "$members" -gt "$max_array" ]; then
         for ((m = 0; m < members; m++)); do
@@ -112,9 +129,10 @@ submit_array() {
     fi
     tasks=()
     list=
-    for ((m = 0; m < members; m++)); do
-        if [ -n "${fields[1 + 4 * m]}" ]; then
-            claim "${fields[@]:1 + 4 * m:3}" "${fields[0]}" "$m" "$((first + m))" || continue
+    for ((m = 0, f = at + 1; m < members; m++, f += 4)); do
+        if [ -n "${fields[f]}" ]; then
+            claim "${fields[f]}" "${fields[f + 1]}" "${fields[f + 2]}" "$array_token" "$m" "$((first + m))" ||
+                continue
         fi
         # Task lists as ranges, 0-3,5-9: one short argument whatever the size.
         case ,$list in
@@ -127,15 +145,17 @@ submit_array() {
     [ -n "$list" ] || return
     run_sbatch --array="$list" ${sbatch_args[@]+"${sbatch_args[@]}"} "$item/aif-job.sh"
     base=${message%%;*}
+    answers=
     for m in "${tasks[@]}"; do
         answer=$message
         [ "$rc" -ne 0 ] || answer=${base}_$m
-        claim=${fields[1 + 4 * m]}
+        claim=${fields[at + 1 + 4 * m]}
         [ -z "$claim" ] || printf 'answer\t%d\t%s\n' "$rc" "$answer" >>"$journal/$claim"
-        printf '%d\t%d\t%s\n' "$((first + m))" "$rc" "$answer"
+        answers=$answers$((first + m))$'\t'$rc$'\t'$answer$'\n'
     done
+    # Every answer is in the record already: one write for all of them.
+    printf '%s' "$answers"
 }
-max_array=
 slot=0
 index=0
 while [ "$index" -lt "$count" ] && [ -z "$stop" ]; do

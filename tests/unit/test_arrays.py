@@ -349,6 +349,26 @@ def slurm_claims(journal: Path) -> list[object]:
 
 
 @pytest.mark.skipif(not (shutil.which("bash") and shutil.which("tar")), reason="needs bash and tar")
+def test_arrays_and_single_jobs_in_one_bundle_answer_in_order(tmp_path: Path) -> None:
+    journal = tmp_path / "record"
+    journal.mkdir()
+
+    def single(n: int) -> slurm.SubmissionItem:
+        return slurm.SubmissionItem(
+            "#!/bin/bash\ntrue\n", "", (), f"{n:016x}-9.0", f"aif-tok-s{n}", f"aif-s{n}"
+        )
+
+    two = replace(array_item(tmp_path, 2), members=array_item(tmp_path, 2).members[::-1])
+    items: list[slurm.Submission] = [single(1), array_item(tmp_path, 3), single(2), two, single(3)]
+    lines = run_program(tmp_path, items, journal)
+    outcomes = slurm.parse_submission_output("\n".join(lines), 8)
+    assert [o.job_id for o in outcomes] == ["77", "77_0", "77_1", "77_2", "77", None, None, "77"]
+    # The second array's members are the first's claims in the other order: held already.
+    assert [o.kind for o in outcomes[5:7]] == [slurm.Outcome.CLAIMED] * 2
+    assert len((tmp_path / "sbatch.log").read_text().splitlines()) == 4  # 3 jobs, 1 array
+
+
+@pytest.mark.skipif(not (shutil.which("bash") and shutil.which("tar")), reason="needs bash and tar")
 def test_an_array_over_the_sites_max_array_size_is_neither_claimed_nor_sent(tmp_path: Path) -> None:
     journal = tmp_path / "record"
     journal.mkdir()
