@@ -39,9 +39,11 @@ fuzz: $(STAMP)
 demo: $(STAMP)
 	bash examples/demo.sh
 
-# submit_200.py: submission cost; placement.py: how long jobs wait, placed by aif or ARC's brokers (~10 min).
+# submit_200.py: submission cost; arrays.py: 200 specs as one array job;
+# placement.py: how long jobs wait, placed by aif or ARC's brokers (~10 min).
 bench: $(STAMP)
 	$(BIN)/python bench/submit_200.py
+	$(BIN)/python bench/arrays.py
 	$(BIN)/python bench/placement.py
 
 clean:

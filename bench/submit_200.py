@@ -90,13 +90,16 @@ def main() -> int:
 
     def aif_library() -> None:
         with open_context() as ctx:
-            jobs = lifecycle.submit(ctx, specs, site=SITE).jobs
+            # One Slurm job per spec: bench/arrays.py measures the same specs as one array.
+            jobs = lifecycle.submit(ctx, specs, site=SITE, coalesce=False).jobs
         assert all(j.job.slurm_job_id for j in jobs), [j.job.message for j in jobs if not j.job.slurm_job_id]
 
     def aif_cli() -> None:
         aif = Path(sys.executable).parent / "aif"
         subprocess.run(
-            [str(aif), "submit", "--site", SITE, "--json", *specs], check=True, capture_output=True
+            [str(aif), "submit", "--site", SITE, "--no-coalesce", "--json", *specs],
+            check=True,
+            capture_output=True,
         )
 
     def ssh_exec_per_job() -> None:
