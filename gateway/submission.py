@@ -10,34 +10,28 @@ under a key that never lets one spec be sent twice. Part of the api layer.
 - specs of one shape sent to one site in one call become ONE Slurm array job
   (``gateway.arrays``), each spec still its own aif job: one task of it,
   claimed in the site's record on its own before the array is sent.
+
+Sending (render, record, one command per site, the answers) is ``gateway.sending``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shlex
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
-from gateway import journal, slurm
-from gateway.api import login_user
-from gateway.arrays import (
-    DEFAULT_MAX_ARRAY_SIZE,
-    Batch,
-    array_job_name,
-    array_output_dir,
-    plan_batches,
-)
-from gateway.context import Context, SiteResult
+from gateway import journal
+from gateway.arrays import array_job_name, array_output_dir
+from gateway.context import Context
 from gateway.errors import AifError, Interrupted, InvalidInput, NoFit, SiteUnreachable, UsageError
 from gateway.federation.placer import Federation, pinned_ranking
 from gateway.federation.ranking import Ranking, site_misfit
-from gateway.ledger import LedgerJob, new_submission_token, spec_sha256
-from gateway.profiles import SiteProfile, check_spec_against_profiles, get_profile, resolve_account
-from gateway.rendering import RenderedJob, fill_site_path, render_batch_script
-from gateway.settlement import claimed_by, settle_unresolved
+from gateway.ledger import LedgerJob, spec_sha256
+from gateway.profiles import SiteProfile, check_spec_against_profiles, get_profile
+from gateway.rendering import RenderedJob
+from gateway.sending import Planned, Sending, render, render_for, work_area
 from gateway.spec import JobSpec, load_spec
 from gateway.states import JobState, is_terminal
 from gateway.status import refresh
@@ -64,21 +58,11 @@ class DryRun:
     rendered: RenderedJob
 
 
-@dataclass(frozen=True)
-class _Planned:
-    spec: JobSpec
-    site: str
-    why: str
-    item: str  # the spec's label in its submission (content digest and copy number)
-    ranking: Ranking  # where it could go, best first (one site when pinned)
-    pinned: bool
-
-
 def federation_for(ctx: Context, *, refresh: bool = False) -> Federation:
     """The federation over this context's sites: probes through its backends, shared snapshots."""
 
     def script_for(spec: JobSpec, profile: SiteProfile) -> str:
-        return _render(ctx, spec, profile).script
+        return render(ctx, spec, profile).script
 
     return Federation(ctx.profiles, ctx.config, ctx.backend, script_for, refresh=refresh)
 
@@ -106,13 +90,13 @@ def plan_submissions(
     *,
     record_invalid: bool = True,
     federation: Federation | None = None,
-) -> list[_Planned]:
+) -> list[Planned]:
     """Validate and place every spec before anything is sent: all or nothing.
 
     Specs are placed one after the other against snapshots that count each
     job just placed, so a burst spreads over the sites.
     """
-    planned: list[_Planned] = []
+    planned: list[Planned] = []
     copies: dict[str, int] = {}
     for path in spec_paths:
         try:
@@ -129,14 +113,14 @@ def plan_submissions(
                     reasons = "; ".join(r for e in ranking.excluded for r in e.reasons)
                     raise NoFit(f"{spec.name} cannot run at {chosen}: {reasons}")
                 why = "named on the command line" if site else "pinned by the spec"
-                planned.append(_Planned(spec, chosen, why, item, ranking, pinned=True))
+                planned.append(Planned(spec, chosen, why, item, ranking, pinned=True))
             else:
                 federation = federation or federation_for(ctx)
                 ranking = federation.place(spec)
                 if ranking.winner is None:
                     raise no_site_error(spec, ranking)
                 why = ranking.headline(spec.name).split(": ", 1)[1]
-                planned.append(_Planned(spec, ranking.winner.site, why, item, ranking, pinned=False))
+                planned.append(Planned(spec, ranking.winner.site, why, item, ranking, pinned=False))
         except (InvalidInput, NoFit, UsageError, SiteUnreachable) as exc:
             if record_invalid:
                 ctx.ledger.record_invalid(
@@ -153,40 +137,10 @@ def plan_submissions(
 
 def dry_run(ctx: Context, spec_paths: Sequence[str], *, site: str | None = None) -> list[DryRun]:
     planned = plan_submissions(ctx, spec_paths, site, record_invalid=False)
-    return [DryRun(spec=p.spec.source, site=p.site, why=p.why, rendered=_render_for(ctx, p)) for p in planned]
+    return [DryRun(spec=p.spec.source, site=p.site, why=p.why, rendered=render_for(ctx, p)) for p in planned]
 
 
-def _account_and_user(ctx: Context, profile: SiteProfile) -> tuple[str | None, str]:
-    """The account to send and the login name at ``profile``'s site, from the user's config."""
-    return resolve_account(profile, ctx.config.access(profile.name)), login_user(profile, ctx.config)
-
-
-def _work_area(ctx: Context, site: str) -> str:
-    profile = ctx.profiles[site]
-    account, user = _account_and_user(ctx, profile)
-    return fill_site_path(profile.slurm.work_area, user=user, account=account, site=site)
-
-
-def _render(
-    ctx: Context, spec: JobSpec, profile: SiteProfile, job_id: str | None = None, token: str | None = None
-) -> RenderedJob:
-    """The script for ``spec`` at ``profile``'s site; without an id (dry run, probe) no id or token yet."""
-    account, user = _account_and_user(ctx, profile)
-    if job_id is None:
-        return render_batch_script(spec, profile, account=account, user=user)
-    return render_batch_script(spec, profile, account=account, user=user, job_id=job_id, token=token)
-
-
-def _render_for(
-    ctx: Context, p: _Planned, job_id: str | None = None, token: str | None = None
-) -> RenderedJob:
-    """The script for a planned job at its site."""
-    return _render(ctx, p.spec, ctx.profiles[p.site], job_id, token)
-
-
-def _intent(
-    p: _Planned, key: str, journal_dir: str, dependency: LedgerJob | None, gen: int
-) -> dict[str, Any]:
+def _intent(p: Planned, key: str, journal_dir: str, dependency: LedgerJob | None, gen: int) -> dict[str, Any]:
     return {
         "site": p.site,
         "name": p.spec.name,
@@ -238,7 +192,7 @@ def submit(
     dependency = _dependency(ctx, after, {p.site for p in planned})
     decided, next_gen = _settle_earlier(ctx, planned, key) if explicit else ({}, {})
     to_send = [i for i in range(len(planned)) if i not in decided]
-    journal_dirs = {p.site: journal.record_dir(_work_area(ctx, p.site), key) for p in planned}
+    journal_dirs = {p.site: journal.record_dir(work_area(ctx, p.site), key) for p in planned}
     intents = [
         _intent(planned[i], key, journal_dirs[planned[i].site], dependency, next_gen.get(planned[i].item, 0))
         for i in to_send
@@ -250,7 +204,7 @@ def submit(
     where = {i: planned[i].site for i in to_send}
     tried: dict[int, list[str]] = {i: [] for i in to_send}
     pending = list(to_send)
-    sending = _Sending(ctx, key, planned, jobs, where, extra, next_gen, coalesce, federation)
+    sending = Sending(ctx, key, planned, jobs, where, extra, next_gen, coalesce, federation)
     try:
         while pending:
             sending.round(pending)
@@ -269,159 +223,10 @@ def submit(
     return SubmitReport(key=key, jobs=[decided[i] for i in range(len(planned))])
 
 
-@dataclass
-class _Sending:
-    """One submission's rounds: render, record the paths, send (one command per site), record
-    every answer. Jobs whose site was down may come back for another round (failover)."""
-
-    ctx: Context
-    key: str
-    planned: list[_Planned]
-    jobs: dict[int, LedgerJob]
-    where: dict[int, str]
-    extra: tuple[str, ...]
-    next_gen: dict[str, int]
-    coalesce: bool
-    federation: Federation
-    max_array: dict[str, int] = field(default_factory=dict)  # the sites' MaxArraySize, once known
-
-    def round(self, pending: list[int]) -> None:
-        """Send ``pending`` to their sites; an array over a site's MaxArraySize (nothing was
-        claimed or sent) goes again, cut to the size the site named."""
-        attempts: list[tuple[str, str, str, str]] = []
-        left = list(pending)
-        while left:
-            too_large = self._send(left, attempts)
-            left = [i for i in left if self.jobs[i].id in too_large]
-            allowed: dict[str, int] = {}
-            for i in left:
-                site = self.where[i]
-                allowed[site] = min(allowed.get(site, too_large[self.jobs[i].id]), too_large[self.jobs[i].id])
-            for site, size in allowed.items():
-                # A site that refuses the size it named gets no arrays at all (no endless rounds).
-                self.max_array[site] = size if size < self.max_array.get(site, size + 1) else 1
-        self.ctx.ledger.record_attempts(attempts)
-
-    def _send(self, pending: list[int], attempts: list[tuple[str, str, str, str]]) -> dict[str, int]:
-        ctx = self.ctx
-        by_site: dict[str, list[int]] = {}
-        for i in pending:
-            by_site.setdefault(self.where[i], []).append(i)
-        plans = {site: self._batches(site, indexes) for site, indexes in by_site.items()}
-        ctx.ledger.record_paths(row for plan in plans.values() for row in plan[1])
-        dirs = {s: journal.record_dir(_work_area(ctx, s), self.key) for s in by_site}
-        batches = {site: plan[0] for site, plan in plans.items()}
-        order = {site: plan[2] for site, plan in plans.items()}
-        answers = ctx.per_site(batches, lambda backend, items: backend.submit(items, dirs[backend.site]))
-        too_large: dict[str, int] = {}
-        for site_name, indexes in order.items():
-            too_large.update(
-                _record_answers(ctx, site_name, [self.jobs[i] for i in indexes], answers[site_name])
-            )
-        latest = {j.id: j for j in ctx.ledger.jobs_with_key(self.key)}  # one read, not one per job
-        for site_name, indexes in order.items():
-            for i in indexes:
-                if self.jobs[i].id in too_large:
-                    continue  # not sent: it goes again at once, in a smaller array
-                after = latest[self.jobs[i].id]
-                attempts.append((after.id, site_name, _attempt_outcome(after), after.message or after.reason))
-        return too_large
-
-    def _batches(
-        self, site: str, indexes: list[int]
-    ) -> tuple[list[slurm.Submission], list[tuple[Any, ...]], list[int]]:
-        """The site's submission items, each job's paths for the ledger, and the jobs in the
-        order of the answers (an array's members in task order)."""
-        ctx = self.ctx
-        profile = ctx.profiles[site]
-        account, user = _account_and_user(ctx, profile)
-        coalesce = self.coalesce and ctx.config.access(site).transport != "pyslurm"
-        plan = plan_batches(
-            [self.planned[i].spec for i in indexes],
-            [self.jobs[i].id for i in indexes],
-            profile,
-            account=account,
-            user=user,
-            max_tasks=self._max_array_size(site),
-            new_token=new_submission_token,
-            coalesce=coalesce,
-        )
-        items: list[slurm.Submission] = []
-        paths: list[tuple[Any, ...]] = []
-        order: list[int] = []
-        for batch in plan:
-            members = [indexes[position] for position in batch.positions]
-            order += members
-            if batch.array is None:
-                items.append(self._single(members[0], paths))
-            else:
-                items.append(self._array(batch, members, paths))
-        return items, paths, order
-
-    def _claim(self, i: int) -> str:
-        item = self.planned[i].item
-        return journal.claim_name(item, self.next_gen.get(item, 0))
-
-    def _single(self, i: int, paths: list[tuple[Any, ...]]) -> slurm.SubmissionItem:
-        job = self.jobs[i]
-        rendered = _render_for(self.ctx, replace(self.planned[i], site=self.where[i]), job.id, job.token)
-        paths.append((job.id, rendered.workdir, rendered.stdout_path, rendered.slurm_name))
-        return slurm.SubmissionItem(
-            script=rendered.script,
-            workdir=rendered.workdir,
-            extra_args=self.extra,
-            claim=self._claim(i),
-            token=job.token,
-            aif_id=job.id,
-        )
-
-    def _array(self, batch: Batch, members: list[int], paths: list[tuple[Any, ...]]) -> slurm.ArraySubmission:
-        assert batch.array is not None
-        rendered = batch.array
-        for i, task in zip(members, rendered.tasks, strict=True):
-            job = self.jobs[i]
-            paths.append(
-                (job.id, task.workdir, task.stdout_path, rendered.slurm_name, batch.array_token, task.index)
-            )
-        return slurm.ArraySubmission(
-            script=rendered.script,
-            output_dir=rendered.output_dir,
-            array_token=batch.array_token,
-            members=tuple(
-                slurm.ArrayMember(self._claim(i), self.jobs[i].token, self.jobs[i].id, task.workdir)
-                for i, task in zip(members, rendered.tasks, strict=True)
-            ),
-            extra_args=self.extra,
-        )
-
-    def _max_array_size(self, site: str) -> int:
-        """The site's MaxArraySize: as it answered, else as its last probe saw it, else Slurm's default.
-
-        The submission program checks it again at the site before anything is claimed.
-        """
-        if site not in self.max_array:
-            snapshot = self.federation.store.read(site)
-            seen = snapshot.result.max_array_size if snapshot and snapshot.result else None
-            self.max_array[site] = seen or DEFAULT_MAX_ARRAY_SIZE
-        return self.max_array[site]
-
-
-def _attempt_outcome(job: LedgerJob) -> str:
-    if job.slurm_job_id:
-        return f"accepted as Slurm job {job.slurm_job_id}"
-    if job.unresolved:
-        return "in doubt: the answer was lost (the site's record settles it)"
-    return {
-        JobState.REJECTED: "refused by the scheduler",
-        JobState.UNREACHABLE: "site down: nothing was sent",
-        JobState.NOT_SENT: "not sent",
-    }.get(job.state, str(job.state))
-
-
 def _fail_over(
     ctx: Context,
     key: str,
-    planned: list[_Planned],
+    planned: list[Planned],
     jobs: dict[int, LedgerJob],
     where: dict[int, str],
     tried: dict[int, list[str]],
@@ -445,11 +250,11 @@ def _fail_over(
         if nxt is None:
             continue
         target = replace(planned[i], site=nxt)
-        rendered = _render_for(ctx, target, job.id, job.token)
+        rendered = render_for(ctx, target, job.id, job.token)
         ctx.ledger.reassign(
             job.id,
             site=nxt,
-            journal_dir=journal.record_dir(_work_area(ctx, nxt), key),
+            journal_dir=journal.record_dir(work_area(ctx, nxt), key),
             workdir=rendered.workdir,
             stdout_path=rendered.stdout_path,
         )
@@ -467,51 +272,8 @@ def _how(job: LedgerJob) -> str:
     return job.message or str(job.state)
 
 
-def _record_answers(
-    ctx: Context, site: str, jobs: list[LedgerJob], answer: SiteResult[list[slurm.SubmissionOutcome]]
-) -> dict[str, int]:
-    """Write what the site answered; items whose answer was lost are settled from its record.
-
-    Returns the jobs of arrays over the site's MaxArraySize (nothing claimed, nothing sent:
-    they stay SUBMITTING) with the size the site allows.
-    """
-    ledger = ctx.ledger
-    unknown: list[LedgerJob] = []
-    too_large: dict[str, int] = {}
-    if answer.value is None:
-        if answer.nothing_ran:
-            # Nothing was sent: the connection or the program never started.
-            for job in jobs:
-                ledger.mark_not_submitted(job.id, JobState.UNREACHABLE, answer.problem)
-            return too_large
-        unknown = jobs
-    else:
-        accepted = []
-        for job, outcome in zip(jobs, answer.value, strict=True):
-            if outcome.kind is slurm.Outcome.ACCEPTED and outcome.job_id:
-                accepted.append((job.id, outcome.job_id))
-            elif outcome.kind is slurm.Outcome.REFUSED:
-                ledger.mark_not_submitted(job.id, JobState.REJECTED, outcome.error or "rejected")
-            elif outcome.kind is slurm.Outcome.SITE_DOWN:
-                ledger.mark_not_submitted(job.id, JobState.UNREACHABLE, f"site {site}: {outcome.error}")
-            elif outcome.kind is slurm.Outcome.CLAIMED:
-                ledger.mark_not_submitted(job.id, JobState.NOT_SENT, claimed_by(outcome.error, job))
-            elif outcome.kind is slurm.Outcome.TOO_LARGE:
-                too_large[job.id] = slurm.max_array_size_of(outcome) or 1
-            else:
-                unknown.append(job)
-        ledger.mark_submitted_many(accepted)
-    if unknown:
-        # The answer for these was lost: the site's record says what happened, and
-        # fencing the claims that have no intent proves those were never sent.
-        # If the site cannot be asked now, they stay SUBMITTING: `aif status` settles them.
-        with contextlib.suppress(AifError):
-            settle_unresolved(ctx, site, [ledger.get(j.id) for j in unknown], fence_now=True)
-    return too_large
-
-
 def _settle_earlier(
-    ctx: Context, planned: list[_Planned], key: str
+    ctx: Context, planned: list[Planned], key: str
 ) -> tuple[dict[int, SubmittedJob], dict[str, int]]:
     """What was already sent under ``key``, per planned spec, and the claim generation
     each remaining spec must use; checks the content matches.
@@ -535,7 +297,7 @@ def _settle_earlier(
     dirs = {}
     for name in sorted(sites):
         try:
-            dirs[name] = journal.record_dir(_work_area(ctx, name), key)
+            dirs[name] = journal.record_dir(work_area(ctx, name), key)
         except AifError:
             continue
     reads = ctx.per_site(dirs, lambda backend, directory: backend.read_record([directory]))
@@ -578,7 +340,7 @@ def _settle_earlier(
 
 def _earlier_job(
     ctx: Context,
-    p: _Planned,
+    p: Planned,
     key: str,
     earlier: list[LedgerJob],
     claims: list[tuple[str, journal.Claim]],
@@ -600,10 +362,10 @@ def _earlier_job(
     return None
 
 
-def _adopt(ctx: Context, p: _Planned, key: str, journal_dir: str, claim: journal.Claim) -> LedgerJob:
+def _adopt(ctx: Context, p: Planned, key: str, journal_dir: str, claim: journal.Claim) -> LedgerJob:
     """A job another aif sent under this key, into this ledger under its own id and token
     (a task of an array: with its array's token, task, name and output)."""
-    rendered = _render_for(ctx, p, claim.aif_id, claim.token)
+    rendered = render_for(ctx, p, claim.aif_id, claim.token)
     intent = _intent(p, key, journal_dir, None, claim.gen)
     intent.update(workdir=rendered.workdir, stdout_path=rendered.stdout_path, slurm_name=rendered.slurm_name)
     if claim.array_token and claim.array_task is not None:

@@ -26,6 +26,7 @@ LAYERS: list[set[str]] = [
         "gateway.settlement",
         "gateway.status",
         "gateway.submission",
+        "gateway.sending",
         "gateway.placement",
     },
     {"gateway.sandbox"},
