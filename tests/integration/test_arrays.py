@@ -2,8 +2,8 @@
 Slurm array job, and every spec stays its own aif job (status, wait, logs, fetch, cancel).
 
 Independent witnesses: Slurm's own commands over the system's OpenSSH, and the files Slurm
-wrote at the site (the sandbox sites share this machine's disk). Cost: about 30 s in all
-(the kill test about 12 s: it restarts sandbox-east's controller afresh).
+wrote at the site (the sandbox sites share this machine's disk). Cost: about 20 s in all
+(the kill test about 11 s: it restarts sandbox-east afresh).
 """
 
 from __future__ import annotations
