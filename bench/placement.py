@@ -645,7 +645,7 @@ def table(case: str, results: Mapping[str, RunResult], about: str) -> str:
 def goal_ratios(results: Mapping[str, Mapping[str, RunResult]]) -> list[dict[str, Any]]:
     out = []
     for case, policy, goal in GOALS:
-        if case not in results:
+        if case not in results or "aif" not in results[case] or policy not in results[case]:
             continue
         aif = results[case]["aif"].summary()["mean_wait_s"]
         other = results[case][policy].summary()["mean_wait_s"]
@@ -659,9 +659,11 @@ def goal_ratios(results: Mapping[str, Mapping[str, RunResult]]) -> list[dict[str
 def ratio_line(results: Mapping[str, Mapping[str, RunResult]]) -> str:
     parts = []
     for case, runs in results.items():
+        if "aif" not in runs:
+            continue
         aif = runs["aif"].summary()["mean_wait_s"]
         ratios = []
-        for policy in POLICIES[1:]:
+        for policy in [p for p in POLICIES[1:] if p in runs]:
             other = runs[policy].summary()["mean_wait_s"]
             ratios.append(f"aif/{policy} {aif / other if other else math.nan:.2f}")
         parts.append(f"{case}: " + ", ".join(ratios))
@@ -685,7 +687,14 @@ def main() -> int:
         "--seed", type=int, default=2026, help="seed of the workload and of the random policy"
     )
     parser.add_argument("--case", choices=("burst", "designed", "both"), default="both")
+    parser.add_argument(
+        "--policies", default=",".join(POLICIES), help="comma-separated subset (for experiments)"
+    )
+    parser.add_argument(
+        "--snapshot-ttl", type=int, default=None, help="aif's [federation] snapshot_ttl_s (default: shipped)"
+    )
     args = parser.parse_args()
+    policies = [p for p in args.policies.split(",") if p in POLICIES]
     if os.geteuid() != 0:
         print("bench: run as root (it starts the sandbox and cancels its jobs)", file=sys.stderr)
         return 2
@@ -713,6 +722,8 @@ def main() -> int:
     home = work / "home"
     for part in ("profiles", "config.d"):
         shutil.copytree(facts.aif_home / part, home / part)
+    if args.snapshot_ttl is not None:
+        (home / "config.d" / "bench.toml").write_text(f"[federation]\nsnapshot_ttl_s = {args.snapshot_ttl}\n")
     env = {**os.environ, "AIF_HOME": str(home)}
     profiles, config = load_sites(home)
     specs_dir = work / "specs"
@@ -754,7 +765,7 @@ def main() -> int:
         for case, (jobs, background, about) in cases.items():
             say(f"{case}: {about}")
             results[case] = {}
-            for policy in POLICIES:
+            for policy in policies:
                 results[case][policy] = bench.run(policy, jobs, background)
                 if background is not None:
                     snap = results[case][policy].snapshot
