@@ -29,10 +29,12 @@ designed  queue length misleads: sandbox-north is busy with a few long jobs
           (1 GPU, 10 s, walltime 1 min) arrive 0.5 s apart and are placed by
           the policy. Only the probes are measured. Counting waiting jobs
           sends them all to north, where they wait for the long jobs; south
-          clears within seconds, and Slurm's estimate, from the walltimes,
-          also puts south first (1-2 min against 3). North is the trap on
-          purpose: it is also where today's static placement goes (it ranks
-          tied sites by name).
+          clears within seconds. The walltimes put south first (room in
+          1 min against 3), but Slurm 22.05's own `sbatch --test-only` does
+          not: it plans the waiting jobs a whole node at a time and answers
+          8 min at south; aif reads the queue GPU by GPU. North is the trap on
+          purpose: it is also where static placement went (it ranked tied
+          sites by name).
 
 The background of the designed case is submitted the same way for every
 policy (`aif submit --site` with all of one site's specs, one process per site).
