@@ -693,6 +693,12 @@ def main() -> int:
         "--policies", default=",".join(POLICIES), help="comma-separated subset (for experiments)"
     )
     parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="replay each case this many times, the policies interleaved; every replay's jobs pooled",
+    )
+    parser.add_argument(
         "--snapshot-ttl", type=int, default=None, help="aif's [federation] snapshot_ttl_s (default: shipped)"
     )
     args = parser.parse_args()
@@ -767,8 +773,14 @@ def main() -> int:
         for case, (jobs, background, about) in cases.items():
             say(f"{case}: {about}")
             results[case] = {}
-            for policy in policies:
-                results[case][policy] = bench.run(policy, jobs, background)
+            for policy in [p for _ in range(max(args.repeat, 1)) for p in policies]:
+                run = bench.run(policy, jobs, background)
+                earlier = results[case].get(policy)
+                if earlier is not None:  # pool the replays: one mean over every job of every replay
+                    run = RunResult(
+                        policy, [*earlier.jobs, *run.jobs], earlier.snapshot, earlier.seconds + run.seconds
+                    )
+                results[case][policy] = run
                 if background is not None:
                     snap = results[case][policy].snapshot
                     queues = ", ".join(f"{s} {asdict(q)}" for s, q in snap.items())

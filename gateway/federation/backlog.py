@@ -13,9 +13,15 @@ This module reads the same facts GPU by GPU: each running job holds its GPUs
 and CPUs on its nodes until its time limit runs out (Slurm's own latest end:
 aif does not guess when jobs really end), and each queued job, in Slurm's
 priority order, takes the earliest time its nodes have room for its whole time
-limit (conservative backfill, as Slurm's backfill does, but per GPU and CPU
-instead of per node); then the jobs placed since the probe; then the job being
-placed. Pure: a function of the probe's data, tested offline.
+limit, per GPU and CPU instead of per node, and no earlier than the jobs queued
+before it; then the jobs placed since the probe; then the job being placed.
+Pure: a function of the probe's data, tested offline.
+
+No earlier than the jobs before it: Slurm's backfill would slip a job into a
+gap that lasts only while the jobs before it run to their time limits. They
+rarely do (jobs use a third of their limit or less), and the gap closes the
+moment they end: counting on it sent small jobs behind a big one that had
+already started (bench/placement.py's burst).
 
 What it does not know (reservations, QOS and association limits, memory,
 features, preemption) Slurm's own estimate does; the ranking uses this reading
@@ -107,23 +113,27 @@ def earliest_start(
                 node.holds.append(_Hold(0.0, end, held.gpus_per_node, held.cpus_per_node))
     # Slurm's order: priority first; squeue's own order among equals.
     queued = sorted((j for j in competing if not j.running), key=lambda j: -j.priority)
+    turn = 0.0  # no job starts before one queued ahead of it
     for waiting in queued:
         ask = Ask("", waiting.nodes, waiting.gpus_per_node, waiting.cpus_per_node, waiting.limit_s)
         allowed = [n for n in by_name.values() if set(n.slots.partitions) & set(waiting.partitions)]
         for _ in range(waiting.tasks):
-            _take(allowed, ask)  # a job that fits none of the nodes seen waits elsewhere
+            start = _take(allowed, ask, turn)  # None: it fits none of the nodes seen, waits elsewhere
+            turn = max(turn, start or 0.0)
     for ask in placed:
-        _take(_in_partition(by_name, ask.partition), ask)
-    return _take(_in_partition(by_name, job.partition), job)
+        start = _take(_in_partition(by_name, ask.partition), ask, turn)
+        turn = max(turn, start or 0.0)
+    return _take(_in_partition(by_name, job.partition), job, turn)
 
 
 def _in_partition(by_name: dict[str, _Node], partition: str) -> list[_Node]:
     return [n for n in by_name.values() if partition in n.slots.partitions]
 
 
-def _take(allowed: Sequence[_Node], ask: Ask) -> float | None:
-    """Reserve the earliest room for ``ask`` on ``allowed`` (fullest nodes first); its start."""
-    moments = sorted({0.0, *(h.end for n in allowed for h in n.holds if h.end != _FOREVER)})
+def _take(allowed: Sequence[_Node], ask: Ask, turn: float) -> float | None:
+    """Reserve the earliest room from ``turn`` on for ``ask`` on ``allowed`` (fullest nodes first)."""
+    ends = (h.end for n in allowed for h in n.holds if h.end != _FOREVER and h.end > turn)
+    moments = sorted({turn, *ends})
     for start in moments:
         end = _FOREVER if ask.limit_s is None else start + ask.limit_s
         fitting = [n for n in allowed if n.fits(ask, start, end)]

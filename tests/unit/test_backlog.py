@@ -92,10 +92,12 @@ def test_small_jobs_share_a_node_as_soon_as_the_running_ones_reach_their_limit()
     assert earliest_start([node("n1")], busy, [one_gpu()], one_gpu()) == 120  # the 8th GPU went
 
 
-def test_a_small_job_backfills_beside_a_big_one_waiting() -> None:
+def test_no_job_is_counted_to_start_before_one_queued_ahead_of_it() -> None:
+    """A backfill gap lasts only while the jobs ahead run to their limits: not counted on."""
     busy = [running(("n1",), 4, 600), waiting(8, 3600, priority=10)]
-    assert earliest_start([node("n1")], busy, (), one_gpu(300)) == 0  # done before the big one can start
-    assert earliest_start([node("n1")], busy, (), one_gpu(900)) == 4200  # would delay it: after it
+    assert earliest_start([node("n1")], busy, (), one_gpu(300)) == 4200
+    two = [running(("n1",), 6, 60), waiting(1, 60, priority=10)]
+    assert earliest_start([node("n1")], two, (), one_gpu()) == 0  # room beside the one ahead
 
 
 def test_multi_node_jobs_need_their_nodes_at_once() -> None:
