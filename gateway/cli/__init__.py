@@ -11,9 +11,13 @@ commands, their modules and their summaries are listed in
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 from gateway import __version__
+
+# typing costs more than the rest of `aif --version` together; annotations need no value.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # What `aif --version` prints; click's version option prints the same line.
 VERSION_LINE = f"aif, version {__version__}"
