@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -65,6 +64,8 @@ def new_table(title: str, columns: Sequence[str]) -> Any:
 
 
 def print_json(data: object) -> None:
+    import json  # only --json output needs it: `aif --help` does not load it
+
     click.echo(json.dumps(data, indent=2, sort_keys=False))
 
 
