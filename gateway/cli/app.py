@@ -8,10 +8,10 @@ module and summary from :mod:`gateway.cli.registry` and imports a command's
 module only when that command runs, so ``aif --help`` lists every command
 without loading any. Inside the commands, the heavy layers are imported
 where they are used. The commands themselves are in ``foundation.py``
-(render, sites, profile), ``jobs.py`` (the job lifecycle), ``federation.py``
-(rank, load, explain) and ``sandbox.py`` beside this file; each starts its
-definition with :func:`command` or :func:`group`, which take the summary
-from the registry.
+(render, sites, profile), ``jobs.py`` (the job lifecycle at the sites),
+``listing.py`` (list), ``federation.py`` (rank, load, explain) and
+``sandbox.py`` beside this file; each definition starts with :func:`command`
+or :func:`group`, which take the summary from the registry.
 """
 
 from __future__ import annotations
@@ -193,3 +193,41 @@ def open_context(ctx: click.Context) -> Any:
     from gateway.context import open_context as open_lifecycle_context
 
     return open_lifecycle_context(command_hook(ctx))
+
+
+def job_json(job: Any) -> dict[str, object]:
+    return {
+        "id": job.id,
+        "site": job.site,
+        "slurm_job_id": job.slurm_job_id,
+        "state": str(job.state),
+        "reason": job.reason,
+        "name": job.name,
+        "message": job.message,
+        "key": job.submission_key,
+        "submitted_at": job.created_at,
+        "updated_at": job.updated_at,
+    }
+
+
+def jobs_table(jobs: Sequence[Any], title: str, problems: dict[str, str] | None = None) -> Any:
+    """The jobs as a table; a site's problem (unreachable...) shows in its jobs' reason column."""
+    table = new_table(title, ("id", "name", "site", "slurm id", "state", "reason / message", "updated"))
+    problems = problems or {}
+    for job in jobs:
+        note = job.reason or job.message
+        state = str(job.state)
+        if job.site in problems and not job.terminal:
+            # What the site said last, not what it says now: it cannot be asked.
+            note = f"site problem: {problems[job.site]}"
+            state = f"{state} (last seen)"
+        table.add_row(
+            job.id,
+            job.name,
+            job.site or "-",
+            job.slurm_job_id or "-",
+            state,
+            note,
+            job.updated_at[:19].replace("T", " "),
+        )
+    return table

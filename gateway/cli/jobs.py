@@ -1,4 +1,6 @@
-"""The job lifecycle: `aif submit`, `status`, `list`, `wait`, `logs`, `cancel` and `fetch`."""
+"""The job lifecycle at the sites: `aif submit`, `status`, `wait`, `logs`, `cancel` and `fetch`.
+
+`aif list` (the ledger only) is in ``listing.py``."""
 
 from __future__ import annotations
 
@@ -9,45 +11,16 @@ from typing import Any
 
 import click
 
-from gateway.cli.app import command, console, json_option, new_table, open_context, print_json
-
-
-def job_json(job: Any) -> dict[str, object]:
-    return {
-        "id": job.id,
-        "site": job.site,
-        "slurm_job_id": job.slurm_job_id,
-        "state": str(job.state),
-        "reason": job.reason,
-        "name": job.name,
-        "message": job.message,
-        "key": job.submission_key,
-        "submitted_at": job.created_at,
-        "updated_at": job.updated_at,
-    }
-
-
-def jobs_table(jobs: Sequence[Any], title: str, problems: dict[str, str] | None = None) -> Any:
-    """The jobs as a table; a site's problem (unreachable...) shows in its jobs' reason column."""
-    table = new_table(title, ("id", "name", "site", "slurm id", "state", "reason / message", "updated"))
-    problems = problems or {}
-    for job in jobs:
-        note = job.reason or job.message
-        state = str(job.state)
-        if job.site in problems and not job.terminal:
-            # What the site said last, not what it says now: it cannot be asked.
-            note = f"site problem: {problems[job.site]}"
-            state = f"{state} (last seen)"
-        table.add_row(
-            job.id,
-            job.name,
-            job.site or "-",
-            job.slurm_job_id or "-",
-            state,
-            note,
-            job.updated_at[:19].replace("T", " "),
-        )
-    return table
+from gateway.cli.app import (
+    command,
+    console,
+    job_json,
+    jobs_table,
+    json_option,
+    new_table,
+    open_context,
+    print_json,
+)
 
 
 @command("submit")
@@ -195,28 +168,6 @@ def status(ctx: click.Context, ids: Sequence[str], history: bool, as_json: bool)
         raise SiteUnreachable(
             "; ".join(why if site in why else f"{site}: {why}" for site, why in report.unreachable.items())
         )
-
-
-@command("list")
-@click.option("--limit", type=int, default=None, help="Show only the newest N jobs (of those shown).")
-@click.option("--all", "show_all", is_flag=True, help="Also show INVALID rows.")
-@json_option
-def list_command(limit: int | None, show_all: bool, as_json: bool) -> None:
-    """By default INVALID rows (specs refused before anything was submitted)
-    are hidden; --all shows every row.
-    """
-    from gateway import lifecycle
-    from gateway.errors import UsageError
-    from gateway.ledger import Ledger
-
-    if limit is not None and limit < 0:
-        raise UsageError(f"--limit: {limit} is not allowed; expected 0 or more")
-    with Ledger() as ledger:
-        jobs = lifecycle.list_jobs(ledger, limit, include_invalid=show_all)
-    if as_json:
-        print_json([job_json(j) for j in jobs])
-    else:
-        console().print(jobs_table(jobs, "ledger"))
 
 
 def seconds(option: str, text: str | None) -> float | None:

@@ -21,12 +21,12 @@ COMMANDS: dict[str, Entry] = {
     "render": Entry("foundation", "Print the batch script SPEC would be submitted as at SITE."),
     "sites": Entry("foundation", "List the sites aif knows, and whether you can use them."),
     "profile": Entry("foundation", "Work with site profiles."),
-    # jobs.py: the job lifecycle
+    # jobs.py: the job lifecycle at the sites; listing.py: the ledger alone
     "submit": Entry("jobs", "Submit one or more job SPECS (TOML)."),
     "status": Entry(
         "jobs", "Ask the sites for the state of jobs (default: every unfinished job): one query per site."
     ),
-    "list": Entry("jobs", "The jobs in the ledger, newest first (no site is asked)."),
+    "list": Entry("listing", "The jobs in the ledger, newest first (no site is asked)."),
     "wait": Entry("jobs", "Wait until jobs end: exit 0 when all COMPLETED, 7 when any ended otherwise."),
     "logs": Entry("jobs", "Print a job's output."),
     "cancel": Entry(
