@@ -10,6 +10,7 @@ commands, their modules and their summaries are listed in
 
 from __future__ import annotations
 
+import gc
 import sys
 
 from gateway import __version__
@@ -35,7 +36,15 @@ class _Aif:
         if args is None and set(extra) <= {"prog_name"} and sys.argv[1:] == ["--version"]:
             print(VERSION_LINE)
             return None
-        return self._group()(args, **extra)
+        try:
+            return self._group()(args, **extra)
+        finally:
+            # The process ends here. At exit the cycle collector would go over every object
+            # once more (10-15 ms, a fifth of aif's start-up); frozen, they are left to the
+            # end of the process. Only cyclic garbage then goes unfinalized, and aif leaves
+            # none that needs finalizing: files, the ledger and SSH connections are closed
+            # by context managers and atexit handlers, which still run.
+            gc.freeze()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._group(), name)
