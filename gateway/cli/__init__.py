@@ -39,11 +39,11 @@ class _Aif:
         try:
             return self._group()(args, **extra)
         finally:
-            # The process ends here. At exit the cycle collector would go over every object
-            # once more (10-15 ms, a fifth of aif's start-up); frozen, they are left to the
-            # end of the process. Only cyclic garbage then goes unfinalized, and aif leaves
-            # none that needs finalizing: files, the ledger and SSH connections are closed
-            # by context managers and atexit handlers, which still run.
+            # The command is done and the process about to end. At exit the cycle collector
+            # would walk every object once more (10-15 ms, a fifth of a start-up); frozen,
+            # they are left to the operating system. Objects held only by reference cycles
+            # then go unfinalized, and aif needs none finalized: files, the ledger and SSH
+            # connections are closed by context managers and atexit handlers, which still run.
             gc.freeze()
 
     def __getattr__(self, name: str) -> Any:
