@@ -39,8 +39,10 @@ fuzz: $(STAMP)
 demo: $(STAMP)
 	bash examples/demo.sh
 
-# submit_200.py: submission cost; placement.py: how long jobs wait, placed by aif or ARC's brokers (~10 min).
+# startup.py: how fast aif starts (no sandbox, ~10 s); submit_200.py: submission cost;
+# placement.py: how long jobs wait, placed by aif or ARC's brokers (~10 min).
 bench: $(STAMP)
+	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/submit_200.py
 	$(BIN)/python bench/placement.py
 
