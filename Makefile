@@ -39,9 +39,11 @@ fuzz: $(STAMP)
 demo: $(STAMP)
 	bash examples/demo.sh
 
-# submit_200.py: submission cost; arrays.py: 200 specs as one array job;
+# startup.py: how fast aif starts (no sandbox, ~10 s); submit_200.py: submission cost;
+# arrays.py: 200 specs as one array job;
 # placement.py: how long jobs wait, placed by aif or ARC's brokers (~10 min).
 bench: $(STAMP)
+	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/submit_200.py
 	$(BIN)/python bench/arrays.py
 	$(BIN)/python bench/placement.py

@@ -25,10 +25,8 @@ only what aif decided and what the scheduler answered.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import re
-import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -41,7 +39,6 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from gateway.errors import AifError, ConfigError, HomeUnusable, UsageError
 from gateway.home import aif_home, ensure_home, ensure_private_file, make_private
-from gateway.journal import claim_name
 from gateway.states import (
     ACTIVE_STATES,
     NOT_SUBMITTED_STATES,
@@ -67,6 +64,8 @@ def default_ledger_path() -> Path:
 
 def spec_sha256(path: Path | str) -> str:
     """The sha256 hex digest of a spec file's bytes, as stored in ``spec_hash``."""
+    import hashlib  # here, not at the top: commands that only read the ledger start faster
+
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
@@ -75,11 +74,15 @@ def new_job_id() -> str:
 
     Uniqueness within a ledger is enforced by ``Ledger``, not by luck alone.
     """
+    import secrets  # here, not at the top: commands that only read the ledger start faster
+
     return ID_PREFIX + "".join(secrets.choice(_ID_ALPHABET) for _ in range(ID_TOKEN_LENGTH))
 
 
 def new_submission_token() -> str:
     """A fresh random submission token (passed to Slurm as ``--comment``)."""
+    import secrets
+
     return "aif-tok-" + secrets.token_hex(TOKEN_BYTES)
 
 
@@ -133,6 +136,9 @@ class LedgerJob:
     @property
     def claim(self) -> str:
         """The claim file's name in the site's record: ``ITEM.GEN``."""
+        # The journal (and the Slurm parsers it needs) is loaded only by what submits or settles.
+        from gateway.journal import claim_name
+
         return claim_name(self.item, self.claim_gen) if self.item else ""
 
     @property

@@ -15,18 +15,47 @@ backends, clock). The rules all of them keep:
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from gateway.context import Context
 from gateway.errors import AifError, SiteUnreachable, UsageError
 from gateway.ledger import Ledger, LedgerJob
-from gateway.settlement import settle_unresolved
 from gateway.states import JobState, is_terminal
-from gateway.status import StatusReport, refresh, wait
-from gateway.submission import DryRun, SubmitReport, SubmittedJob, dry_run, plan_submissions, submit
-from gateway.transports.base import Progress
+
+if TYPE_CHECKING:
+    from gateway.context import Context
+    from gateway.settlement import settle_unresolved
+    from gateway.status import StatusReport, refresh, wait
+    from gateway.submission import DryRun, SubmitReport, SubmittedJob, dry_run, plan_submissions, submit
+    from gateway.transports.base import Progress
+
+# The names this module passes on from the modules that talk to sites, each imported
+# when first asked for (PEP 562): `aif list` reads the ledger only, and loading the
+# sites, the federation and submission would take it several times as long.
+_PASSED_ON = {
+    "settle_unresolved": "gateway.settlement",
+    "StatusReport": "gateway.status",
+    "refresh": "gateway.status",
+    "wait": "gateway.status",
+    "DryRun": "gateway.submission",
+    "SubmitReport": "gateway.submission",
+    "SubmittedJob": "gateway.submission",
+    "dry_run": "gateway.submission",
+    "plan_submissions": "gateway.submission",
+    "submit": "gateway.submission",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name not in _PASSED_ON:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PASSED_ON[name]), name)
+    globals()[name] = value  # asked once
+    return value
+
 
 __all__ = [
     "CancelResult",
@@ -87,6 +116,8 @@ def follow_log(
     poll_interval: float = 1.0,
 ) -> LedgerJob:
     """Write the job's output as it grows, until the job has ended and all output is shown."""
+    from gateway.status import refresh
+
     job = ctx.ledger.get(job_id)
     path = stdout_path_of(job, task)
     backend = ctx.backend(job.site)
@@ -106,6 +137,8 @@ def follow_log(
 
 @dataclass(frozen=True)
 class CancelResult:
+    """What ``cancel`` did for one job: whether scancel was sent for it, and if not, why."""
+
     job: LedgerJob
     was: JobState  # the state before
     cancelled: bool  # scancel was sent for it
@@ -118,6 +151,8 @@ def cancel(ctx: Context, job_ids: Sequence[str]) -> list[CancelResult]:
     A job whose identity at the site cannot be confirmed is never signalled:
     its Slurm id may belong to another job by now.
     """
+    from gateway.status import refresh
+
     ledger = ctx.ledger
     before = {j: ledger.get(j) for j in job_ids}
     report = refresh(ctx, [b.id for b in before.values()])
