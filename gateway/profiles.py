@@ -8,8 +8,9 @@ override them by name. The schema is documented in ``profiles/README.md``.
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from gateway.config import ACCOUNT_PATTERN, SiteAccess, UserConfig, load_config
@@ -179,19 +180,59 @@ class BrokenProfile:
     message: str  # its one-line error, naming the file and the key
 
 
-@dataclass(frozen=True, eq=False)
 class ProfileSet(Mapping[str, SiteProfile]):
     """The usable profiles by site name (a read-only mapping), and the broken ones beside them.
 
     Using a broken site by name (:func:`get_profile`) raises that profile's
     own error; everything else simply does not see it.
+
+    Each file is read once, when first needed: asking for one site
+    (``profiles[name]``, ``name in profiles``, :meth:`broken_one`) reads that
+    site's file alone, so ``aif render --site lumi`` parses one profile; going
+    through the set (iterating, ``usable``, ``broken``) reads every file. The
+    answers are those of reading every file at once: each file is usable or
+    broken, whenever it is read.
     """
 
-    usable: dict[str, SiteProfile]
-    broken: dict[str, BrokenProfile] = field(default_factory=dict)
+    def __init__(self, files: Mapping[str, Path]) -> None:
+        self.files: Mapping[str, Path] = dict(files)  # site name -> its profile file (see profile_files)
+        self._read: dict[str, SiteProfile | BrokenProfile] = {}
+        # The federation asks for sites from several threads: each file is still read once.
+        self._lock = threading.Lock()
+
+    def _one(self, name: str) -> SiteProfile | BrokenProfile | None:
+        """Site ``name``'s profile or why it is broken (its file read now if not yet); None: no file."""
+        path = self.files.get(name)
+        if path is None:
+            return None
+        with self._lock:
+            if name not in self._read:
+                try:
+                    self._read[name] = load_profile(path)
+                except ProfileError as exc:
+                    self._read[name] = BrokenProfile(name=name, path=str(path), message=exc.message)
+            return self._read[name]
+
+    @property
+    def usable(self) -> dict[str, SiteProfile]:
+        """Every usable profile by site name, in the order of :func:`profile_files`."""
+        return {name: p for name in self.files if isinstance(p := self._one(name), SiteProfile)}
+
+    @property
+    def broken(self) -> dict[str, BrokenProfile]:
+        """Every broken profile by site name, in the order of :func:`profile_files`."""
+        return {name: p for name in self.files if isinstance(p := self._one(name), BrokenProfile)}
+
+    def broken_one(self, name: str) -> BrokenProfile | None:
+        """Why site ``name``'s profile is broken; None when it is usable or has no file."""
+        found = self._one(name)
+        return found if isinstance(found, BrokenProfile) else None
 
     def __getitem__(self, name: str) -> SiteProfile:
-        return self.usable[name]
+        found = self._one(name)
+        if not isinstance(found, SiteProfile):
+            raise KeyError(name)
+        return found
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.usable)
@@ -199,27 +240,25 @@ class ProfileSet(Mapping[str, SiteProfile]):
     def __len__(self) -> int:
         return len(self.usable)
 
+    def __repr__(self) -> str:
+        return f"ProfileSet(usable={self.usable!r}, broken={self.broken!r})"
+
 
 def load_profiles(home: Path | None = None) -> ProfileSet:
     """Every profile, shipped and the user's; one that does not load is set aside as broken.
 
     A user's file overrides the shipped one of the same name even when it is
     broken: that site is then unusable rather than silently the shipped one.
+    The files are read when their sites are first asked for (:class:`ProfileSet`).
     """
-    usable: dict[str, SiteProfile] = {}
-    broken: dict[str, BrokenProfile] = {}
-    for name, path in profile_files(home).items():
-        try:
-            usable[name] = load_profile(path)
-        except ProfileError as exc:
-            broken[name] = BrokenProfile(name=name, path=str(path), message=exc.message)
-    return ProfileSet(usable=usable, broken=broken)
+    return ProfileSet(profile_files(home))
 
 
 def known_site_names(profiles: Mapping[str, SiteProfile]) -> list[str]:
     """Every site name a profile file gives, usable or broken, sorted."""
-    broken = profiles.broken if isinstance(profiles, ProfileSet) else {}
-    return sorted({*profiles, *broken})
+    if isinstance(profiles, ProfileSet):
+        return sorted(profiles.files)  # each file is a usable profile or a broken one: none is read
+    return sorted(profiles)
 
 
 def load_profile(path: str | Path) -> SiteProfile:
@@ -236,8 +275,9 @@ def get_profile(profiles: Mapping[str, SiteProfile], name: str) -> SiteProfile:
     """The profile of site ``name``; a broken one raises its own error (exit 3)."""
     if name in profiles:
         return profiles[name]
-    if isinstance(profiles, ProfileSet) and name in profiles.broken:
-        raise ProfileError(profiles.broken[name].message)
+    broken = profiles.broken_one(name) if isinstance(profiles, ProfileSet) else None
+    if broken is not None:
+        raise ProfileError(broken.message)
     known = known_site_names(profiles)
     maybe = did_you_mean(name, known)
     raise UsageError(f"unknown site {name!r}; {maybe}known sites: {', '.join(known)}")
@@ -444,7 +484,7 @@ def check_spec_against_profiles(spec: JobSpec, profiles: Mapping[str, SiteProfil
     excluding such a site is fine.
     """
     if spec.placement.site is not None and isinstance(profiles, ProfileSet):
-        broken = profiles.broken.get(spec.placement.site)
+        broken = profiles.broken_one(spec.placement.site)
         if broken is not None:
             raise ProfileError(broken.message)
     known_sites = known_site_names(profiles)
@@ -467,7 +507,8 @@ def check_spec_against_profiles(spec: JobSpec, profiles: Mapping[str, SiteProfil
                     f"{spec.source}: {key}: {name!r} is not a known site; "
                     f"{maybe}known sites: {', '.join(known_sites)}"
                 )
-    catalogue = {d.name for p in profiles.values() for d in p.datasets}
+    # Only a spec with inputs needs every site's catalogue (and so every profile read).
+    catalogue = {d.name for p in profiles.values() for d in p.datasets} if spec.data.inputs else set()
     for index, dataset in enumerate(spec.data.inputs):
         if dataset not in catalogue:
             maybe = did_you_mean(dataset, sorted(catalogue))

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
+from gateway import profiles as profiles_module
 from gateway.cli import main
 from gateway.errors import ProfileError
-from gateway.profiles import BrokenProfile, get_profile, load_profiles
+from gateway.profiles import BrokenProfile, get_profile, known_site_names, load_profiles, profile_files
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "profiles"
@@ -97,6 +98,52 @@ def test_a_broken_override_of_a_shipped_profile_is_not_replaced_silently(aif_hom
     profiles = load_profiles()
     assert "lumi" not in profiles and "lumi" in profiles.broken
     assert "site: is required" in profiles.broken["lumi"].message
+
+
+@pytest.fixture
+def files_read(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The sites whose profile files are read (parsed), in order."""
+    read: list[str] = []
+    real = profiles_module.load_profile
+
+    def counting(path: str | Path) -> profiles_module.SiteProfile:
+        read.append(Path(path).stem)
+        return real(path)
+
+    monkeypatch.setattr(profiles_module, "load_profile", counting)
+    return read
+
+
+def test_a_site_asked_for_by_name_reads_its_own_file_alone(
+    user_profiles: Path, files_read: list[str]
+) -> None:
+    profiles = load_profiles()
+    assert known_site_names(profiles) == sorted(profile_files()) and files_read == []
+    assert get_profile(profiles, "lumi").name == "lumi" and "extra" in profiles
+    with pytest.raises(ProfileError):
+        get_profile(profiles, "notoml")
+    assert files_read == ["lumi", "extra", "notoml"]
+    # Going through the set reads the others, each file once, and sees what reading all at once sees.
+    assert sorted(profiles.broken) == ["badvalue", "notoml"]
+    assert sorted(files_read) == sorted(profile_files())
+    fresh = load_profiles()
+    assert list(fresh.usable) == list(profiles.usable) and fresh.broken == profiles.broken
+    assert list(profiles) == list(fresh.usable) == [n for n in profile_files() if n in fresh.usable]
+
+
+def test_render_for_one_site_reads_that_profile_only(
+    user_profiles: Path, files_read: list[str], tmp_path: Path
+) -> None:
+    spec = tmp_path / "hello.toml"
+    spec.write_text('[job]\nname = "hello"\ncommand = ["hostname"]\n')
+    rendered = aif("render", str(spec), "--site", "lumi", "--account", "project_465000123")
+    assert rendered.exit_code == 0, rendered.output
+    assert files_read == ["lumi"]
+    # A spec that names a sector is checked against every site's sectors: all are read.
+    spec.write_text('[job]\nname = "hello"\ncommand = ["hostname"]\nsector = "health"\n')
+    files_read.clear()
+    assert aif("render", str(spec), "--site", "lumi", "--account", "project_465000123").exit_code == 0
+    assert sorted(files_read) == sorted(profile_files())
 
 
 def test_profile_validate_stays_strict(user_profiles: Path) -> None:
