@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import getpass
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass
 
 from gateway.config import UserConfig
 from gateway.errors import AifError, InvalidInput
-from gateway.profiles import (
-    SiteProfile,
-    check_spec_against_profiles,
-    get_profile,
-    load_profile,
-    load_sites,
-    resolve_account,
-    stray_config_entries,
-)
-from gateway.rendering import RenderedJob, render_batch_script
-from gateway.spec import load_spec
+from gateway.preview import render as render  # `aif render`'s call, in a module of its own
+from gateway.profiles import SiteProfile, load_profile, load_sites, resolve_account, stray_config_entries
 
 
 @dataclass(frozen=True)
@@ -125,20 +115,6 @@ def _unusable_summary(name: str, problem: str) -> SiteSummary:
         datasets=(),
         usable=False,
         problem=problem,
-    )
-
-
-def render(spec_path: str | Path, site: str, *, account: str | None = None) -> RenderedJob:
-    """The batch script ``spec_path`` would be submitted as at ``site``."""
-    spec = load_spec(spec_path)
-    profiles, config = load_sites()
-    check_spec_against_profiles(spec, profiles)
-    profile = get_profile(profiles, site)
-    access = config.access(site)
-    if account is not None:
-        access = replace(access, account=account)
-    return render_batch_script(
-        spec, profile, account=resolve_account(profile, access), user=access.user or getpass.getuser()
     )
 
 

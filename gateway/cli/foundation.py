@@ -16,9 +16,9 @@ from gateway.cli.app import command, console, group, json_option, new_table, ope
 @click.option("--account", help="Override the account from your config.")
 @json_option
 def render(spec: str, site: str, account: str | None, as_json: bool) -> None:
-    from gateway import api
+    from gateway.preview import render as render_spec  # not gateway.api: nothing else of it is needed
 
-    rendered = api.render(spec, site, account=account)
+    rendered = render_spec(spec, site, account=account)
     if as_json:
         print_json(
             {

@@ -20,6 +20,7 @@ LAYERS: list[set[str]] = [
     {"gateway.ledger"},
     {
         "gateway.api",
+        "gateway.preview",
         "gateway.lifecycle",
         "gateway.profile_check",
         "gateway.context",

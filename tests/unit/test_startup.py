@@ -95,7 +95,7 @@ def test_render_imports_no_site_transport_nor_ledger(tmp_path: Path) -> None:
     spec.write_text(ONE_LINE_SPEC)
     result, modules = run_aif(tmp_path, "render", str(spec), "--site", "lumi", "--account", LUMI_ACCOUNT)
     assert result.returncode == 0 and "#SBATCH" in result.stdout
-    unneeded = ("rich", "paramiko", "invoke", "sqlite3", "gateway.ledger", *SITE_LAYERS)
+    unneeded = ("rich", "paramiko", "invoke", "sqlite3", "gateway.ledger", "gateway.api", *SITE_LAYERS)
     assert loaded(modules, *unneeded) == []
     assert loaded(modules, *COMMAND_MODULES) == ["gateway.cli.foundation"]
 

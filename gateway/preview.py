@@ -1,0 +1,30 @@
+"""`aif render`: the batch script a spec would be submitted as at one site, nothing sent.
+
+Part of the library's calls (:mod:`gateway.api` offers it as ``api.render``),
+in a module of its own so that ``aif render`` loads the spec, config,
+profile and rendering layers and nothing else: no site, ledger or federation.
+"""
+
+from __future__ import annotations
+
+import getpass
+from dataclasses import replace
+from pathlib import Path
+
+from gateway.profiles import check_spec_against_profiles, get_profile, load_sites, resolve_account
+from gateway.rendering import RenderedJob, render_batch_script
+from gateway.spec import load_spec
+
+
+def render(spec_path: str | Path, site: str, *, account: str | None = None) -> RenderedJob:
+    """The batch script ``spec_path`` would be submitted as at ``site``."""
+    spec = load_spec(spec_path)
+    profiles, config = load_sites()
+    check_spec_against_profiles(spec, profiles)
+    profile = get_profile(profiles, site)
+    access = config.access(site)
+    if account is not None:
+        access = replace(access, account=account)
+    return render_batch_script(
+        spec, profile, account=resolve_account(profile, access), user=access.user or getpass.getuser()
+    )
