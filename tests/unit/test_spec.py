@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 
 from gateway.cli import main
 from gateway.errors import SpecError
-from gateway.spec import load_spec
+from gateway.spec import load_spec, sha256_hex
 from tests.unit.fuzzing import documents_from_schema
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,7 +40,12 @@ def test_minimal_spec_gets_documented_defaults(tmp_path: Path) -> None:
     assert r.walltime == "01:00:00" and r.walltime_seconds == 3600
     assert spec.data.sensitivity == "public"
     assert spec.array is None
-    assert len(spec.sha256) == 64
+    assert spec.sha256 == hashlib.sha256(MINIMAL.encode()).hexdigest()
+
+
+@pytest.mark.parametrize("data", [b"", b"abc", bytes(range(256)) * 300])
+def test_the_spec_digest_is_hashlibs_sha256(data: bytes) -> None:
+    assert sha256_hex(data) == hashlib.sha256(data).hexdigest()
 
 
 def test_every_example_is_valid() -> None:

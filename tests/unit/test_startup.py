@@ -24,11 +24,16 @@ REPO = Path(__file__).resolve().parents[2]
 ONE_LINE_SPEC = 'job = { name = "hello", command = ["hostname"] }\n'
 LUMI_ACCOUNT = "project_465000123"  # the example in profiles/lumi.toml
 
-# Run as the console script runs it; atexit reports sys.modules at the very end.
+# Run as the console script runs it; atexit reports sys.modules at the very end (json is
+# imported only then, so that whether aif imported it shows).
 RUN_AS_AIF = """
-import atexit, json, sys
+import atexit, sys
 out = sys.argv.pop(1)
-atexit.register(lambda: open(out, "w").write(json.dumps(sorted(sys.modules))))
+def report():
+    names = sorted(sys.modules)
+    import json
+    open(out, "w").write(json.dumps(names))
+atexit.register(report)
 sys.argv[0] = "aif"
 from gateway.cli import main
 sys.exit(main())
@@ -96,6 +101,8 @@ def test_render_imports_no_site_transport_nor_ledger(tmp_path: Path) -> None:
     result, modules = run_aif(tmp_path, "render", str(spec), "--site", "lumi", "--account", LUMI_ACCOUNT)
     assert result.returncode == 0 and "#SBATCH" in result.stdout
     unneeded = ("rich", "paramiko", "invoke", "sqlite3", "gateway.ledger", "gateway.api", *SITE_LAYERS)
+    # The spec's digest without OpenSSL (hashlib), JSON only for --json.
+    unneeded += ("hashlib", "_hashlib", "json")
     assert loaded(modules, *unneeded) == []
     assert loaded(modules, *COMMAND_MODULES) == ["gateway.cli.foundation"]
 
