@@ -13,6 +13,7 @@ from pathlib import Path
 
 from gateway.errors import ConfigError
 from gateway.home import aif_home
+from gateway.record import Record
 from gateway.spec import SITE_ALLOWED, SITE_PATTERN
 from gateway.tomlcheck import Table, load_toml_file, show_key, show_value
 
@@ -34,8 +35,8 @@ SITE_KEYS = (
 )
 
 
-@dataclass(frozen=True)
-class SiteAccess:
+@dataclass(frozen=True, eq=False, repr=False)
+class SiteAccess(Record):
     """What this user needs to reach one site."""
 
     account: str | None = None
@@ -52,8 +53,8 @@ class SiteAccess:
     hint: str = ""
 
 
-@dataclass(frozen=True)
-class PlacementWeights:
+@dataclass(frozen=True, eq=False, repr=False)
+class PlacementWeights(Record):
     """How the federation weighs a site, in seconds of waiting (``[federation]`` in the config).
 
     ``snapshot_ttl_s``: how long a probe of a site's load is reused (by every
@@ -74,8 +75,8 @@ class PlacementWeights:
 FEDERATION_KEYS = ("snapshot_ttl_s", "sector_bonus_s", "queue_round_s", "data_s_per_missing_input")
 
 
-@dataclass(frozen=True)
-class UserConfig:
+@dataclass(frozen=True, eq=False, repr=False)
+class UserConfig(Record):
     """The user's config: access per site, the files it came from, the federation's weights."""
 
     sites: dict[str, SiteAccess] = field(default_factory=dict)

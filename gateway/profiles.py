@@ -16,6 +16,7 @@ from pathlib import Path
 from gateway.config import ACCOUNT_PATTERN, SiteAccess, UserConfig, load_config
 from gateway.errors import ConfigError, ProfileError, SpecError, UsageError
 from gateway.home import aif_home
+from gateway.record import Record
 from gateway.spec import (
     COUNTRY_PATTERN,
     IDENT_ALLOWED,
@@ -47,8 +48,8 @@ SLURM_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
 WORK_AREA_PATTERN = r"/[A-Za-z0-9._+/{}-]*"
 
 
-@dataclass(frozen=True)
-class Partition:
+@dataclass(frozen=True, eq=False, repr=False)
+class Partition(Record):
     """One partition of a site as its profile describes it; sizes also as numbers (MB, seconds)."""
 
     name: str
@@ -64,8 +65,8 @@ class Partition:
     qos: str
 
 
-@dataclass(frozen=True)
-class QosRule:
+@dataclass(frozen=True, eq=False, repr=False)
+class QosRule(Record):
     """A ``[[qos]]`` rule: the QOS a partition's jobs of these node counts and walltimes are sent with."""
 
     name: str
@@ -76,8 +77,8 @@ class QosRule:
     max_walltime_seconds: int
 
 
-@dataclass(frozen=True)
-class Dataset:
+@dataclass(frozen=True, eq=False, repr=False)
+class Dataset(Record):
     """A dataset in a site's catalogue: where it lies, how big, how sensitive."""
 
     name: str
@@ -87,8 +88,8 @@ class Dataset:
     sensitivity: str
 
 
-@dataclass(frozen=True)
-class SlurmRules:
+@dataclass(frozen=True, eq=False, repr=False)
+class SlurmRules(Record):
     """How a site's Slurm wants its jobs written (the profile's ``[slurm]``)."""
 
     gpu_request: str
@@ -101,8 +102,8 @@ class SlurmRules:
     work_area: str
 
 
-@dataclass(frozen=True)
-class SiteEnvironment:
+@dataclass(frozen=True, eq=False, repr=False)
+class SiteEnvironment(Record):
     """What a site's batch scripts set up: shell lines, modules and containers."""
 
     setup: tuple[str, ...]
@@ -111,8 +112,8 @@ class SiteEnvironment:
     container_exec: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class SiteProfile:
+@dataclass(frozen=True, eq=False, repr=False)
+class SiteProfile(Record):
     """One site's profile: who runs it, how to log in, its Slurm rules, partitions and datasets."""
 
     name: str
@@ -171,8 +172,8 @@ def profile_files(home: Path | None = None) -> dict[str, Path]:
     return files
 
 
-@dataclass(frozen=True)
-class BrokenProfile:
+@dataclass(frozen=True, eq=False, repr=False)
+class BrokenProfile(Record):
     """A profile file that does not load: its site is unusable, and no other site is affected."""
 
     name: str  # the site it would define: its file name

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import SpecError
+from gateway.record import Record
 from gateway.tomlcheck import (
     Table,
     parse_toml_bytes,
@@ -65,8 +66,8 @@ DEFAULT_WALLTIME = "01:00:00"
 DEFAULT_WORKDIR = "{name}/{id}"
 
 
-@dataclass(frozen=True)
-class JobSection:
+@dataclass(frozen=True, eq=False, repr=False)
+class JobSection(Record):
     """The spec's ``[job]``: its name and sector, what runs (a command or a script) and where."""
 
     name: str
@@ -76,8 +77,8 @@ class JobSection:
     workdir: str  # a template: {name} and {id} are filled in at submission
 
 
-@dataclass(frozen=True)
-class Resources:
+@dataclass(frozen=True, eq=False, repr=False)
+class Resources(Record):
     """The spec's ``[resources]``; memory and walltime also as numbers (MB, seconds)."""
 
     nodes: int
@@ -91,8 +92,8 @@ class Resources:
     gpu_model: str | None
 
 
-@dataclass(frozen=True)
-class Environment:
+@dataclass(frozen=True, eq=False, repr=False)
+class Environment(Record):
     """The spec's ``[environment]``: container, modules and variables."""
 
     container: str | None
@@ -100,8 +101,8 @@ class Environment:
     variables: tuple[tuple[str, str], ...]
 
 
-@dataclass(frozen=True)
-class DataSection:
+@dataclass(frozen=True, eq=False, repr=False)
+class DataSection(Record):
     """The spec's ``[data]``: input datasets, their sensitivity, and the outputs to fetch."""
 
     inputs: tuple[str, ...]
@@ -109,8 +110,8 @@ class DataSection:
     outputs: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class PlacementSection:
+@dataclass(frozen=True, eq=False, repr=False)
+class PlacementSection(Record):
     """The spec's ``[placement]``: a pinned site, excluded sites, allowed countries."""
 
     site: str | None
@@ -118,16 +119,16 @@ class PlacementSection:
     countries: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class ArraySection:
+@dataclass(frozen=True, eq=False, repr=False)
+class ArraySection(Record):
     """The spec's ``[array]``: how many tasks, and how many may run at once (None: no limit)."""
 
     size: int
     parallel: int | None
 
 
-@dataclass(frozen=True)
-class JobSpec:
+@dataclass(frozen=True, eq=False, repr=False)
+class JobSpec(Record):
     """A validated job spec; ``source`` and ``sha256`` identify the file it came from."""
 
     job: JobSection

@@ -1,0 +1,161 @@
+"""Record's ==, hash() and repr() give what the methods @dataclass(frozen=True) generates give.
+
+Every Record class is compared with its twin: a plain frozen dataclass of the
+same name and fields, built by dataclasses.make_dataclass, on instances made
+from the shipped profiles, the example specs and a config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway import config, profiles, spec
+from gateway.record import Record
+
+REPO = Path(__file__).resolve().parents[2]
+ARRAY_SPEC = """
+[job]
+name = "sweep"
+sector = "health"
+command = ["python", "train.py"]
+
+[resources]
+gpus_per_node = 2
+memory_per_node = "64G"
+
+[environment]
+modules = ["cuda"]
+variables = { SEED = "1" }
+
+[data]
+inputs = ["ehr-synthetic"]
+outputs = ["out/"]
+
+[placement]
+exclude = ["lumi"]
+countries = ["IT"]
+
+[array]
+size = 4
+parallel = 2
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class StandIn:
+    """A field value no other value equals."""
+
+    field: str
+
+
+def records_in(value: object) -> Iterator[Record]:
+    """``value`` and every Record inside it (fields, tuples, dict values)."""
+    if isinstance(value, Record):
+        yield value
+        for f in dataclasses.fields(value):  # type: ignore[arg-type]
+            yield from records_in(getattr(value, f.name))
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            yield from records_in(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from records_in(item)
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory: pytest.TempPathFactory) -> dict[type, list[Record]]:
+    """Instances of each Record class, by class."""
+    array_spec = tmp_path_factory.mktemp("specs") / "sweep.toml"
+    array_spec.write_text(ARRAY_SPEC)
+    roots: list[object] = [profiles.load_profile(p) for p in sorted((REPO / "profiles").glob("*.toml"))]
+    roots += [spec.load_spec(p) for p in sorted((REPO / "examples").glob("*.toml"))]
+    roots += [spec.load_spec(p) for p in sorted((REPO / "tests" / "data" / "specs").glob("*.toml"))]
+    roots.append(spec.load_spec(array_spec))
+    access = config.SiteAccess(account="p1", user="me", port=2222)
+    roots.append(config.UserConfig(sites={"lumi": access}, files=("a.toml",), sources={"lumi": "a.toml"}))
+    roots.append(profiles.BrokenProfile(name="x", path="/p/x.toml", message="/p/x.toml: not valid TOML"))
+    found: dict[type, list[Record]] = {}
+    for root in roots:
+        for record in records_in(root):
+            found.setdefault(type(record), []).append(record)
+    return found
+
+
+def twin_of(cls: type) -> Any:
+    """A frozen dataclass of ``cls``'s name and fields whose methods dataclasses generate."""
+    spec_fields = [
+        (f.name, f.type, dataclasses.field(repr=f.repr, compare=f.compare, hash=f.hash))
+        for f in dataclasses.fields(cls)
+    ]
+    twin = dataclasses.make_dataclass(cls.__name__, spec_fields, frozen=True)
+    twin.__qualname__ = cls.__qualname__
+    return twin
+
+
+def as_twin(record: Record, twins: dict[type, Any]) -> Any:
+    cls = type(record)
+    values = {f.name: getattr(record, f.name) for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return twins[cls](**values)
+
+
+RECORD_CLASSES = sorted(
+    (c for c in Record.__subclasses__() if c.__module__.startswith("gateway.")), key=lambda c: c.__name__
+)
+
+
+def test_the_render_path_classes_are_records() -> None:
+    names = {c.__name__ for c in RECORD_CLASSES}
+    assert {"JobSpec", "JobSection", "Resources", "SiteProfile", "Partition", "UserConfig"} <= names
+    for cls in RECORD_CLASSES:
+        params = cls.__dataclass_params__  # type: ignore[attr-defined]
+        assert params.frozen and not params.eq and not params.repr, cls
+        assert "__eq__" not in vars(cls) and "__hash__" not in vars(cls) and "__repr__" not in vars(cls)
+
+
+@pytest.mark.parametrize("cls", RECORD_CLASSES, ids=lambda c: c.__name__)
+def test_a_record_answers_as_the_generated_methods(cls: type, samples: dict[type, list[Record]]) -> None:
+    instances = samples.get(cls, [])
+    assert instances, f"no sample of {cls.__name__}"
+    twins = {c: twin_of(c) for c in RECORD_CLASSES}
+    # Each instance beside a copy of itself and copies differing in one field each (a value
+    # of another instance, and a stand-in equal to nothing else).
+    pool = list(instances)
+    for record in instances[:2]:
+        pool.append(dataclasses.replace(record))  # type: ignore[type-var]
+        for f in dataclasses.fields(cls):
+            mine = getattr(record, f.name)
+            other = next((getattr(r, f.name) for r in instances if getattr(r, f.name) != mine), None)
+            for value in ([other] if other is not None else []) + [StandIn(f.name)]:
+                pool.append(dataclasses.replace(record, **{f.name: value}))  # type: ignore[type-var]
+    for a in pool:
+        twin_a = as_twin(a, twins)
+        assert repr(a) == repr(twin_a)
+        try:
+            expected_hash: int | type = hash(twin_a)
+        except TypeError:
+            expected_hash = TypeError
+        if expected_hash is TypeError:
+            with pytest.raises(TypeError):
+                hash(a)
+        else:
+            assert hash(a) == expected_hash
+        for b in pool:
+            twin_b = as_twin(b, twins)
+            assert (a == b) is (twin_a == twin_b)
+            assert (a != b) is (twin_a != twin_b)
+        assert a != twin_a and a.__eq__(twin_a) is NotImplemented  # another class is never equal
+        assert (a == None) is False  # noqa: E711 - the comparison under test
+
+
+def test_a_record_stays_frozen(samples: dict[type, list[Record]]) -> None:
+    profile = samples[profiles.SiteProfile][0]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        profile.name = "other"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        del profile.name  # type: ignore[misc]
+    assert dataclasses.replace(profile, name="other").name == "other"
