@@ -7,15 +7,20 @@ Accounts and login names are per user and never live in a profile.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.errors import ConfigError
-from gateway.home import aif_home
+from gateway.home import aif_home_text
+from gateway.pathtext import child_text, path_text, toml_files
 from gateway.record import Record
 from gateway.spec import SITE_ALLOWED, SITE_PATTERN
 from gateway.tomlcheck import Table, load_toml_file, show_key, show_value
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 TRANSPORTS = ("ssh", "local", "pyslurm")
 # Accounts reach an #SBATCH line: keep them to characters that need no quoting.
@@ -88,29 +93,29 @@ class UserConfig(Record):
         return self.sites.get(site, SiteAccess())
 
 
-def config_files(home: Path | None = None) -> list[Path]:
-    home = home or aif_home()
-    files = [home / "config.toml"] if (home / "config.toml").is_file() else []
-    config_d = home / "config.d"
-    if config_d.is_dir():
-        files.extend(sorted(p for p in config_d.glob("*.toml") if p.is_file()))
+def config_files(home: str | Path | None = None) -> list[str]:
+    """The config files that exist, in the order they apply (see the module's docstring)."""
+    directory = path_text(home) if home else aif_home_text()
+    main = child_text(directory, "config.toml")
+    files = [main] if os.path.isfile(main) else []
+    files.extend(p for p in toml_files(child_text(directory, "config.d")) if os.path.isfile(p))
     return files
 
 
-def load_config(home: Path | None = None) -> UserConfig:
+def load_config(home: str | Path | None = None) -> UserConfig:
     sites: dict[str, SiteAccess] = {}
     sources: dict[str, str] = {}
     weights: dict[str, int] = {}
     files = config_files(home)
     for path in files:
         data = load_toml_file(path, ConfigError)
-        parsed = parse_config(data, source=str(path))
+        parsed = parse_config(data, source=path)
         sites.update(parsed)
-        sources.update(dict.fromkeys(parsed, str(path)))
-        weights.update(parse_weights(data, source=str(path)))
+        sources.update(dict.fromkeys(parsed, path))
+        weights.update(parse_weights(data, source=path))
     return UserConfig(
         sites=sites,
-        files=tuple(str(p) for p in files),
+        files=tuple(files),
         sources=sources,
         weights=PlacementWeights(**weights),
     )

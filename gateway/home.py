@@ -6,6 +6,10 @@ aif creates the home with mode 0700 and every file it writes there with mode
 others can read it, :func:`loose_home_warning` says so (once per mode).
 Nothing here follows the ``sandbox`` symlink in the home: the sandbox's
 state belongs to its daemons and keeps its own modes.
+
+The home is also given as text (:func:`aif_home_text`): the commands that
+only read files (``aif render``, the main callback's home check) do without
+pathlib (see :mod:`gateway.pathtext`).
 """
 
 from __future__ import annotations
@@ -13,9 +17,13 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.errors import HomeUnusable
+from gateway.pathtext import child_text, expand_user_text, path_text
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 HOME_MODE = 0o700
 FILE_MODE = 0o600
@@ -23,10 +31,17 @@ FILE_MODE = 0o600
 MODE_WARNED_FILE = ".mode-warned"
 
 
+def aif_home_text() -> str:
+    """``str(aif_home())``: the user's aif directory as text; not created here."""
+    value = os.environ.get("AIF_HOME")
+    return expand_user_text(value) if value else child_text(expand_user_text("~"), ".aif")
+
+
 def aif_home() -> Path:
     """The user's aif directory; not created here."""
-    value = os.environ.get("AIF_HOME")
-    return Path(value).expanduser() if value else Path.home() / ".aif"
+    from pathlib import Path  # not at start-up: the commands that only read use aif_home_text
+
+    return Path(aif_home_text())
 
 
 def ensure_home(directory: Path | None = None, *, mode: int = HOME_MODE) -> Path:
@@ -107,9 +122,10 @@ def make_private(path: Path, fd: int | None = None) -> None:
         raise HomeUnusable(f"cannot make {path} private (mode 600): {exc.strerror or exc}") from None
 
 
-def write_private_text(path: Path, text: str) -> None:
+def write_private_text(path: str | Path, text: str) -> None:
     """Write ``path`` whole, with mode 0600: readers see the old file or the new one."""
-    partial = path.with_name(f".{path.name}.partial")
+    directory, name = os.path.split(path_text(path))
+    partial = os.path.join(directory, f".{name}.partial")
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
     with os.fdopen(fd, "w", encoding="utf-8") as out:
         os.fchmod(out.fileno(), FILE_MODE)
@@ -117,26 +133,27 @@ def write_private_text(path: Path, text: str) -> None:
     os.replace(partial, path)
 
 
-def loose_home_warning(home: Path | None = None) -> str | None:
+def loose_home_warning(home: str | Path | None = None) -> str | None:
     """What to tell the user when group or others can read or write the home; else None.
 
     Said once per mode: the mode warned about is remembered in
     ``.mode-warned`` in the home, so the warning comes back only when the
     mode changes to another loose one (or when that file cannot be written).
     """
-    home = home if home is not None else aif_home()
+    home = path_text(home) if home is not None else aif_home_text()
     try:
-        info = home.stat()  # $AIF_HOME itself may be a link to the real directory
+        info = os.stat(home)  # $AIF_HOME itself may be a link to the real directory
     except OSError:
         return None
     mode = stat.S_IMODE(info.st_mode)
     if not stat.S_ISDIR(info.st_mode) or not mode & 0o066:
         return None
-    marker = home / MODE_WARNED_FILE
+    marker = child_text(home, MODE_WARNED_FILE)
     shown = f"{mode:o}"
     try:
-        if marker.read_text(encoding="utf-8").strip() == shown:
-            return None
+        with open(marker, encoding="utf-8") as remembered:
+            if remembered.read().strip() == shown:
+                return None
     except (OSError, UnicodeDecodeError):
         pass
     # In a read-only home the warning is repeated, which is better than silence.
@@ -147,7 +164,7 @@ def loose_home_warning(home: Path | None = None) -> str | None:
     advice = f"run: chmod 700 {home}"
     if _holds_sandbox_state(home):
         advice = (
-            f"run: chmod 711 {home} (not 700: the sandbox keeps its state in {home / 'sandbox'} "
+            f"run: chmod 711 {home} (not 700: the sandbox keeps its state in {child_text(home, 'sandbox')} "
             "and its login user must pass through)"
         )
     return (
@@ -156,9 +173,9 @@ def loose_home_warning(home: Path | None = None) -> str | None:
     )
 
 
-def _holds_sandbox_state(home: Path) -> bool:
+def _holds_sandbox_state(home: str) -> bool:
     """True when the sandbox's state is a real directory in the home (lstat: a symlink is not followed)."""
     try:
-        return stat.S_ISDIR((home / "sandbox").lstat().st_mode)
+        return stat.S_ISDIR(os.lstat(child_text(home, "sandbox")).st_mode)
     except OSError:
         return False

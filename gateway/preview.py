@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import getpass
 from dataclasses import replace
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.profiles import check_spec_against_profiles, get_profile, load_sites, resolve_account
 from gateway.rendering import RenderedJob, render_batch_script
 from gateway.spec import load_spec
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def render(spec_path: str | Path, site: str, *, account: str | None = None) -> RenderedJob:

@@ -7,15 +7,17 @@ override them by name. The schema is documented in ``profiles/README.md``.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.config import ACCOUNT_PATTERN, SiteAccess, UserConfig, load_config
 from gateway.errors import ConfigError, ProfileError, SpecError, UsageError
-from gateway.home import aif_home
+from gateway.home import aif_home_text
+from gateway.pathtext import child_text, file_stem, path_text, toml_files
 from gateway.record import Record
 from gateway.spec import (
     COUNTRY_PATTERN,
@@ -37,6 +39,9 @@ from gateway.tomlcheck import (
     read_walltime,
     size_to_mb,
 )
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 PROFILE_SCHEMA_VERSION = 1
 BATCH_SYSTEMS = ("slurm", "pbspro")
@@ -152,23 +157,30 @@ class SiteProfile(Record):
 
 def shipped_profiles_dir() -> Path:
     """The profiles that come with aif: inside an installed package, or the checkout's."""
-    installed = Path(__file__).resolve().parent / "_profiles"
-    if installed.is_dir():
+    from pathlib import Path  # start-up reads the profiles through shipped_profiles_text
+
+    return Path(shipped_profiles_text())
+
+
+def shipped_profiles_text() -> str:
+    """:func:`shipped_profiles_dir` as text."""
+    package = os.path.dirname(os.path.realpath(__file__))
+    installed = child_text(package, "_profiles")
+    if os.path.isdir(installed):
         return installed
-    return Path(__file__).resolve().parent.parent / "profiles"
+    return child_text(os.path.dirname(package), "profiles")
 
 
-def user_profiles_dir(home: Path | None = None) -> Path:
-    return (home or aif_home()) / "profiles"
+def user_profiles_dir(home: str | Path | None = None) -> str:
+    return child_text(path_text(home) if home else aif_home_text(), "profiles")
 
 
-def profile_files(home: Path | None = None) -> dict[str, Path]:
+def profile_files(home: str | Path | None = None) -> dict[str, str]:
     """Profile files by site name; the user's override the shipped ones."""
-    files: dict[str, Path] = {}
-    for directory in (shipped_profiles_dir(), user_profiles_dir(home)):
-        if directory.is_dir():
-            for path in sorted(directory.glob("*.toml")):
-                files[path.stem] = path
+    files: dict[str, str] = {}
+    for directory in (shipped_profiles_text(), user_profiles_dir(home)):
+        for path in toml_files(directory):
+            files[file_stem(path)] = path
     return files
 
 
@@ -195,8 +207,8 @@ class ProfileSet(Mapping[str, SiteProfile]):
     broken, whenever it is read.
     """
 
-    def __init__(self, files: Mapping[str, Path]) -> None:
-        self.files: Mapping[str, Path] = dict(files)  # site name -> its profile file (see profile_files)
+    def __init__(self, files: Mapping[str, str]) -> None:
+        self.files: Mapping[str, str] = dict(files)  # site name -> its profile file (see profile_files)
         self._read: dict[str, SiteProfile | BrokenProfile] = {}
         # The federation asks for sites from several threads: each file is still read once.
         self._lock = threading.Lock()
@@ -211,7 +223,7 @@ class ProfileSet(Mapping[str, SiteProfile]):
                 try:
                     self._read[name] = load_profile(path)
                 except ProfileError as exc:
-                    self._read[name] = BrokenProfile(name=name, path=str(path), message=exc.message)
+                    self._read[name] = BrokenProfile(name=name, path=path, message=exc.message)
             return self._read[name]
 
     @property
@@ -245,7 +257,7 @@ class ProfileSet(Mapping[str, SiteProfile]):
         return f"ProfileSet(usable={self.usable!r}, broken={self.broken!r})"
 
 
-def load_profiles(home: Path | None = None) -> ProfileSet:
+def load_profiles(home: str | Path | None = None) -> ProfileSet:
     """Every profile, shipped and the user's; one that does not load is set aside as broken.
 
     A user's file overrides the shipped one of the same name even when it is
@@ -263,11 +275,12 @@ def known_site_names(profiles: Mapping[str, SiteProfile]) -> list[str]:
 
 
 def load_profile(path: str | Path) -> SiteProfile:
-    path = Path(path)
-    profile = parse_profile(load_toml_file(path, ProfileError), source=str(path))
-    if profile.name != path.stem:
+    source = path_text(path)  # as str(Path(path)) names it
+    profile = parse_profile(load_toml_file(source, ProfileError), source=source)
+    stem = file_stem(source)
+    if profile.name != stem:
         raise ProfileError(
-            f"{path}: site.name: {profile.name!r} is not allowed; it must equal the file name {path.stem!r}"
+            f"{source}: site.name: {profile.name!r} is not allowed; it must equal the file name {stem!r}"
         )
     return profile
 
@@ -550,7 +563,7 @@ def check_config_sites(config: UserConfig, profiles: Mapping[str, SiteProfile]) 
     return replace(config, sites=sites)
 
 
-def load_sites(home: Path | None = None) -> tuple[ProfileSet, UserConfig]:
+def load_sites(home: str | Path | None = None) -> tuple[ProfileSet, UserConfig]:
     """The profiles and the user's config, checked against each other (:func:`check_config_sites`)."""
     profiles = load_profiles(home)
     return profiles, check_config_sites(load_config(home), profiles)
@@ -563,9 +576,10 @@ def resolve_account(profile: SiteProfile, access: SiteAccess) -> str | None:
         if profile.account_required:
             example = profile.account_example or "..."
             hint = f" ({access.hint})" if access.hint else ""
+            config_file = child_text(aif_home_text(), "config.toml")
             raise ConfigError(
                 f"site {profile.name} is not usable: it needs an account; add "
-                f'[sites.{profile.name}] account = "{example}" to {aif_home() / "config.toml"}{hint}'
+                f'[sites.{profile.name}] account = "{example}" to {config_file}{hint}'
             )
         return None
     if not re.fullmatch(ACCOUNT_PATTERN, account) or not re.fullmatch(profile.account_pattern, account):

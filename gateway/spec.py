@@ -16,10 +16,10 @@ import dataclasses
 import importlib
 import re
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.errors import SpecError
+from gateway.pathtext import path_text
 from gateway.record import Record
 from gateway.tomlcheck import (
     Table,
@@ -27,6 +27,9 @@ from gateway.tomlcheck import (
     read_size,
     read_walltime,
 )
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 SPEC_VERSION = 1
 SENSITIVITIES = ("public", "internal", "sensitive")
@@ -164,10 +167,10 @@ class JobSpec(Record):
 
 def load_spec(path: str | Path) -> JobSpec:
     """Read and validate a spec file; every problem is a one-line ``SpecError``."""
-    path = Path(path)
-    raw_bytes = _read(path)
-    data = parse_toml_bytes(raw_bytes, str(path), SpecError)
-    return parse_spec(data, source=str(path), sha256=sha256_hex(raw_bytes))
+    source = path_text(path)  # as str(Path(path)) names it
+    raw_bytes = _read(source)
+    data = parse_toml_bytes(raw_bytes, source, SpecError)
+    return parse_spec(data, source=source, sha256=sha256_hex(raw_bytes))
 
 
 def sha256_hex(data: bytes) -> str:
@@ -188,9 +191,10 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _read(path: Path) -> bytes:
+def _read(path: str) -> bytes:
     try:
-        return path.read_bytes()
+        with open(path, "rb") as file:
+            return file.read()
     except OSError as exc:
         raise SpecError(f"{path}: cannot read the spec: {exc.strerror or exc}") from None
 

@@ -10,10 +10,12 @@ import math
 import re
 import sys
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import NoReturn, TypeVar
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 from gateway.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -88,10 +90,11 @@ def type_name(value: object) -> str:
     return type(value).__name__
 
 
-def load_toml_file(path: Path, error: type[E]) -> dict[str, object]:
+def load_toml_file(path: str | Path, error: type[E]) -> dict[str, object]:
     """Parse a TOML file, turning every failure into ``error`` with the file name."""
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as file:
+            raw = file.read()
     except OSError as exc:
         raise error(f"{path}: cannot read: {exc.strerror or exc}") from None
     return parse_toml_bytes(raw, str(path), error)

@@ -9,7 +9,15 @@ from pathlib import Path
 GATEWAY = Path(__file__).resolve().parents[2] / "gateway"
 
 LAYERS: list[set[str]] = [
-    {"gateway", "gateway.errors", "gateway.home", "gateway.record", "gateway.states", "gateway.tomlcheck"},
+    {
+        "gateway",
+        "gateway.errors",
+        "gateway.home",
+        "gateway.pathtext",
+        "gateway.record",
+        "gateway.states",
+        "gateway.tomlcheck",
+    },
     {"gateway.spec"},
     {"gateway.config"},
     {"gateway.profiles"},

@@ -101,8 +101,9 @@ def test_render_imports_no_site_transport_nor_ledger(tmp_path: Path) -> None:
     result, modules = run_aif(tmp_path, "render", str(spec), "--site", "lumi", "--account", LUMI_ACCOUNT)
     assert result.returncode == 0 and "#SBATCH" in result.stdout
     unneeded = ("rich", "paramiko", "invoke", "sqlite3", "gateway.ledger", "gateway.api", *SITE_LAYERS)
-    # The spec's digest without OpenSSL (hashlib), JSON only for --json.
-    unneeded += ("hashlib", "_hashlib", "json")
+    # The spec's digest without OpenSSL (hashlib), JSON only for --json, paths as text (pathlib
+    # would import urllib.parse and ipaddress).
+    unneeded += ("hashlib", "_hashlib", "json", "pathlib", "urllib")
     assert loaded(modules, *unneeded) == []
     assert loaded(modules, *COMMAND_MODULES) == ["gateway.cli.foundation"]
 
