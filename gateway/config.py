@@ -2,14 +2,15 @@
 
 ``$AIF_HOME/config.toml`` plus ``$AIF_HOME/config.d/*.toml`` (merged in name
 order, later files win per site; the sandbox writes ``config.d/sandbox.toml``).
-Accounts and login names are per user and never live in a profile.
+Accounts and login names are per user and never live in a profile. The
+config's frozen dataclasses are records (:mod:`gateway.record`).
 """
 
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING
 
 from gateway.errors import ConfigError
@@ -40,7 +41,6 @@ SITE_KEYS = (
 )
 
 
-@dataclass(frozen=True, eq=False, repr=False)
 class SiteAccess(Record):
     """What this user needs to reach one site."""
 
@@ -58,7 +58,6 @@ class SiteAccess(Record):
     hint: str = ""
 
 
-@dataclass(frozen=True, eq=False, repr=False)
 class PlacementWeights(Record):
     """How the federation weighs a site, in seconds of waiting (``[federation]`` in the config).
 
@@ -80,7 +79,6 @@ class PlacementWeights(Record):
 FEDERATION_KEYS = ("snapshot_ttl_s", "sector_bonus_s", "queue_round_s", "data_s_per_missing_input")
 
 
-@dataclass(frozen=True, eq=False, repr=False)
 class UserConfig(Record):
     """The user's config: access per site, the files it came from, the federation's weights."""
 

@@ -3,6 +3,7 @@
 One TOML file per site. The shipped ones live in ``profiles/`` (installed
 as ``gateway/_profiles``); ``$AIF_HOME/profiles/*.toml`` add to them or
 override them by name. The schema is documented in ``profiles/README.md``.
+A profile's frozen dataclasses are records (:mod:`gateway.record`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import os
 import re
 import threading
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from gateway.config import ACCOUNT_PATTERN, SiteAccess, UserConfig, load_config
@@ -53,7 +54,6 @@ SLURM_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
 WORK_AREA_PATTERN = r"/[A-Za-z0-9._+/{}-]*"
 
 
-@dataclass(frozen=True, eq=False, repr=False)
 class Partition(Record):
     """One partition of a site as its profile describes it; sizes also as numbers (MB, seconds)."""
 
@@ -70,7 +70,6 @@ class Partition(Record):
     qos: str
 
 
-@dataclass(frozen=True, eq=False, repr=False)
 class QosRule(Record):
     """A ``[[qos]]`` rule: the QOS a partition's jobs of these node counts and walltimes are sent with."""
 
@@ -82,7 +81,6 @@ class QosRule(Record):
     max_walltime_seconds: int
 
 
-@dataclass(frozen=True, eq=False, repr=False)
 class Dataset(Record):
     """A dataset in a site's catalogue: where it lies, how big, how sensitive."""
 
@@ -93,7 +91,6 @@ class Dataset(Record):
     sensitivity: str
 
 
-@dataclass(frozen=True, eq=False, repr=False)
 class SlurmRules(Record):
     """How a site's Slurm wants its jobs written (the profile's ``[slurm]``)."""
 
@@ -107,7 +104,6 @@ class SlurmRules(Record):
     work_area: str
 
 
-@dataclass(frozen=True, eq=False, repr=False)
 class SiteEnvironment(Record):
     """What a site's batch scripts set up: shell lines, modules and containers."""
 
@@ -117,7 +113,6 @@ class SiteEnvironment(Record):
     container_exec: tuple[str, ...]
 
 
-@dataclass(frozen=True, eq=False, repr=False)
 class SiteProfile(Record):
     """One site's profile: who runs it, how to log in, its Slurm rules, partitions and datasets."""
 
@@ -184,7 +179,6 @@ def profile_files(home: str | Path | None = None) -> dict[str, str]:
     return files
 
 
-@dataclass(frozen=True, eq=False, repr=False)
 class BrokenProfile(Record):
     """A profile file that does not load: its site is unusable, and no other site is affected."""
 

@@ -1,27 +1,45 @@
-"""==, hash() and repr() of frozen dataclasses, written once instead of compiled for each class.
+"""Record: frozen dataclasses whose frozenness, ==, hash() and repr() are written once.
 
 ``@dataclass(frozen=True)`` writes six methods of every class as source text
 and compiles each when the class is created: about 0.4 ms a class in CPython
-3.11, and ``aif render`` creates twenty such classes (the spec's, the config's
-and the profiles'), more than its whole start-up budget above importing click.
-Those classes are declared
+3.11, and ``aif render`` creates some twenty such classes (the spec's, the
+config's and the profiles'), more than its whole start-up budget above
+importing click. Those classes are declared instead as
 
-    @dataclass(frozen=True, eq=False, repr=False)
     class Partition(Record):
+        name: str
+        ...
 
-dataclasses still write their ``__init__`` and the frozen ``__setattr__`` and
-``__delattr__``; ``__eq__``, ``__hash__`` and ``__repr__`` are :class:`Record`'s
-and give what the generated ones give (``tests/unit/test_record.py`` compares
-them class by class). The other dataclasses of aif are plain frozen ones.
+and each is made a dataclass when it is defined (:meth:`Record.__init_subclass__`):
+dataclasses compiles its ``__init__`` alone. Its ``__setattr__``,
+``__delattr__``, ``__eq__``, ``__hash__`` and ``__repr__`` are Record's, and
+answer as the generated ones of a frozen dataclass do: a field cannot be
+assigned after ``__init__`` set it (nor anything else be assigned or deleted:
+:class:`dataclasses.FrozenInstanceError`, with the same message), instances
+compare, hash and show their fields (``tests/unit/test_record.py`` holds every
+class to a twin declared with ``@dataclass(frozen=True)``). Type checkers see
+a frozen dataclass (``dataclass_transform``). ``dataclasses.fields``,
+``replace`` and ``asdict`` work as on any dataclass; only
+``__dataclass_params__`` tells the difference. The other dataclasses of aif
+are plain ``@dataclass(frozen=True)``.
 """
 
 from __future__ import annotations
 
 import reprlib
+import sys
 from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import FrozenInstanceError, dataclass, fields
 from operator import attrgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING or sys.version_info >= (3, 11):
+    from typing import dataclass_transform
+else:  # pragma: no cover - Python 3.10: only type checkers need it
+
+    def dataclass_transform(**_: object) -> Callable[[type], type]:
+        return lambda cls: cls
+
 
 Values = Callable[[Any], tuple[Any, ...]]
 
@@ -37,10 +55,11 @@ def _values_of(names: list[str]) -> Values:
 
 
 class _Layout:
-    """Which fields a record class compares, hashes and shows, as dataclasses choose them."""
+    """Which fields a record class has, compares, hashes and shows, as dataclasses chooses them."""
 
     def __init__(self, cls: type) -> None:
         own = fields(cls)
+        self.names = frozenset(f.name for f in own)
         self.compared = _values_of([f.name for f in own if f.compare])
         self.hashed = _values_of([f.name for f in own if (f.compare if f.hash is None else f.hash)])
         self.shown = [f.name for f in own if f.repr]
@@ -56,10 +75,27 @@ def _layout(cls: type) -> _Layout:
     return layout
 
 
+@dataclass_transform(frozen_default=True)
 class Record:
-    """Base of a frozen dataclass declared with ``eq=False, repr=False``: its value semantics."""
+    """Base of a frozen dataclass: each subclass is made one as it is defined (see the module)."""
 
     __slots__ = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Not frozen=True: that would compile __setattr__ and __delattr__ for the class.
+        dataclass(eq=False, repr=False)(cls)
+
+    if not TYPE_CHECKING:  # type checkers know the fields are read-only (dataclass_transform)
+
+        def __setattr__(self, name: str, value: object) -> None:
+            # __init__ assigns each field once; nothing is assigned after it.
+            if name in self.__dict__ or name not in _layout(self.__class__).names:
+                raise FrozenInstanceError(f"cannot assign to field {name!r}")
+            object.__setattr__(self, name, value)
+
+        def __delattr__(self, name: str) -> None:
+            raise FrozenInstanceError(f"cannot delete field {name!r}")
 
     def __eq__(self, other: object) -> bool:
         if other.__class__ is self.__class__:

@@ -1,7 +1,8 @@
 """The portable job spec, version 1: one TOML file that runs at any AI Factory.
 
 Validated once, here, at the TOML boundary; everything past this module
-works on frozen dataclasses. Key names are a public contract.
+works on frozen dataclasses (records: :mod:`gateway.record` says why they
+are declared as subclasses of Record). Key names are a public contract.
 
 Fields that end up in ``#SBATCH`` lines or in paths (name, workdir, dataset
 and site names, GPU model) are held to a strict character set, because a
@@ -15,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import re
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import SpecError
@@ -69,7 +69,6 @@ DEFAULT_WALLTIME = "01:00:00"
 DEFAULT_WORKDIR = "{name}/{id}"
 
 
-@dataclass(frozen=True, eq=False, repr=False)
 class JobSection(Record):
     """The spec's ``[job]``: its name and sector, what runs (a command or a script) and where."""
 
@@ -80,7 +79,6 @@ class JobSection(Record):
     workdir: str  # a template: {name} and {id} are filled in at submission
 
 
-@dataclass(frozen=True, eq=False, repr=False)
 class Resources(Record):
     """The spec's ``[resources]``; memory and walltime also as numbers (MB, seconds)."""
 
@@ -95,7 +93,6 @@ class Resources(Record):
     gpu_model: str | None
 
 
-@dataclass(frozen=True, eq=False, repr=False)
 class Environment(Record):
     """The spec's ``[environment]``: container, modules and variables."""
 
@@ -104,7 +101,6 @@ class Environment(Record):
     variables: tuple[tuple[str, str], ...]
 
 
-@dataclass(frozen=True, eq=False, repr=False)
 class DataSection(Record):
     """The spec's ``[data]``: input datasets, their sensitivity, and the outputs to fetch."""
 
@@ -113,7 +109,6 @@ class DataSection(Record):
     outputs: tuple[str, ...]
 
 
-@dataclass(frozen=True, eq=False, repr=False)
 class PlacementSection(Record):
     """The spec's ``[placement]``: a pinned site, excluded sites, allowed countries."""
 
@@ -122,7 +117,6 @@ class PlacementSection(Record):
     countries: tuple[str, ...]
 
 
-@dataclass(frozen=True, eq=False, repr=False)
 class ArraySection(Record):
     """The spec's ``[array]``: how many tasks, and how many may run at once (None: no limit)."""
 
@@ -130,7 +124,6 @@ class ArraySection(Record):
     parallel: int | None
 
 
-@dataclass(frozen=True, eq=False, repr=False)
 class JobSpec(Record):
     """A validated job spec; ``source`` and ``sha256`` identify the file it came from."""
 

@@ -1,13 +1,16 @@
-"""Record's ==, hash() and repr() give what the methods @dataclass(frozen=True) generates give.
+"""A Record class behaves as the frozen dataclass @dataclass(frozen=True) would make of it.
 
 Every Record class is compared with its twin: a plain frozen dataclass of the
 same name and fields, built by dataclasses.make_dataclass, on instances made
-from the shipped profiles, the example specs and a config.
+from the shipped profiles, the example specs and a config: ==, hash(), repr(),
+and what assigning or deleting an attribute raises.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import pickle
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -112,9 +115,22 @@ def test_the_render_path_classes_are_records() -> None:
     names = {c.__name__ for c in RECORD_CLASSES}
     assert {"JobSpec", "JobSection", "Resources", "SiteProfile", "Partition", "UserConfig"} <= names
     for cls in RECORD_CLASSES:
+        assert dataclasses.is_dataclass(cls)
         params = cls.__dataclass_params__  # type: ignore[attr-defined]
-        assert params.frozen and not params.eq and not params.repr, cls
-        assert "__eq__" not in vars(cls) and "__hash__" not in vars(cls) and "__repr__" not in vars(cls)
+        assert params.init and not params.eq and not params.repr, cls
+        # Nothing but __init__ is compiled for the class: the rest is Record's.
+        for method in ("__setattr__", "__delattr__", "__eq__", "__hash__", "__repr__"):
+            assert method not in vars(cls), (cls, method)
+        assert "__init__" in vars(cls)
+
+
+def raised(action: Any, *args: object) -> str:
+    """What ``action(*args)`` raised, as type and message."""
+    try:
+        action(*args)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return "nothing"
 
 
 @pytest.mark.parametrize("cls", RECORD_CLASSES, ids=lambda c: c.__name__)
@@ -152,10 +168,20 @@ def test_a_record_answers_as_the_generated_methods(cls: type, samples: dict[type
         assert (a == None) is False  # noqa: E711 - the comparison under test
 
 
-def test_a_record_stays_frozen(samples: dict[type, list[Record]]) -> None:
-    profile = samples[profiles.SiteProfile][0]
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        profile.name = "other"  # type: ignore[misc]
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        del profile.name  # type: ignore[misc]
-    assert dataclasses.replace(profile, name="other").name == "other"
+@pytest.mark.parametrize("cls", RECORD_CLASSES, ids=lambda c: c.__name__)
+def test_a_record_is_as_frozen_as_a_frozen_dataclass(cls: type, samples: dict[type, list[Record]]) -> None:
+    record = samples[cls][0]
+    twin = as_twin(record, {cls: twin_of(cls)})
+    before = repr(record)
+    for name in [f.name for f in dataclasses.fields(cls)] + ["not_a_field", "__dict__"]:
+        assert raised(setattr, record, name, 1) == raised(setattr, twin, name, 1)
+        assert raised(delattr, record, name) == raised(delattr, twin, name)
+    assert raised(setattr, record, "name", 1).startswith("FrozenInstanceError: cannot assign")
+    assert repr(record) == before
+    # Copies and pickles are equal records, as frozen.
+    for again in (copy.copy(record), copy.deepcopy(record), pickle.loads(pickle.dumps(record))):
+        assert again == record and type(again) is cls and repr(again) == before
+        first = dataclasses.fields(cls)[0].name
+        assert raised(setattr, again, first, 1) == f"FrozenInstanceError: cannot assign to field {first!r}"
+    changed = dataclasses.replace(record)  # type: ignore[type-var]
+    assert changed == record and changed is not record
