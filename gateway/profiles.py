@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from gateway import profile_cache
 from gateway.config import ACCOUNT_PATTERN, SiteAccess, UserConfig, load_config
 from gateway.errors import ConfigError, ProfileError, SpecError, UsageError
 from gateway.home import aif_home_text
@@ -147,6 +148,12 @@ class SiteProfile(Record):
         return SENSITIVITIES.index(sensitivity) <= SENSITIVITIES.index(self.max_sensitivity)
 
 
+# What a profile is made of, by name: what the profile cache rebuilds a profile from.
+PROFILE_RECORDS: dict[str, type[Record]] = {
+    c.__name__: c for c in (Partition, QosRule, Dataset, SlurmRules, SiteEnvironment, SiteProfile)
+}
+
+
 # -- loading --------------------------------------------------------------------
 
 
@@ -193,9 +200,10 @@ class ProfileSet(Mapping[str, SiteProfile]):
     Using a broken site by name (:func:`get_profile`) raises that profile's
     own error; everything else simply does not see it.
 
-    Each file is read once, when first needed: asking for one site
+    Each file is read once, when first needed (or its profile taken from the
+    profile cache, :mod:`gateway.profile_cache`): asking for one site
     (``profiles[name]``, ``name in profiles``, :meth:`broken_one`) reads that
-    site's file alone, so ``aif render --site lumi`` parses one profile; going
+    site's file alone, so ``aif render --site lumi`` reads one profile; going
     through the set (iterating, ``usable``, ``broken``) reads every file. The
     answers are those of reading every file at once: each file is usable or
     broken, whenever it is read.
@@ -214,10 +222,7 @@ class ProfileSet(Mapping[str, SiteProfile]):
             return None
         with self._lock:
             if name not in self._read:
-                try:
-                    self._read[name] = load_profile(path)
-                except ProfileError as exc:
-                    self._read[name] = BrokenProfile(name=name, path=path, message=exc.message)
+                self._read[name] = _read_profile(name, path)
             return self._read[name]
 
     @property
@@ -249,6 +254,25 @@ class ProfileSet(Mapping[str, SiteProfile]):
 
     def __repr__(self) -> str:
         return f"ProfileSet(usable={self.usable!r}, broken={self.broken!r})"
+
+
+def _read_profile(name: str, path: str) -> SiteProfile | BrokenProfile:
+    """Site ``name``'s profile from ``path`` as it was last read, if the file is unchanged
+    (:mod:`gateway.profile_cache`); else read now, and kept when usable."""
+    cached = profile_cache.cached_profile(name, path, PROFILE_RECORDS)
+    if isinstance(cached, SiteProfile) and cached.source == path:
+        return cached
+    try:
+        before = profile_cache.file_key(path)
+    except OSError:
+        before = None  # load_profile says why it cannot be read
+    try:
+        profile = load_profile(path)
+    except ProfileError as exc:
+        return BrokenProfile(name=name, path=path, message=exc.message)
+    if before is not None:
+        profile_cache.keep_profile(name, path, before, profile)
+    return profile
 
 
 def load_profiles(home: str | Path | None = None) -> ProfileSet:

@@ -102,15 +102,15 @@ def test_a_broken_override_of_a_shipped_profile_is_not_replaced_silently(aif_hom
 
 @pytest.fixture
 def files_read(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The sites whose profile files are read (parsed), in order."""
+    """The sites whose profile files are read (parsed, or taken from the profile cache), in order."""
     read: list[str] = []
-    real = profiles_module.load_profile
+    real = profiles_module._read_profile
 
-    def counting(path: str | Path) -> profiles_module.SiteProfile:
-        read.append(Path(path).stem)
-        return real(path)
+    def counting(name: str, path: str) -> profiles_module.SiteProfile | BrokenProfile:
+        read.append(name)
+        return real(name, path)
 
-    monkeypatch.setattr(profiles_module, "load_profile", counting)
+    monkeypatch.setattr(profiles_module, "_read_profile", counting)
     return read
 
 
