@@ -37,6 +37,26 @@ def aif_home_text() -> str:
     return expand_user_text(value) if value else child_text(expand_user_text("~"), ".aif")
 
 
+def local_user() -> str:
+    """``getpass.getuser()``: the login variables, then the password database.
+
+    Without importing getpass, which imports termios; where the user has no
+    entry in the password database, getpass raises its own error.
+    """
+    for variable in ("LOGNAME", "USER", "LNAME", "USERNAME"):  # getpass.getuser's, in its order
+        user = os.environ.get(variable)
+        if user:
+            return user
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        import getpass
+
+        return getpass.getuser()
+
+
 def aif_home() -> Path:
     """The user's aif directory; not created here."""
     from pathlib import Path  # not at start-up: the commands that only read use aif_home_text

@@ -7,10 +7,10 @@ profile and rendering layers and nothing else: no site, ledger or federation.
 
 from __future__ import annotations
 
-import getpass
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from gateway.home import local_user
 from gateway.profiles import check_spec_against_profiles, get_profile, load_sites, resolve_account
 from gateway.rendering import RenderedJob, render_batch_script
 from gateway.spec import load_spec
@@ -29,5 +29,5 @@ def render(spec_path: str | Path, site: str, *, account: str | None = None) -> R
     if account is not None:
         access = replace(access, account=account)
     return render_batch_script(
-        spec, profile, account=resolve_account(profile, access), user=access.user or getpass.getuser()
+        spec, profile, account=resolve_account(profile, access), user=access.user or local_user()
     )

@@ -4,6 +4,7 @@ and a home that cannot be written is one clear error (exit 1), never a traceback
 from __future__ import annotations
 
 import errno
+import getpass
 import os
 import sqlite3
 import stat
@@ -15,7 +16,7 @@ from click.testing import CliRunner, Result
 
 from gateway.cli import main
 from gateway.errors import EXIT_INTERNAL, AifError, ConfigError, HomeUnusable
-from gateway.home import ensure_home, loose_home_warning
+from gateway.home import ensure_home, local_user, loose_home_warning
 from gateway.ledger import Ledger
 
 REPO = Path(__file__).resolve().parents[2]
@@ -283,3 +284,35 @@ def test_a_home_for_the_sandbox_state_can_be_passed_but_not_read(tmp_path: Path,
     home = ensure_home(tmp_path / "home", mode=0o711)
     assert mode(home) == 0o711
     assert loose_home_warning(home) is None
+
+
+# -- the local user's name -----------------------------------------------------------------
+
+LOGIN_VARIABLES = ("LOGNAME", "USER", "LNAME", "USERNAME")
+
+
+@pytest.mark.parametrize(
+    "set_ones", [(), ("USERNAME",), ("LNAME", "USER"), ("LOGNAME", "USERNAME"), ("USER",)]
+)
+def test_the_local_user_is_getpass_s(monkeypatch: pytest.MonkeyPatch, set_ones: tuple[str, ...]) -> None:
+    for variable in LOGIN_VARIABLES:
+        if variable in set_ones:
+            monkeypatch.setenv(variable, f"name-from-{variable}")
+        else:
+            monkeypatch.delenv(variable, raising=False)
+    if "LNAME" not in set_ones:
+        monkeypatch.setenv("LNAME", "")  # set but empty: skipped, as getpass skips it
+    assert local_user() == getpass.getuser()
+
+
+def test_a_user_the_password_database_does_not_know_gets_getpass_s_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for variable in LOGIN_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setattr(os, "getuid", lambda: 2**31 - 7)  # no such user
+    with pytest.raises(Exception) as ours:
+        local_user()
+    with pytest.raises(Exception) as theirs:
+        getpass.getuser()
+    assert type(ours.value) is type(theirs.value) and str(ours.value) == str(theirs.value)

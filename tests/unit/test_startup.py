@@ -103,7 +103,7 @@ def test_render_imports_no_site_transport_nor_ledger(tmp_path: Path) -> None:
     unneeded = ("rich", "paramiko", "invoke", "sqlite3", "gateway.ledger", "gateway.api", *SITE_LAYERS)
     # The spec's digest without OpenSSL (hashlib), JSON only for --json, paths as text (pathlib
     # would import urllib.parse and ipaddress).
-    unneeded += ("hashlib", "_hashlib", "json", "pathlib", "urllib")
+    unneeded += ("hashlib", "_hashlib", "json", "pathlib", "urllib", "getpass")
     assert loaded(modules, *unneeded) == []
     assert loaded(modules, *COMMAND_MODULES) == ["gateway.cli.foundation"]
 
