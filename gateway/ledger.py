@@ -31,7 +31,7 @@ import re
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -243,7 +243,30 @@ _JOB_COLUMNS = (
 )
 
 
+# What `aif list --json` prints of each job, in this order (the CLI names them).
+SUMMARY_FIELDS = (
+    "id",
+    "site",
+    "slurm_job_id",
+    "state",
+    "reason",
+    "name",
+    "message",
+    "key",
+    "submitted_at",
+    "updated_at",
+)
+_SUMMARY_COLUMNS = (
+    "id, site, slurm_job_id, state, reason, name, message, submission_key, created_at, updated_at"
+)
+
+_STATE_BY_VALUE = {state.value: state for state in JobState}
+
+
 def _job_from_row(row: Sequence[Any]) -> LedgerJob:
+    # Called once per row of every listing (10,000 rows in one `aif list --all`):
+    # sqlite already returns str/int/None for these columns, so no conversions,
+    # a dict lookup for the state and no JSON parse for the usual empty outputs.
     (
         job_id,
         site,
@@ -270,29 +293,29 @@ def _job_from_row(row: Sequence[Any]) -> LedgerJob:
         placement,
     ) = row
     return LedgerJob(
-        id=str(job_id),
-        site=str(site),
-        slurm_job_id=None if slurm_job_id is None else str(slurm_job_id),
-        name=str(name),
-        spec_path=str(spec_path),
-        spec_hash=str(spec_hash),
-        token=str(token),
-        state=JobState(str(state)),
-        reason=str(reason),
-        message=str(message),
-        workdir=str(workdir),
-        outputs=tuple(str(o) for o in json.loads(outputs)),
-        stdout_path=str(stdout_path),
-        array_size=None if array_size is None else int(array_size),
-        depends_on=None if depends_on is None else str(depends_on),
-        created_at=str(created_at),
-        updated_at=str(updated_at),
-        submission_key=str(submission_key),
-        item=str(item),
-        claim_gen=int(claim_gen),
-        journal_dir=str(journal_dir),
-        slurm_name=str(slurm_name),
-        placement=str(placement),
+        id=job_id,
+        site=site,
+        slurm_job_id=slurm_job_id,
+        name=name,
+        spec_path=spec_path,
+        spec_hash=spec_hash,
+        token=token,
+        state=_STATE_BY_VALUE.get(state) or JobState(state),
+        reason=reason,
+        message=message,
+        workdir=workdir,
+        outputs=() if outputs == "[]" else tuple(str(o) for o in json.loads(outputs)),
+        stdout_path=stdout_path,
+        array_size=array_size,
+        depends_on=depends_on,
+        created_at=created_at,
+        updated_at=updated_at,
+        submission_key=submission_key,
+        item=item,
+        claim_gen=claim_gen,
+        journal_dir=journal_dir,
+        slurm_name=slurm_name,
+        placement=placement,
     )
 
 
@@ -762,34 +785,68 @@ class Ledger:
             )
             return self._require(job_id)
 
-    def update_states(self, changes: Iterable[tuple[str, str, str]]) -> list[StateChange]:
+    def update_states(
+        self, changes: Iterable[tuple[str, str, str]], *, observed_at: Mapping[str, str] | None = None
+    ) -> list[StateChange]:
         """Apply ``(job_id, state, reason)`` updates from the scheduler, all at once.
 
         One transaction for the whole batch (an unknown job id rolls it all
-        back). A history row is added only when state or reason changed.
+        back): one read of the rows concerned, one write of what changed. A
+        history row is added only when state or reason changed.
         Terminal states are sticky: a stale non-terminal state never replaces
         a terminal one, and jobs that were never submitted (REJECTED,
         UNREACHABLE, INVALID) are left alone. A terminal state may still be
         refined by another terminal state from Slurm (FAILED -> OUT_OF_MEMORY).
-        Returns the changes actually recorded.
+        ``observed_at`` (job id -> when the site's answer was taken, in the
+        ledger's time format): a job the ledger changed after that moment is
+        left alone, so an older answer (another process's, shared) never
+        overwrites a newer one. Returns the changes actually recorded.
         """
         batch = [(str(j), _slurm_state(s), str(r)) for j, s, r in changes]
         applied: list[StateChange] = []
         if not batch:
             return applied
+        observed = observed_at or {}
         with self._write():
+            current = self._current_states({job_id for job_id, _, _ in batch})
+            updates: list[tuple[str, str, str, str]] = []
             for job_id, state, reason in batch:
-                job = self._require(job_id)
-                if job.state in NOT_SUBMITTED_STATES or job.unresolved:
+                if job_id not in current:
+                    raise UsageError(f"no job {job_id} in the ledger")
+                was, was_reason, has_slurm_id, updated_at = current[job_id]
+                if was in NOT_SUBMITTED_STATES or _unresolved(was, has_slurm_id):
                     continue  # the scheduler cannot know about it (yet)
-                if job.terminal and not is_terminal(state):
+                if is_terminal(was) and not is_terminal(state):
                     continue  # stale
-                if job.state == state and job.reason == reason:
+                if was == state and was_reason == reason:
                     continue
-                change = self._set_state(job, state, reason)
-                if change is not None:
-                    applied.append(change)
+                if job_id in observed and updated_at > observed[job_id]:
+                    continue  # the ledger already holds something newer than this answer
+                now = _now()
+                current[job_id] = (state, reason, has_slurm_id, now)
+                updates.append((state.value, reason, now, job_id))
+                applied.append(StateChange(job_id=job_id, state=state, reason=reason, at=now))
+            self._conn.executemany(
+                "UPDATE jobs SET state = ?, reason = ?, updated_at = ? WHERE id = ?", updates
+            )
+            self._conn.executemany(
+                "INSERT INTO state_changes (job_id, state, reason, at) VALUES (?, ?, ?, ?)",
+                [(c.job_id, c.state.value, c.reason, c.at) for c in applied],
+            )
         return applied
+
+    def _current_states(self, job_ids: Iterable[str]) -> dict[str, tuple[JobState, str, bool, str]]:
+        """id -> (state, reason, has a Slurm id, updated_at) of these jobs, in a few queries."""
+        found: dict[str, tuple[JobState, str, bool, str]] = {}
+        for chunk in _chunks(list(job_ids)):
+            rows = self._conn.execute(
+                "SELECT id, state, reason, slurm_job_id IS NOT NULL, updated_at FROM jobs "
+                f"WHERE id IN ({', '.join('?' for _ in chunk)})",
+                chunk,
+            )
+            for job_id, state, reason, has_slurm_id, updated_at in rows:
+                found[job_id] = (_STATE_BY_VALUE[state], reason, bool(has_slurm_id), updated_at)
+        return found
 
     # -- reads -------------------------------------------------------------
 
@@ -813,12 +870,33 @@ class Ledger:
         raise UsageError(f"no job {job_id} in the ledger")
 
     @_sqlite_errors_mapped
+    def get_many(self, job_ids: Sequence[str]) -> list[LedgerJob]:
+        """The jobs with these ids, in the order given, in a few queries (a prefix or an
+        unknown id is looked up as :meth:`get` does, with its errors)."""
+        rows: dict[str, LedgerJob] = {}
+        for chunk in _chunks(list(dict.fromkeys(job_ids))):
+            for row in self._conn.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id IN ({', '.join('?' for _ in chunk)})", chunk
+            ):
+                job = _job_from_row(row)
+                rows[job.id] = job
+        return [rows[job_id] if job_id in rows else self.get(job_id) for job_id in job_ids]
+
+    @_sqlite_errors_mapped
     def list_jobs(
-        self, limit: int | None = None, site: str | None = None, active_only: bool = False
+        self,
+        limit: int | None = None,
+        site: str | None = None,
+        active_only: bool = False,
+        *,
+        include_invalid: bool = True,
     ) -> list[LedgerJob]:
-        """Jobs, newest first; optionally only one site's, only unfinished ones."""
+        """Jobs, newest first; optionally only one site's, only unfinished ones, no INVALID ones."""
         where: list[str] = []
         params: list[Any] = []
+        if not include_invalid:
+            where.append("state != ?")
+            params.append(JobState.INVALID.value)
         if site is not None:
             where.append("site = ?")
             params.append(site)
@@ -836,6 +914,34 @@ class Ledger:
             sql += " LIMIT ?"
             params.append(limit)
         return [_job_from_row(r) for r in self._conn.execute(sql, params).fetchall()]
+
+    @_sqlite_errors_mapped
+    def summaries(self, limit: int | None = None, *, include_invalid: bool = True) -> list[tuple[Any, ...]]:
+        """The newest jobs as plain rows of :data:`SUMMARY_FIELDS`, newest first: what
+        ``aif list --json`` prints, without building a :class:`LedgerJob` per row."""
+        sql = f"SELECT {_SUMMARY_COLUMNS} FROM jobs"
+        params: list[Any] = []
+        if not include_invalid:
+            sql += " WHERE state != ?"
+            params.append(JobState.INVALID.value)
+        sql += " ORDER BY seq DESC"
+        if limit is not None:
+            if limit < 0:
+                raise ValueError(f"limit must not be negative, not {limit}")
+            sql += " LIMIT ?"
+            params.append(limit)
+        return self._conn.execute(sql, params).fetchall()
+
+    @_sqlite_errors_mapped
+    def count_jobs(self, *, include_invalid: bool = True) -> int:
+        """How many rows the ledger holds (without INVALID ones unless asked)."""
+        if include_invalid:
+            row = self._conn.execute("SELECT COUNT(*) FROM jobs").fetchone()
+        else:
+            row = self._conn.execute(
+                "SELECT COUNT(*) FROM jobs WHERE state != ?", (JobState.INVALID.value,)
+            ).fetchone()
+        return int(row[0])
 
     @_sqlite_errors_mapped
     def history(self, job_id: str) -> list[StateChange]:
@@ -943,3 +1049,17 @@ def _check_intent(intent: dict[str, Any]) -> None:
 def _check_hash(spec_hash: str) -> None:
     if not _SHA256_HEX.fullmatch(spec_hash):
         raise ValueError(f"spec_hash must be a lower-case sha256 hex digest, not {spec_hash!r}")
+
+
+def _unresolved(state: JobState, has_slurm_id: bool) -> bool:
+    """:attr:`LedgerJob.unresolved` from a row's state and whether it has a Slurm id."""
+    return state == JobState.SUBMITTING or (state == JobState.UNKNOWN and not has_slurm_id)
+
+
+# SQLite allows 999 host parameters per statement in old versions (32766 since 3.32).
+_CHUNK = 900
+
+
+def _chunks(items: list[str]) -> Iterator[list[str]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]

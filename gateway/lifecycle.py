@@ -186,10 +186,7 @@ def _check_fetchable(job: LedgerJob) -> LedgerJob:
 
 def list_jobs(ledger: Ledger, limit: int | None = None, *, include_invalid: bool = True) -> list[LedgerJob]:
     """The newest ``limit`` jobs; without ``include_invalid``, INVALID rows are skipped (not counted)."""
-    if include_invalid:
-        return ledger.list_jobs(limit=limit)
-    shown = [job for job in ledger.list_jobs() if job.state != JobState.INVALID]
-    return shown if limit is None else shown[:limit]
+    return ledger.list_jobs(limit=limit, include_invalid=include_invalid)
 
 
 def history(ledger: Ledger, job_id: str) -> list[tuple[str, str, str]]:
