@@ -786,7 +786,7 @@ class Ledger:
             return self._require(job_id)
 
     def update_states(
-        self, changes: Iterable[tuple[str, str, str]], *, observed_at: Mapping[str, str] | None = None
+        self, changes: Iterable[tuple[str, str, str]], *, unchanged_since: Mapping[str, str] | None = None
     ) -> list[StateChange]:
         """Apply ``(job_id, state, reason)`` updates from the scheduler, all at once.
 
@@ -797,16 +797,16 @@ class Ledger:
         a terminal one, and jobs that were never submitted (REJECTED,
         UNREACHABLE, INVALID) are left alone. A terminal state may still be
         refined by another terminal state from Slurm (FAILED -> OUT_OF_MEMORY).
-        ``observed_at`` (job id -> when the site's answer was taken, in the
-        ledger's time format): a job the ledger changed after that moment is
-        left alone, so an older answer (another process's, shared) never
-        overwrites a newer one. Returns the changes actually recorded.
+        ``unchanged_since`` (job id -> its ``updated_at`` when the caller read
+        it): a job another process changed since is left alone, so an answer
+        older than that process's (e.g. a shared one) never overwrites what it
+        wrote. Returns the changes actually recorded.
         """
         batch = [(str(j), _slurm_state(s), str(r)) for j, s, r in changes]
         applied: list[StateChange] = []
         if not batch:
             return applied
-        observed = observed_at or {}
+        read_at = unchanged_since or {}
         with self._write():
             current = self._current_states({job_id for job_id, _, _ in batch})
             updates: list[tuple[str, str, str, str]] = []
@@ -820,8 +820,8 @@ class Ledger:
                     continue  # stale
                 if was == state and was_reason == reason:
                     continue
-                if job_id in observed and updated_at > observed[job_id]:
-                    continue  # the ledger already holds something newer than this answer
+                if job_id in read_at and updated_at != read_at[job_id]:
+                    continue  # changed by another process since the caller read it
                 now = _now()
                 current[job_id] = (state, reason, has_slurm_id, now)
                 updates.append((state.value, reason, now, job_id))

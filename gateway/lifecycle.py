@@ -116,7 +116,8 @@ def cancel(ctx: Context, job_ids: Sequence[str]) -> list[CancelResult]:
     """
     ledger = ctx.ledger
     before = {j: ledger.get(j) for j in job_ids}
-    report = refresh(ctx, [b.id for b in before.values()])
+    # Fresh answers only (max_age 0): what is signalled is what the site holds now.
+    report = refresh(ctx, [b.id for b in before.values()], max_age=0)
     if report.unreachable:
         raise SiteUnreachable("; ".join(report.unreachable.values()) + " (nothing was cancelled there)")
     targets = [j for j in report.jobs if j.id in report.in_queue and not is_terminal(j.state)]
@@ -132,7 +133,7 @@ def cancel(ctx: Context, job_ids: Sequence[str]) -> list[CancelResult]:
     deadline = ctx.clock.monotonic() + ctx.timing.cancel_confirm_s
     active = list(targets)
     while active:
-        report = refresh(ctx, [j.id for j in active])
+        report = refresh(ctx, [j.id for j in active], max_age=0)
         active = [j for j in report.jobs if not is_terminal(j.state)]
         if not active or ctx.clock.monotonic() > deadline:
             break

@@ -25,6 +25,7 @@ LAYERS: list[set[str]] = [
         "gateway.context",
         "gateway.settlement",
         "gateway.status",
+        "gateway.polling",
         "gateway.submission",
         "gateway.placement",
     },
