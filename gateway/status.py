@@ -145,8 +145,16 @@ def _refresh(
         again = _refresh(ctx, followed, deadline, max_age, polls)
         unreachable.update(again.unreachable)
         in_queue |= again.in_queue
+    # Read again only the jobs this refresh meant to change (1,000 unchanged ones cost nothing).
+    read = {j.id: j for j in jobs}
+    stale = set(settled) | {
+        job_id
+        for job_id, state, reason in changes
+        if (read[job_id].state.value, read[job_id].reason) != (state, reason)
+    }
+    current = {j.id: j for j in ledger.get_many(sorted(stale))} if stale else {}
     return StatusReport(
-        jobs=ledger.get_many([j.id for j in jobs]), unreachable=unreachable, in_queue=frozenset(in_queue)
+        jobs=[current.get(j.id, j) for j in jobs], unreachable=unreachable, in_queue=frozenset(in_queue)
     )
 
 
