@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gateway import slurm
-from gateway.errors import ConnectionLost, SiteUnreachable
+from gateway.errors import ConnectionLost, HomeUnusable, SiteUnreachable
 from gateway.home import ensure_home
 from gateway.site import FileTransport
 from gateway.transports.base import DEFAULT_TIMEOUT, CommandResult, Progress
@@ -193,10 +193,17 @@ class FilePollStore:
     def _path(self, site: str) -> Path:
         return self.directory / f"{site}.json"
 
+    # Sharing only saves queries: a home where polls/ cannot be written (read-only,
+    # full) makes every process ask for itself, as before; it never fails a status.
+
     @contextlib.contextmanager
     def locked(self, site: str) -> Iterator[None]:
-        ensure_home(self.directory)
-        fd = os.open(self.directory / f"{site}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            ensure_home(self.directory)
+            fd = os.open(self.directory / f"{site}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except (OSError, HomeUnusable):
+            yield  # no lock to take: this process asks on its own
+            return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -210,13 +217,17 @@ class FilePollStore:
             return SitePolls(Budget(self.rules.interval_s))  # none yet, or unreadable: ask
 
     def write(self, site: str, polls: SitePolls) -> None:
-        ensure_home(self.directory)
         path = self._path(site)
         partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(_polls_to_json(polls), handle)
-        partial.replace(path)  # readers see the old file or the new one, never half of one
+        try:
+            ensure_home(self.directory)
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                json.dump(_polls_to_json(polls), handle)
+            partial.replace(path)  # readers see the old file or the new one, never half of one
+        except (OSError, HomeUnusable):
+            with contextlib.suppress(OSError):
+                partial.unlink()
 
 
 class MemoryPollStore:

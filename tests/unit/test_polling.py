@@ -219,6 +219,16 @@ def test_an_unreadable_file_is_asked_again(tmp_path: Path) -> None:
     assert json.loads((tmp_path / f"{SITE}.json").read_text())["budget"]["asked_at"] == 1000.0
 
 
+def test_a_store_that_cannot_be_written_only_stops_the_sharing(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    fake, now = site_with_queue("q"), Now()
+    store = FilePollStore(blocker / "polls", RULES)  # below a file: never creatable
+    for _ in range(2):
+        assert shared(fake, store, now, max_age=5.0).run(QUEUE).stdout == "q"
+    assert len(fake.calls) == 2
+
+
 def test_processes_asking_at_once_send_one_query(tmp_path: Path) -> None:
     """Single flight: the first holds the site's lock while it asks; the others use its answer."""
     started = threading.Event()
