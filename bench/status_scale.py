@@ -11,7 +11,9 @@ running the same squeue aif runs, and one `aif -v status --json` process. The
 JSON must hold every job, and each `aif status` runs more than the poll
 interval after the previous one, so it really asks (no shared answer is
 reused). Peak RSS is the largest child's maxrss (the aif processes; ssh is
-far smaller). The queue is emptied and the nodes resumed at the end.
+far smaller). For the breakdown: the same status as a library call in this
+process (imports warm, no interpreter start), and a Python process that only
+imports what `aif status` imports. The queue is emptied and the nodes resumed at the end.
 Prints the medians and one line of ratios against the goals.
 """
 
@@ -121,6 +123,9 @@ def main() -> int:
     ssh_times: dict[str, list[float]] = {site.name: [] for site in sites}
     aif_times: list[float] = []
     library_times: list[float] = []
+    import_times: list[float] = []
+    # What `aif status` imports before it asks anything (its floor as a Python process).
+    imports = [sys.executable, "-c", "import gateway.cli, gateway.status, gateway.transports.ssh"]
     queries: list[dict[str, int]] = []
     for site in sites:
         slurm(str(site.slurm_conf), "scancel", f"--user={site.user}")
@@ -160,7 +165,10 @@ def main() -> int:
                 for site in sites:
                     if line.startswith(f"+ [{site.name}] "):
                         count[site.name] += 1
+            t0 = time.perf_counter()
+            subprocess.run(imports, check=True)
             if rep:
+                import_times.append(time.perf_counter() - t0)
                 aif_times.append(elapsed)
                 queries.append(count)
                 library_times.append(library_status(last_status, poll_interval))
@@ -190,6 +198,8 @@ def main() -> int:
     print(f"{'what':52} {'s':>7} {'x slowest ssh':>14}")
     for name, median in ssh_medians.items():
         print(f"{'ssh ' + name + ' squeue (OpenSSH, 1 process)':52} {median:7.3f} {median / slowest:14.2f}")
+    floor = statistics.median(import_times)
+    print(f"{'python: only the imports of aif status (no work)':52} {floor:7.3f} {floor / slowest:14.2f}")
     library = statistics.median(library_times)
     print(f"{'aif status, library call (3 sites at once)':52} {library:7.3f} {library / slowest:14.2f}")
     cli = "aif -v status --json, CLI process (3 sites at once)"
