@@ -26,7 +26,8 @@ from gateway.states import JobState, is_terminal
 class StatusReport:
     jobs: list[LedgerJob]
     unreachable: dict[str, str]  # site -> why
-    in_queue: frozenset[str] = frozenset()  # aif ids confirmed in squeue by their token, just now
+    # aif ids confirmed in squeue by their token, in the answer used (asked now with max_age=0)
+    in_queue: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
