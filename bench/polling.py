@@ -1,13 +1,15 @@
-"""The polling budget: 50 concurrent `aif wait` processes on 50 jobs at one sandbox site,
-sharing one $AIF_HOME, against 50 independent pollers (each its own $AIF_HOME), side by side.
+"""The polling budget: 50 concurrent `aif wait` processes on 50 jobs at one sandbox site (and
+two `aif status` loops), sharing one $AIF_HOME, against the same as independent pollers (each
+its own $AIF_HOME), side by side.
 
 Run as root with `make bench` (brings the sandbox up if it is not). Each run
 submits 50 jobs (`sleep` of --seconds, one CPU each, all running at once) to
 sandbox-east with one `aif submit`, then starts one `aif -v wait ID` process per
-job and waits for all of them. Shared: every process uses the same AIF_HOME,
-so they share the site's answers and its poll budget (gateway.polling).
-Independent: every process gets its own AIF_HOME (a copy of the ledger), as 50
-unrelated pollers would. Counted per run: the squeue and sacct commands the
+job and waits for all of them, while --status-loops processes run `aif -v
+status` every 2 s (a dashboard, a script). Shared: every process uses the same
+AIF_HOME, so they share the site's answers and its poll budget
+(gateway.polling). Independent: every process gets its own AIF_HOME (a copy of
+the ledger), as unrelated pollers would. Counted per run: the squeue and sacct commands the
 processes ran at the site (their `-v` lines), and the job-info RPCs the
 site's controller itself served (sdiag's REQUEST_JOB_USER_INFO and
 REQUEST_JOB_INFO), how long the run took from the first wait's start, and
@@ -29,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -38,6 +41,7 @@ from gateway.sandbox.manager import SiteAccess
 
 SITE = "sandbox-east"
 RPCS = ("REQUEST_JOB_USER_INFO", "REQUEST_JOB_INFO")
+STATUS_EVERY_S = 2.0
 
 
 def slurm(conf: str, *argv: str) -> str:
@@ -110,12 +114,33 @@ def private_home(shared: Path, target: Path) -> Path:
     return target
 
 
+def status_loop(home: Path, log: Path, stop: threading.Event, every: float) -> None:
+    """`aif -v status --json` every ``every`` seconds until told to stop (a dashboard, a script)."""
+    with open(log, "w") as err:
+        while not stop.is_set():
+            subprocess.run(
+                [aif_command(), "-v", "status", "--json"],
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                env={**os.environ, "AIF_HOME": str(home)},
+                check=False,
+            )
+            stop.wait(every)
+
+
 def run_waits(
-    homes: list[Path], ids: list[str], logs: Path, timeout: float
+    homes: list[Path], status_homes: list[Path], ids: list[str], logs: Path, timeout: float
 ) -> tuple[int, int, float, list[float]]:
-    """One `aif -v wait` per job at once: (squeue commands, sacct commands, seconds until all
-    returned, when each returned)."""
+    """One `aif -v wait` per job at once, and the status loops beside them: (squeue commands,
+    sacct commands, seconds until every wait returned, when each returned)."""
     started = time.perf_counter()
+    stop = threading.Event()
+    loops = [
+        threading.Thread(target=status_loop, args=(home, logs / f"status-{i}.err", stop, STATUS_EVERY_S))
+        for i, home in enumerate(status_homes)
+    ]
+    for loop in loops:
+        loop.start()
     processes = []
     for index, (home, job_id) in enumerate(zip(homes, ids, strict=True)):
         err = open(logs / f"wait-{index:03d}.err", "w")  # noqa: SIM115 - closed below
@@ -141,10 +166,13 @@ def run_waits(
     for _, err in processes:
         err.close()
     elapsed = time.perf_counter() - started
+    stop.set()
+    for loop in loops:
+        loop.join()
     if failed:
         raise SystemExit(f"bench: {failed} waits failed; see {logs}")
     squeue = sacct = 0
-    for path in sorted(logs.glob("wait-*.err")):
+    for path in sorted(logs.glob("*.err")):
         for line in path.read_text().splitlines():
             squeue += line.startswith(f"+ [{SITE}] squeue")
             sacct += line.startswith(f"+ [{SITE}] sacct")
@@ -156,6 +184,7 @@ def main() -> int:
     parser.add_argument("--processes", type=int, default=50)
     parser.add_argument("--seconds", type=int, default=30, help="how long each job runs")
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--status-loops", type=int, default=2, help="`aif status` every 2 s beside the waits")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench: run as root (it reads the controller's statistics)", file=sys.stderr)
@@ -182,12 +211,18 @@ def main() -> int:
                 ids = [aif_id for aif_id, _ in submitted]
                 if mode == "shared":
                     homes = [home] * len(ids)
+                    status_homes = [home] * args.status_loops
                 else:
                     homes = [private_home(home, work / f"home-{run}-{i:03d}") for i in range(len(ids))]
+                    status_homes = [
+                        private_home(home, work / f"home-{run}-status-{i}") for i in range(args.status_loops)
+                    ]
                 logs = work / f"logs-{run}"
                 logs.mkdir()
                 before = job_info_rpcs(conf)
-                squeue, sacct, elapsed, returned = run_waits(homes, ids, logs, timeout=args.seconds + 240)
+                squeue, sacct, elapsed, returned = run_waits(
+                    homes, status_homes, ids, logs, timeout=args.seconds + 240
+                )
                 rpcs = job_info_rpcs(conf) - before
                 ends = end_times(conf, [slurm_id for _, slurm_id in submitted])
                 late = statistics.median(
@@ -211,12 +246,13 @@ def main() -> int:
 
     print(
         f"\n{args.processes} concurrent `aif wait` processes, one job each ({args.seconds} s) at {SITE}, "
+        f"and {args.status_loops} `aif status` every {STATUS_EVERY_S:g} s; "
         f"median of {args.repeat} alternating runs"
     )
     print(f"{'pollers':34} {'squeue':>7} {'sacct':>6} {'ctld RPCs':>10} {'s':>6} {'late s':>7}")
     names = {
         "shared": "aif wait, one shared $AIF_HOME",
-        "independent": "50 independent pollers (own homes)",
+        "independent": "independent pollers (own homes)",
     }
     for mode, name in names.items():
         squeue, sacct, rpcs, seconds, late = (median(mode, i) for i in range(5))
