@@ -182,6 +182,10 @@ class PollStore(Protocol):
 
     def write(self, site: str, polls: SitePolls) -> None: ...
 
+    def stamp(self, site: str) -> object:
+        """Changes whenever a new answer for ``site`` is kept (cheap: no answer is read)."""
+        ...
+
 
 class FilePollStore:
     """``$AIF_HOME/polls/SITE.json`` and ``SITE.lock``: shared by every aif process of the user."""
@@ -209,6 +213,13 @@ class FilePollStore:
             yield
         finally:
             os.close(fd)  # closing releases the lock
+
+    def stamp(self, site: str) -> object:
+        try:
+            info = os.stat(self._path(site))
+        except OSError:
+            return None
+        return (info.st_ino, info.st_mtime_ns)  # a new file replaces the old one at every write
 
     def read(self, site: str) -> SitePolls:
         try:
@@ -251,6 +262,9 @@ class MemoryPollStore:
 
     def write(self, site: str, polls: SitePolls) -> None:
         self._polls[site] = polls
+
+    def stamp(self, site: str) -> object:
+        return id(self._polls.get(site))
 
 
 def _polls_to_json(polls: SitePolls) -> dict[str, Any]:

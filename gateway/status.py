@@ -214,7 +214,15 @@ def wait(
         pause = _pause(polls, waiting, own, now)
         if deadline is not None:
             pause = min(pause, max(0.0, deadline - clock.monotonic()))
-        clock.sleep(pause)
+        # Sleep until the first site is due, but look every base interval whether another
+        # process got a new answer meanwhile (a stat, no query): then use it at once.
+        stamps = {site: polls.stamp(site) for site in waiting}
+        while pause > 0:
+            step = min(pause, polls.rules.interval_s)
+            clock.sleep(step)
+            pause -= step
+            if any(polls.stamp(site) != stamp for site, stamp in stamps.items()):
+                break
 
 
 # Never poll faster than this, whatever a budget says (a zero interval, a clock jump).

@@ -6,6 +6,7 @@ directory standing for two aif processes, and with threads racing for one site.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import stat
@@ -371,14 +372,13 @@ def test_wait_backs_off_while_nothing_changes_and_resets_on_a_change(tmp_path: P
     token = queue.jobs["10"][0]
     clock = FakeClock()
     fake = FakeTransport(SITE)
-    asked = 0
+    asked: list[float] = []  # when (the clock's ticks)
 
     def squeue(call: FakeCall) -> CommandResult:
-        nonlocal asked
-        asked += 1
-        if asked == 6:
+        asked.append(clock.ticks)
+        if len(asked) == 6:
             queue.jobs["10"] = (token, "RUNNING", "None")
-        if asked == 9:
+        if len(asked) == 9:
             queue.jobs["10"] = (token, "COMPLETED", "None")
         return queue.squeue(call)
 
@@ -388,8 +388,38 @@ def test_wait_backs_off_while_nothing_changes_and_resets_on_a_change(tmp_path: P
     assert report.jobs[0].state is JobState.COMPLETED
     # Pending and unchanged: 1, 1.5, 2.25, 3.375 s; the 5th answer is the same again (5.06 s);
     # the 6th says RUNNING: back to 1 s, then 1.5 s, and the 9th answer ends it.
-    assert clock.sleeps == [1.0, 1.5, 2.25, 3.375, 5.062, 1.0, 1.5, 2.25]
-    assert asked == 9
+    between = [round(b - a, 3) for a, b in itertools.pairwise(asked)]
+    assert between == [1.0, 1.5, 2.25, 3.375, 5.062, 1.0, 1.5, 2.25]
+    # Asleep, it looks at the store every base interval (1 s) for another process's answer.
+    assert max(clock.sleeps) == 1.0
+
+
+def test_a_waiter_uses_another_processes_answer_before_its_own_turn(tmp_path: Path) -> None:
+    """A status (or another wait) asking meanwhile wakes the waiter up early: no query of its own."""
+    queue = Queue()
+    [job_id] = submitted_jobs(tmp_path / "l.sqlite", 1, queue)
+    token = queue.jobs["10"][0]
+    clock = FakeClock()
+    fake = queue_site(queue)
+    store = MemoryPollStore(RULES)
+    ctx = context(fake, tmp_path / "l.sqlite", clock, store)
+    other = context(fake, tmp_path / "l.sqlite", clock, store)
+    naps = 0
+
+    def sleep(seconds: float) -> None:
+        nonlocal naps
+        FakeClock.sleep(clock, seconds)
+        naps += 1
+        if naps == 8:  # about 5 s in, its interval is long by now: someone else asks
+            queue.jobs["10"] = (token, "COMPLETED", "None")
+            refresh(other, max_age=0)
+
+    clock.sleep = sleep  # type: ignore[method-assign]
+    report = wait(ctx, [job_id])
+    assert report.jobs[0].state is JobState.COMPLETED
+    waiter_asked = len(fake.calls_to(["squeue"])) - 1
+    # It asked at 0, 1, 2.5 and 4.75 s (then due at 8.1 s), and ended with the other's answer at 6.75 s.
+    assert waiter_asked == 4 and clock.ticks == 6.75
 
 
 def test_concurrent_waits_share_one_budget(tmp_path: Path) -> None:
