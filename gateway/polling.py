@@ -247,6 +247,7 @@ class MemoryPollStore:
     def __init__(self, rules: PollRules | None = None) -> None:
         self.rules = rules or PollRules()
         self._polls: dict[str, SitePolls] = {}
+        self._writes: dict[str, int] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
 
@@ -262,9 +263,10 @@ class MemoryPollStore:
 
     def write(self, site: str, polls: SitePolls) -> None:
         self._polls[site] = polls
+        self._writes[site] = self._writes.get(site, 0) + 1
 
     def stamp(self, site: str) -> object:
-        return id(self._polls.get(site))
+        return self._writes.get(site, 0)
 
 
 def _polls_to_json(polls: SitePolls) -> dict[str, Any]:
@@ -317,9 +319,7 @@ class SharedAnswers:
 
     ``max_age``: the freshness wanted, in seconds; None for the site's current
     interval (the budget). ``newest_change``: the newest ledger change of the
-    jobs asked (the clock's epoch seconds). ``oldest_used`` is when the oldest
-    answer given back was taken: what the caller's view of the site is as of.
-    Wrap only queries that change nothing at the site: their answers are replayed.
+    jobs asked (the clock's epoch seconds). Wrap only queries that change nothing at the site: their answers are replayed.
     """
 
     inner: FileTransport
@@ -327,7 +327,6 @@ class SharedAnswers:
     now: Callable[[], float]
     max_age: float | None = None
     newest_change: float = 0.0
-    oldest_used: float | None = None
     asked: int = 0  # how many commands really ran at the site through this wrapper
     site: str = field(init=False)
 
@@ -357,7 +356,6 @@ class SharedAnswers:
                 kept = polls.answers.get(key)
                 if kept is None or not kept.usable(accept_after, self.now()):
                     kept = self._ask(polls, argv, timeout)
-        self.oldest_used = kept.taken_at if self.oldest_used is None else min(self.oldest_used, kept.taken_at)
         return kept.replay(argv)
 
     def _ask(self, polls: SitePolls, argv: Sequence[str], timeout: float) -> Answer:

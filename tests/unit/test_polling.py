@@ -131,7 +131,7 @@ def test_an_answer_younger_than_max_age_is_used_instead_of_asking() -> None:
     assert shared(fake, store, now, max_age=1.0).run(QUEUE).stdout == "x"
     now.at += 0.9
     again = shared(fake, store, now, max_age=1.0)
-    assert again.run(QUEUE).stdout == "x" and again.asked == 0 and again.oldest_used == 1000.0
+    assert again.run(QUEUE).stdout == "x" and again.asked == 0
     now.at += 0.2  # 1.1 s old now
     assert shared(fake, store, now, max_age=1.0).asked == 0
     late = shared(fake, store, now, max_age=1.0)
