@@ -319,7 +319,8 @@ class SharedAnswers:
 
     ``max_age``: the freshness wanted, in seconds; None for the site's current
     interval (the budget). ``newest_change``: the newest ledger change of the
-    jobs asked (the clock's epoch seconds). Wrap only queries that change nothing at the site: their answers are replayed.
+    jobs asked (the clock's epoch seconds). Wrap only queries that change
+    nothing at the site: their answers are replayed.
     """
 
     inner: FileTransport
