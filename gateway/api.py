@@ -23,6 +23,8 @@ from gateway.spec import load_spec
 
 @dataclass(frozen=True)
 class SiteSummary:
+    """One site as ``aif sites`` shows it, and whether this user can use it now (if not, why)."""
+
     name: str
     factory: str
     system: str
@@ -142,6 +144,8 @@ def render(spec_path: str | Path, site: str, *, account: str | None = None) -> R
 
 @dataclass(frozen=True)
 class ProfileCheck:
+    """One profile file checked by ``aif profile validate``: ok with a summary, or its error."""
+
     path: str
     ok: bool
     message: str

@@ -76,6 +76,8 @@ FEDERATION_KEYS = ("snapshot_ttl_s", "sector_bonus_s", "queue_round_s", "data_s_
 
 @dataclass(frozen=True)
 class UserConfig:
+    """The user's config: access per site, the files it came from, the federation's weights."""
+
     sites: dict[str, SiteAccess] = field(default_factory=dict)
     files: tuple[str, ...] = ()
     sources: dict[str, str] = field(default_factory=dict)  # site entry -> the file that set it last

@@ -12,8 +12,11 @@ One directory per submission key (``aif submit --key``), one file per claim:
 of that content in the submission) and ``GEN`` counts the attempts to send it.
 A claim file is created exclusively (O_EXCL), so an item is claimed once:
 
-- ``intent<TAB>TOKEN<TAB>AIF_ID``: written BEFORE sbatch runs;
-- ``answer<TAB>RC<TAB>JOB-ID-OR-ERROR``: appended the moment sbatch answered;
+- ``intent<TAB>TOKEN<TAB>AIF_ID``: written BEFORE sbatch runs; a spec sent as
+  one task of an array (``gateway.arrays``) adds ``<TAB>ARRAY_TOKEN<TAB>TASK``:
+  the array's token, which Slurm carries, and the task that is this spec;
+- ``answer<TAB>RC<TAB>JOB-ID-OR-ERROR``: appended the moment sbatch answered
+  (an array's member: ``ARRAYID_TASK``, Slurm's own notation);
 - ``fence<TAB>TOKEN``: written instead of an intent by an aif that proves the
   job was never sent: once fenced, no submission can claim that generation,
   so "never sent" stays true. A later attempt claims the next generation.
@@ -142,6 +145,8 @@ class Claim:
     aif_id: str  # '' for a fence
     fenced: bool
     answer: SubmissionOutcome | None
+    array_token: str = ""  # a member of an array: the token the array carries in Slurm
+    array_task: int | None = None  # ...and its task, the SLURM_ARRAY_TASK_ID that is this spec
 
     @property
     def item(self) -> str:
@@ -224,4 +229,15 @@ def _claim(name: str, content: list[str]) -> Claim:
     if first[0] not in ("intent", "fence"):
         # Not ours, or torn: treat as an intent of unknown outcome.
         fenced = False
-    return Claim(name=name, token=token, aif_id=aif_id, fenced=fenced, answer=answer)
+    array_token, array_task = "", None
+    if first[0] == "intent" and len(first) > 4 and first[4].isdigit():
+        array_token, array_task = first[3], int(first[4])
+    return Claim(
+        name=name,
+        token=token,
+        aif_id=aif_id,
+        fenced=fenced,
+        answer=answer,
+        array_token=array_token,
+        array_task=array_task,
+    )

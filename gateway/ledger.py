@@ -25,10 +25,8 @@ only what aif decided and what the scheduler answered.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import re
-import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -41,7 +39,6 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from gateway.errors import AifError, ConfigError, HomeUnusable, UsageError
 from gateway.home import aif_home, ensure_home, ensure_private_file, make_private
-from gateway.journal import claim_name
 from gateway.states import (
     ACTIVE_STATES,
     NOT_SUBMITTED_STATES,
@@ -67,6 +64,8 @@ def default_ledger_path() -> Path:
 
 def spec_sha256(path: Path | str) -> str:
     """The sha256 hex digest of a spec file's bytes, as stored in ``spec_hash``."""
+    import hashlib  # here, not at the top: commands that only read the ledger start faster
+
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
@@ -75,11 +74,15 @@ def new_job_id() -> str:
 
     Uniqueness within a ledger is enforced by ``Ledger``, not by luck alone.
     """
+    import secrets  # here, not at the top: commands that only read the ledger start faster
+
     return ID_PREFIX + "".join(secrets.choice(_ID_ALPHABET) for _ in range(ID_TOKEN_LENGTH))
 
 
 def new_submission_token() -> str:
     """A fresh random submission token (passed to Slurm as ``--comment``)."""
+    import secrets
+
     return "aif-tok-" + secrets.token_hex(TOKEN_BYTES)
 
 
@@ -124,10 +127,18 @@ class LedgerJob:
     slurm_name: str = ""
     # Why it went where it went: the federation's ranking as JSON ('' if none).
     placement: str = ""
+    # Sent as one task of an array of specs (``gateway.arrays``): the token the array
+    # carries in Slurm (its comment) and the task that is this job ('' and None otherwise).
+    # ``slurm_job_id`` is then Slurm's ``ARRAYID_TASK`` and ``slurm_name`` the array's.
+    array_token: str = ""
+    array_task: int | None = None
 
     @property
     def claim(self) -> str:
         """The claim file's name in the site's record: ``ITEM.GEN``."""
+        # The journal (and the Slurm parsers it needs) is loaded only by what submits or settles.
+        from gateway.journal import claim_name
+
         return claim_name(self.item, self.claim_gen) if self.item else ""
 
     @property
@@ -232,14 +243,20 @@ def _migrate_v4(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX attempts_job ON attempts(job_id, seq)")
 
 
+def _migrate_v5(conn: sqlite3.Connection) -> None:
+    """Specs sent as tasks of one array: the array's token and the job's task in it."""
+    conn.execute("ALTER TABLE jobs ADD COLUMN array_token TEXT NOT NULL DEFAULT ''")
+    conn.execute("ALTER TABLE jobs ADD COLUMN array_task INTEGER")
+
+
 # Version N of the schema is reached by applying _MIGRATIONS[:N]. Only append.
-_MIGRATIONS: tuple[Migration, ...] = (_migrate_v1, _migrate_v2, _migrate_v3, _migrate_v4)
+_MIGRATIONS: tuple[Migration, ...] = (_migrate_v1, _migrate_v2, _migrate_v3, _migrate_v4, _migrate_v5)
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 _JOB_COLUMNS = (
     "id, site, slurm_job_id, name, spec_path, spec_hash, token, state, reason, message, "
     "workdir, outputs, stdout_path, array_size, depends_on, created_at, updated_at, "
-    "submission_key, item, claim_gen, journal_dir, slurm_name, placement"
+    "submission_key, item, claim_gen, journal_dir, slurm_name, placement, array_token, array_task"
 )
 
 
@@ -291,6 +308,8 @@ def _job_from_row(row: Sequence[Any]) -> LedgerJob:
         journal_dir,
         slurm_name,
         placement,
+        array_token,
+        array_task,
     ) = row
     return LedgerJob(
         id=job_id,
@@ -316,6 +335,8 @@ def _job_from_row(row: Sequence[Any]) -> LedgerJob:
         journal_dir=journal_dir,
         slurm_name=slurm_name,
         placement=placement,
+        array_token=array_token,
+        array_task=array_task,
     )
 
 
@@ -531,6 +552,8 @@ class Ledger:
         journal_dir: str = "",
         slurm_name: str = "",
         placement: str = "",
+        array_token: str = "",
+        array_task: int | None = None,
         job_id: str | None = None,
         token: str | None = None,
         slurm_job_id: str | None = None,
@@ -544,7 +567,7 @@ class Ledger:
         now = _now()
         conn.execute(
             f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES "
-            "(?, ?, ?, ?, ?, ?, ?, ?, '', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "(?, ?, ?, ?, ?, ?, ?, ?, '', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 job_id,
                 site,
@@ -568,6 +591,8 @@ class Ledger:
                 journal_dir,
                 slurm_name,
                 placement,
+                array_token,
+                array_task,
             ),
         )
         conn.execute(
@@ -660,21 +685,25 @@ class Ledger:
             ids = [self._insert(state=JobState.SUBMITTING, message="", **intent) for intent in intents]
             return [self._require(job_id) for job_id in ids]
 
-    def record_paths(self, paths: Iterable[tuple[str, ...]]) -> None:
-        """Set ``(job_id, workdir, stdout_path[, slurm_name])`` of jobs still SUBMITTING, in one transaction.
+    def record_paths(self, paths: Iterable[tuple[Any, ...]]) -> None:
+        """Set ``(job_id, workdir, stdout_path[, slurm_name[, array_token, array_task]])`` of jobs
+        still SUBMITTING, in one transaction.
 
         The workdir and Slurm name contain the job's own id, so they are known
         only after :meth:`record_intents` gave the id, and before anything is sent.
+        A job sent on its own (no array token given) is no array's task.
         """
         with self._write():
             for job_id, workdir, stdout_path, *rest in paths:
                 job = self._require(job_id)
                 if job.state != JobState.SUBMITTING:
                     raise ValueError(f"job {job_id} is {job.state}; its paths are fixed")
+                array_token = str(rest[1]) if len(rest) > 1 else ""
+                array_task = int(rest[2]) if len(rest) > 2 and array_token else None
                 self._conn.execute(
-                    "UPDATE jobs SET workdir = ?, stdout_path = ?, slurm_name = COALESCE(?, slurm_name) "
-                    "WHERE id = ?",
-                    (workdir, stdout_path, rest[0] if rest else None, job_id),
+                    "UPDATE jobs SET workdir = ?, stdout_path = ?, slurm_name = COALESCE(?, slurm_name), "
+                    "array_token = ?, array_task = ? WHERE id = ?",
+                    (workdir, stdout_path, rest[0] if rest else None, array_token, array_task, job_id),
                 )
 
     def mark_submitted_many(self, submitted: Iterable[tuple[str, str]]) -> list[LedgerJob]:
@@ -1000,8 +1029,8 @@ class Ledger:
             ):
                 raise ValueError(f"job {job_id} is {job.state}: it cannot move to another site")
             self._conn.execute(
-                "UPDATE jobs SET site = ?, journal_dir = ?, workdir = ?, stdout_path = ?, message = '' "
-                "WHERE id = ?",
+                "UPDATE jobs SET site = ?, journal_dir = ?, workdir = ?, stdout_path = ?, message = '', "
+                "array_token = '', array_task = NULL WHERE id = ?",
                 (site, journal_dir, workdir, stdout_path, job_id),
             )
             self._set_state(self._require(job_id), JobState.SUBMITTING, f"failed over to {site}")

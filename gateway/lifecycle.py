@@ -15,18 +15,47 @@ backends, clock). The rules all of them keep:
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from gateway.context import Context
 from gateway.errors import AifError, SiteUnreachable, UsageError
 from gateway.ledger import Ledger, LedgerJob
-from gateway.settlement import settle_unresolved
 from gateway.states import JobState, is_terminal
-from gateway.status import StatusReport, refresh, wait
-from gateway.submission import DryRun, SubmitReport, SubmittedJob, dry_run, plan_submissions, submit
-from gateway.transports.base import Progress
+
+if TYPE_CHECKING:
+    from gateway.context import Context
+    from gateway.settlement import settle_unresolved
+    from gateway.status import StatusReport, refresh, wait
+    from gateway.submission import DryRun, SubmitReport, SubmittedJob, dry_run, plan_submissions, submit
+    from gateway.transports.base import Progress
+
+# The names this module passes on from the modules that talk to sites, each imported
+# when first asked for (PEP 562): `aif list` reads the ledger only, and loading the
+# sites, the federation and submission would take it several times as long.
+_PASSED_ON = {
+    "settle_unresolved": "gateway.settlement",
+    "StatusReport": "gateway.status",
+    "refresh": "gateway.status",
+    "wait": "gateway.status",
+    "DryRun": "gateway.submission",
+    "SubmitReport": "gateway.submission",
+    "SubmittedJob": "gateway.submission",
+    "dry_run": "gateway.submission",
+    "plan_submissions": "gateway.submission",
+    "submit": "gateway.submission",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name not in _PASSED_ON:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PASSED_ON[name]), name)
+    globals()[name] = value  # asked once
+    return value
+
 
 __all__ = [
     "CancelResult",
@@ -64,6 +93,10 @@ def stdout_path_of(job: LedgerJob, task: int | None = None) -> str:
             f"--task {task}: {job.id} is an array of {job.array_size} tasks; "
             f"expected 0 to {job.array_size - 1}"
         )
+    if job.array_token:
+        # One task of an array of specs: Slurm wrote its output as ARRAYID_TASK.
+        array_id, _, own_task = job.slurm_job_id.partition("_")
+        return job.stdout_path.replace("%A", array_id).replace("%a", own_task)
     path = job.stdout_path.replace("%A", job.slurm_job_id).replace("%j", job.slurm_job_id)
     return path.replace("%a", str(task if task is not None else 0))
 
@@ -83,6 +116,8 @@ def follow_log(
     poll_interval: float = 1.0,
 ) -> LedgerJob:
     """Write the job's output as it grows, until the job has ended and all output is shown."""
+    from gateway.status import refresh
+
     job = ctx.ledger.get(job_id)
     path = stdout_path_of(job, task)
     backend = ctx.backend(job.site)
@@ -102,6 +137,8 @@ def follow_log(
 
 @dataclass(frozen=True)
 class CancelResult:
+    """What ``cancel`` did for one job: whether scancel was sent for it, and if not, why."""
+
     job: LedgerJob
     was: JobState  # the state before
     cancelled: bool  # scancel was sent for it
@@ -114,6 +151,8 @@ def cancel(ctx: Context, job_ids: Sequence[str]) -> list[CancelResult]:
     A job whose identity at the site cannot be confirmed is never signalled:
     its Slurm id may belong to another job by now.
     """
+    from gateway.status import refresh
+
     ledger = ctx.ledger
     before = {j: ledger.get(j) for j in job_ids}
     # Fresh answers only (max_age 0): what is signalled is what the site holds now.
@@ -122,7 +161,8 @@ def cancel(ctx: Context, job_ids: Sequence[str]) -> list[CancelResult]:
         raise SiteUnreachable("; ".join(report.unreachable.values()) + " (nothing was cancelled there)")
     targets = [j for j in report.jobs if j.id in report.in_queue and not is_terminal(j.state)]
     by_site: dict[str, list[LedgerJob]] = {}
-    for job in targets:
+    # One array's tasks side by side: the site checks each array's name once.
+    for job in sorted(targets, key=lambda j: (j.slurm_job_id or "").partition("_")[0]):
         by_site.setdefault(job.site, []).append(job)
     sent = ctx.per_site(
         by_site, lambda backend, jobs: backend.cancel([(j.slurm_job_id or "", j.slurm_name) for j in jobs])
@@ -134,7 +174,9 @@ def cancel(ctx: Context, job_ids: Sequence[str]) -> list[CancelResult]:
     active = list(targets)
     while active:
         report = refresh(ctx, [j.id for j in active], max_age=0)
-        active = [j for j in report.jobs if not is_terminal(j.state)]
+        _pending_tasks_cancelled(ctx, report)
+        active = [ledger.get(j.id) for j in report.jobs]
+        active = [j for j in active if not is_terminal(j.state)]
         if not active or ctx.clock.monotonic() > deadline:
             break
         ctx.clock.sleep(0.5)
@@ -153,6 +195,24 @@ def cancel(ctx: Context, job_ids: Sequence[str]) -> list[CancelResult]:
             why = job.reason or "its identity at the site cannot be confirmed"
             results.append(CancelResult(job, was.state, False, f"not signalled: {why}"))
     return results
+
+
+def _pending_tasks_cancelled(ctx: Context, report: StatusReport) -> None:
+    """Tasks of arrays of specs that were pending when signalled and have left the queue.
+
+    Slurm keeps no trace of a pending array task it cancelled (no CANCELLED
+    record in squeue, nothing in the finished-job records: recorded on 22.05),
+    so the task just confirmed in the queue, signalled, and now gone is CANCELLED.
+    """
+    gone = [
+        (job.id, JobState.CANCELLED.value, "cancelled while pending (Slurm keeps no record of it)")
+        for job in report.jobs
+        if job.array_token
+        and not is_terminal(job.state)
+        and job.id not in report.in_queue
+        and job.site not in report.unreachable
+    ]
+    ctx.ledger.update_states(gone)
 
 
 def fetch(

@@ -7,7 +7,6 @@ override them by name. The schema is documented in ``profiles/README.md``.
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -49,6 +48,8 @@ WORK_AREA_PATTERN = r"/[A-Za-z0-9._+/{}-]*"
 
 @dataclass(frozen=True)
 class Partition:
+    """One partition of a site as its profile describes it; sizes also as numbers (MB, seconds)."""
+
     name: str
     gpus_per_node: int
     gpu_model: str
@@ -64,6 +65,8 @@ class Partition:
 
 @dataclass(frozen=True)
 class QosRule:
+    """A ``[[qos]]`` rule: the QOS a partition's jobs of these node counts and walltimes are sent with."""
+
     name: str
     partition: str
     min_nodes: int
@@ -74,6 +77,8 @@ class QosRule:
 
 @dataclass(frozen=True)
 class Dataset:
+    """A dataset in a site's catalogue: where it lies, how big, how sensitive."""
+
     name: str
     path: str
     size: str
@@ -83,6 +88,8 @@ class Dataset:
 
 @dataclass(frozen=True)
 class SlurmRules:
+    """How a site's Slurm wants its jobs written (the profile's ``[slurm]``)."""
+
     gpu_request: str
     send_memory: bool
     cpus_per_gpu: int
@@ -95,6 +102,8 @@ class SlurmRules:
 
 @dataclass(frozen=True)
 class SiteEnvironment:
+    """What a site's batch scripts set up: shell lines, modules and containers."""
+
     setup: tuple[str, ...]
     module_command: str
     container_setup: tuple[str, ...]
@@ -103,6 +112,8 @@ class SiteEnvironment:
 
 @dataclass(frozen=True)
 class SiteProfile:
+    """One site's profile: who runs it, how to log in, its Slurm rules, partitions and datasets."""
+
     name: str
     factory: str
     system: str
@@ -488,6 +499,8 @@ def check_config_sites(config: UserConfig, profiles: Mapping[str, SiteProfile]) 
     known = known_site_names(profiles)
     sites = dict(config.sites)
     for name, problem in stray_config_entries(config, profiles).items():
+        import difflib  # only a stray entry needs it: not imported at start-up
+
         # Only a close spelling: a hint on an unrelated site would mislead.
         for meant in difflib.get_close_matches(name, known, n=1):
             if meant not in config.sites:

@@ -58,13 +58,19 @@ class PyslurmBackend:
             self.on_command(self.site, ["pyslurm", *argv])
 
     def submit(
-        self, items: Sequence[slurm.SubmissionItem], journal_dir: str = ""
+        self, items: Sequence[slurm.Submission], journal_dir: str = ""
     ) -> list[slurm.SubmissionOutcome]:
-        """Each item through libslurm, with the same site record the submission program keeps."""
+        """Each item through libslurm, with the same site record the submission program keeps.
+
+        Specs are never coalesced into arrays at a pyslurm site (``gateway.submission``).
+        """
+        if any(isinstance(item, slurm.ArraySubmission) for item in items):
+            raise ValueError("the pyslurm backend submits specs one by one, not as arrays")
         outcomes = []
         if journal_dir:
             Path(journal_dir).mkdir(parents=True, exist_ok=True)
         for index, item in enumerate(items):
+            assert isinstance(item, slurm.SubmissionItem)
             self._note("JobSubmitDescription.submit", item.workdir)
             record = Path(journal_dir) / item.claim if item.claim else None
             if record is not None:
@@ -168,6 +174,10 @@ class PyslurmBackend:
 
     def find_names(self, names: Sequence[str], since: str) -> dict[str, str]:
         """libslurm here holds no finished-job records: nothing can be found by name."""
+        return {}
+
+    def find_arrays(self, names: Sequence[str], since: str) -> dict[str, str]:
+        """No arrays of specs are sent through pyslurm, and libslurm here keeps no finished jobs."""
         return {}
 
     def find_tokens(self, tokens: Sequence[str]) -> dict[str, str]:

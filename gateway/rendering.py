@@ -176,20 +176,68 @@ def render_batch_script(
     found again if the answer to sbatch is lost.
     """
     choice = choose_partition(spec, profile)
-    res = spec.resources
     rules = profile.slurm
     work_area = fill_site_path(rules.work_area, user=user, account=account, site=profile.name)
-    workdir = f"{work_area.rstrip('/')}/{spec.workdir_for(job_id)}".rstrip("/")
+    workdir = site_workdir(spec, profile, work_area, job_id)
     stdout_name = "slurm-%A_%a.out" if spec.array else "slurm-%j.out"
     stdout_path = f"{workdir}/{stdout_name}"
+
+    directives: list[tuple[str, str | None]] = [("job-name", slurm_job_name(spec.name, job_id))]
+    directives += resource_directives(spec, profile, choice, account)
+    if spec.array:
+        limit = f"%{spec.array.parallel}" if spec.array.parallel else ""
+        directives.append(("array", f"0-{spec.array.size - 1}{limit}"))
+    directives += [("chdir", workdir), ("output", stdout_path)]
+    if token:
+        directives.append(("comment", f"aif:{token}"))
+
+    lines = [rules.shebang]
+    lines += [directive_line(key, value, profile) for key, value in directives]
+    lines.append(
+        f"# aif {__version__}: {comment_safe(spec.source)} (sha256 {spec.sha256[:12] or '-'}) "
+        f"for {profile.name} ({comment_safe(profile.factory)}), partition {choice.partition.name}"
+    )
+    lines += memory_note(spec, profile)
+    lines.append("set -eo pipefail")
+    lines.append("")
+    lines += export_lines(spec, profile, job_id, user, account)
+    lines += setup_lines(spec, profile)
+    lines += _job_lines(spec, profile)
+    return RenderedJob(
+        site=profile.name,
+        script="\n".join(lines) + "\n",
+        partition=choice.partition.name,
+        qos=choice.qos,
+        workdir=workdir,
+        stdout_path=stdout_path,
+        slurm_name=slurm_job_name(spec.name, job_id),
+        work_area=work_area,
+    )
+
+
+def site_workdir(spec: JobSpec, profile: SiteProfile, work_area: str, job_id: str) -> str:
+    """The job's absolute directory at the site; refused when the site's paths would be too long."""
+    workdir = f"{work_area.rstrip('/')}/{spec.workdir_for(job_id)}".rstrip("/")
     if len(workdir) > SITE_WORKDIR_MAX_LENGTH:
         raise SpecError(
             f"{spec.source}: job.workdir: at {profile.name} the job's directory would be "
             f"{len(workdir)} characters long ({show_value(workdir)}); "
             f"at most {SITE_WORKDIR_MAX_LENGTH} allowed"
         )
+    return workdir
 
-    directives: list[tuple[str, str | None]] = [("job-name", slurm_job_name(spec.name, job_id))]
+
+def resource_directives(
+    spec: JobSpec, profile: SiteProfile, choice: PartitionChoice, account: str | None
+) -> list[tuple[str, str | None]]:
+    """What the job asks of the scheduler: account, partition, QOS, resources, walltime.
+
+    Everything but the job's own name, array, directory, output and comment: specs
+    whose directives are equal may share one job array (``gateway.arrays``).
+    """
+    res = spec.resources
+    rules = profile.slurm
+    directives: list[tuple[str, str | None]] = []
     if account:
         directives.append(("account", account))
     directives.append(("partition", choice.partition.name))
@@ -208,37 +256,16 @@ def render_batch_script(
     directives.append(("time", format_walltime(res.walltime_seconds)))
     if choice.partition.whole_node:
         directives.append(("exclusive", None))
-    if spec.array:
-        limit = f"%{spec.array.parallel}" if spec.array.parallel else ""
-        directives.append(("array", f"0-{spec.array.size - 1}{limit}"))
-    directives += [("chdir", workdir), ("output", stdout_path)]
-    if token:
-        directives.append(("comment", f"aif:{token}"))
+    return directives
 
-    lines = [rules.shebang]
-    lines += [_directive(key, value, profile) for key, value in directives]
-    lines.append(
-        f"# aif {__version__}: {_comment_safe(spec.source)} (sha256 {spec.sha256[:12] or '-'}) "
-        f"for {profile.name} ({_comment_safe(profile.factory)}), partition {choice.partition.name}"
-    )
-    if res.memory_per_node and not rules.send_memory:
-        lines.append(
-            f"# memory_per_node {res.memory_per_node} is not sent: {profile.name} does not accept --mem"
-        )
-    lines.append("set -eo pipefail")
-    lines.append("")
-    lines += _environment_lines(spec, profile, job_id, user, account)
-    lines += _job_lines(spec, profile, choice)
-    return RenderedJob(
-        site=profile.name,
-        script="\n".join(lines) + "\n",
-        partition=choice.partition.name,
-        qos=choice.qos,
-        workdir=workdir,
-        stdout_path=stdout_path,
-        slurm_name=slurm_job_name(spec.name, job_id),
-        work_area=work_area,
-    )
+
+def memory_note(spec: JobSpec, profile: SiteProfile) -> list[str]:
+    if spec.resources.memory_per_node and not profile.slurm.send_memory:
+        return [
+            f"# memory_per_node {spec.resources.memory_per_node} is not sent: "
+            f"{profile.name} does not accept --mem"
+        ]
+    return []
 
 
 def _gpu_directive(style: str, gpus: int, partition: Partition) -> tuple[str, str]:
@@ -252,7 +279,7 @@ def _gpu_directive(style: str, gpus: int, partition: Partition) -> tuple[str, st
     return ("gpus-per-node", str(gpus))
 
 
-def _directive(key: str, value: str | None, profile: SiteProfile) -> str:
+def directive_line(key: str, value: str | None, profile: SiteProfile) -> str:
     if value is None:
         return f"#SBATCH --{key}"
     # Defence in depth: the spec, config and profile layers already hold these
@@ -262,14 +289,14 @@ def _directive(key: str, value: str | None, profile: SiteProfile) -> str:
     return f"#SBATCH --{key}={value}"
 
 
-def _comment_safe(text: str) -> str:
+def comment_safe(text: str) -> str:
     return re.sub(r"[^\x20-\x7e]", "?", text)
 
 
-def _environment_lines(
+def export_lines(
     spec: JobSpec, profile: SiteProfile, job_id: str, user: str, account: str | None
 ) -> list[str]:
-    env = profile.environment
+    """The job's own environment: its aif id, the site, its variables and its input datasets."""
     lines: list[str] = [
         f"export AIF_JOB_ID={shlex.quote(job_id)}",
         f"export AIF_SITE={shlex.quote(profile.name)}",
@@ -283,10 +310,16 @@ def _environment_lines(
         path = fill_site_path(dataset.path, user=user, account=account, site=profile.name)
         var = "AIF_INPUT_" + re.sub(r"[^A-Z0-9]", "_", dataset_name.upper())
         lines.append(f"export {var}={shlex.quote(path)}")
+    return lines
+
+
+def setup_lines(spec: JobSpec, profile: SiteProfile) -> list[str]:
+    """The site's set-up for the job: srun's CPUs, the site's lines, modules, the container runtime."""
+    env = profile.environment
     # Since Slurm 22.05 srun no longer inherits --cpus-per-task from the batch job.
-    lines.append(
+    lines = [
         'if [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then export SRUN_CPUS_PER_TASK="$SLURM_CPUS_PER_TASK"; fi'
-    )
+    ]
     if env.setup or spec.environment.modules:
         lines.append("")
         lines.append("# site set-up")
@@ -304,18 +337,23 @@ def _environment_lines(
     return lines
 
 
-def _job_lines(spec: JobSpec, profile: SiteProfile, choice: PartitionChoice) -> list[str]:
+def launcher(spec: JobSpec, profile: SiteProfile) -> list[str]:
+    """What the job's command runs under: srun for more than one task, the container runtime."""
     res = spec.resources
-    container = spec.environment.container
-    launcher: list[str] = []
+    words: list[str] = []
     if res.nodes * res.tasks_per_node > 1:
-        launcher = ["srun"]
-    if container:
-        launcher += [*profile.environment.container_exec, container]
+        words = ["srun"]
+    if spec.environment.container:
+        words += [*profile.environment.container_exec, spec.environment.container]
+    return words
+
+
+def _job_lines(spec: JobSpec, profile: SiteProfile) -> list[str]:
+    words = launcher(spec, profile)
     if spec.job.command is not None:
-        return ["# the job", shlex.join([*launcher, *spec.job.command]), ""]
+        return ["# the job", shlex.join([*words, *spec.job.command]), ""]
     script = spec.job.script or ""
-    if launcher:
+    if words:
         # The user's script runs inside the launcher (container / srun), as one bash -c argument.
-        return ["# the job", shlex.join([*launcher, "bash", "-c", script]), ""]
+        return ["# the job", shlex.join([*words, "bash", "-c", script]), ""]
     return ["# the job: the spec's script, as written", script.rstrip("\n"), ""]

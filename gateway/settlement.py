@@ -5,11 +5,16 @@ The site is asked on whatever thread the caller likes (:func:`gather_evidence`
 touches no ledger); the ledger is written on the caller's own (:func:`apply_evidence`).
 Only a proof makes a job "not submitted": a fence in the site's record, or a
 refusal in sbatch's recorded answer.
+
+A spec sent as one task of an array of specs is settled by its array: the
+array's token in squeue, or its name in finished-job records, gives the
+array's id; the job is task ``array_task`` of it (``ARRAYID_TASK``), the task
+its claim in the site's record was made for, before the array was sent.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from gateway import journal, slurm
@@ -63,8 +68,9 @@ class SettlePlan:
 @dataclass(frozen=True)
 class Evidence:
     record: journal.RecordRead | None
-    tokens_found: dict[str, str]  # in squeue, by token
+    tokens_found: dict[str, str]  # in squeue, by token (an array's token: the array's id)
     names_found: dict[str, str]  # finished, by Slurm name (the second proof)
+    arrays_found: dict[str, str] = field(default_factory=dict)  # finished arrays of specs, by name
 
 
 def settle_plan(ctx: Context, jobs: list[LedgerJob], fence_now: bool) -> SettlePlan:
@@ -88,12 +94,21 @@ def gather_evidence(backend: SiteBackend, plan: SettlePlan) -> Evidence:
     """The site's side of settling: one record read (fencing first), one squeue if needed. No ledger."""
     record = backend.read_record(plan.directories, plan.fences) if plan.directories else None
     doubtful = [j for j in plan.jobs if _claim_of(j, plan, record) is _IN_DOUBT]
-    tokens = backend.find_tokens([j.token for j in doubtful]) if doubtful else {}
+    # A task of an array is found by its array's token: every task carries it.
+    tokens = backend.find_tokens(sorted({_token_in_slurm(j) for j in doubtful})) if doubtful else {}
     # Not in the queue: it may have run and left; Slurm's finished-job records know its name.
-    gone = [j for j in doubtful if j.token not in tokens and j.slurm_name]
+    gone = [j for j in doubtful if _token_in_slurm(j) not in tokens and j.slurm_name]
     since = min((j.created_at[:10] for j in gone), default="")
-    names = backend.find_names([j.slurm_name for j in gone], since) if gone else {}
-    return Evidence(record, tokens, names)
+    singles = [j.slurm_name for j in gone if not j.array_token]
+    arrays = sorted({j.slurm_name for j in gone if j.array_token})
+    names = backend.find_names(singles, since) if singles else {}
+    found_arrays = backend.find_arrays(arrays, since) if arrays else {}
+    return Evidence(record, tokens, names, found_arrays)
+
+
+def _token_in_slurm(job: LedgerJob) -> str:
+    """The token Slurm carries for the job: its array's, for a task of an array of specs."""
+    return job.array_token or job.token
 
 
 _IN_DOUBT = object()
@@ -132,10 +147,9 @@ def apply_evidence(ctx: Context, plan: SettlePlan, evidence: Evidence) -> None:
                 state = JobState.UNREACHABLE if down else JobState.REJECTED
                 ledger.mark_not_submitted(job.id, state, claim.answer.error)
             continue
-        if job.token in evidence.tokens_found:
-            ledger.mark_submitted(job.id, evidence.tokens_found[job.token])
-        elif job.slurm_name in evidence.names_found:
-            ledger.mark_submitted(job.id, evidence.names_found[job.slurm_name])
+        found = _found_as(job, evidence)
+        if found is not None:
+            ledger.mark_submitted(job.id, found)
         elif job.id in plan.old_enough:
             why = (
                 "maybe sent: the site's record holds its intent but no answer, and neither "
@@ -146,3 +160,14 @@ def apply_evidence(ctx: Context, plan: SettlePlan, evidence: Evidence) -> None:
             )
             if ledger.get(job.id).reason != why:
                 ledger.mark_unresolved(job.id, why)
+
+
+def _found_as(job: LedgerJob, evidence: Evidence) -> str | None:
+    """The Slurm id the job was found as, by token or by name; a task of an array: the
+    array's id and its own task, ``ARRAYID_TASK``."""
+    if job.array_token:
+        array_id = evidence.tokens_found.get(job.array_token) or evidence.arrays_found.get(job.slurm_name)
+        if array_id is None or job.array_task is None:
+            return None
+        return f"{array_id}_{job.array_task}"
+    return evidence.tokens_found.get(job.token) or evidence.names_found.get(job.slurm_name)

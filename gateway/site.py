@@ -21,6 +21,7 @@ from gateway import journal, slurm
 from gateway.config import SiteAccess
 from gateway.errors import AifError, SiteUnreachable
 from gateway.profiles import SiteProfile
+from gateway.slurm import jobcomp
 from gateway.slurm import partitions as partition_info
 from gateway.states import JobState
 from gateway.transports.base import DEFAULT_TIMEOUT, CommandHook, CommandResult, Progress, Transport
@@ -49,11 +50,29 @@ class JobQuery:
     comment) proves it; once it left squeue, Slurm's records of finished jobs
     keep no comment, so its ``slurm_name`` (which carries the aif id) does.
     ``slurm_name`` is '' for jobs submitted by an aif older than this proof.
+
+    A spec sent as one task of an array (``gateway.arrays``) is asked for as
+    ``ARRAYID_TASK`` with the array's token (``array_token``: every task of
+    the array carries it) and the array's name: it is confirmed by the
+    array's identity plus its task, never by any other task's record.
+    ``token`` (the job's own) keys the answer.
     """
 
     slurm_job_id: str
     token: str
     slurm_name: str
+    array_token: str = ""
+
+    @property
+    def task(self) -> int | None:
+        """The task asked for, for a task of an array of specs (else None)."""
+        _, sep, task = self.slurm_job_id.partition("_")
+        return int(task) if self.array_token and sep and task.isdigit() else None
+
+    @property
+    def comment(self) -> str:
+        """The comment that proves the job (or its array) in squeue."""
+        return slurm.COMMENT_PREFIX + (self.array_token or self.token)
 
 
 @dataclass(frozen=True)
@@ -70,8 +89,10 @@ class SiteBackend(Protocol):
     def site(self) -> str: ...
 
     def submit(
-        self, items: Sequence[slurm.SubmissionItem], journal_dir: str = ""
-    ) -> list[slurm.SubmissionOutcome]: ...
+        self, items: Sequence[slurm.Submission], journal_dir: str = ""
+    ) -> list[slurm.SubmissionOutcome]:
+        """One outcome per item, one per member of an array (``slurm.answer_count``)."""
+        ...
 
     def read_record(
         self, directories: Sequence[str], fences: Sequence[journal.Fence] = ()
@@ -90,6 +111,10 @@ class SiteBackend(Protocol):
         ...
 
     def find_tokens(self, tokens: Sequence[str]) -> dict[str, str]: ...
+
+    def find_arrays(self, names: Sequence[str], since: str) -> dict[str, str]:
+        """array name -> the array's Slurm id, for arrays of specs that left the queue."""
+        ...
 
     def probe(self, partitions: Sequence[str], script: str | None) -> load_probe.ProbeResult:
         """The site's load in one command, with Slurm's estimated start for ``script`` if given."""
@@ -124,9 +149,10 @@ class SlurmCliBackend:
         return self.transport.run(argv, stdin=stdin, timeout=timeout or self.timeout)
 
     def submit(
-        self, items: Sequence[slurm.SubmissionItem], journal_dir: str = ""
+        self, items: Sequence[slurm.Submission], journal_dir: str = ""
     ) -> list[slurm.SubmissionOutcome]:
-        """All items in ONE command: a tar of scripts on stdin, one sbatch per script at the site."""
+        """All items in ONE command: a tar of scripts on stdin, one sbatch per script at the site
+        (an array of specs is one script, one sbatch); one outcome per job or member."""
         if not items:
             return []
         result = self._run(
@@ -134,7 +160,7 @@ class SlurmCliBackend:
             stdin=slurm.build_submission_bundle(items, journal_dir),
             timeout=max(SUBMIT_TIMEOUT, self.timeout),
         )
-        outcomes = slurm.parse_submission_output(result.stdout, len(items))
+        outcomes = slurm.parse_submission_output(result.stdout, slurm.answer_count(items))
         if result.returncode in _NOTHING_SENT_EXITS and not any(o.ok for o in outcomes):
             # The program itself failed before any item (no bash, no mktemp, no tar): nothing was sent.
             # Any other failure may have come after an sbatch ran: its items stay unknown.
@@ -170,15 +196,41 @@ class SlurmCliBackend:
         queue = slurm.parse_squeue(result.stdout)
         found = confirm_in_queue(queue, queries)
         missing = [q for q in queries if found[q.token].record is None]
-        if missing:
-            result = self._run(slurm.sacct_argv([q.slurm_job_id for q in missing], self.accounting))
-            if result.ok:
-                found.update(confirm_in_accounting(slurm.parse_sacct(result.stdout), missing, found))
-            else:
-                why = f"the site's accounting cannot be read ({_last_line(result)})"
-                for q in missing:
+        # sacct -c knows array tasks only by their raw ids (-j 7_0 answers with job 7, another
+        # task), so there the tasks of arrays of specs are read from the job-completion log.
+        by_log = [q for q in missing if q.task is not None] if self.accounting == "jobcomp" else []
+        by_sacct = [q for q in missing if not (q.task is not None and self.accounting == "jobcomp")]
+        for asked, read in ((by_sacct, self._sacct_records), (by_log, self._jobcomp_records)):
+            if not asked:
+                continue
+            try:
+                records = read(asked)
+            except SiteUnreachable as exc:
+                why = f"the site's accounting cannot be read ({exc.message})"
+                for q in asked:
                     found[q.token] = Sighting(None, f"{found[q.token].problem}; {why}")
+                continue
+            found.update(confirm_in_accounting(records, asked, found))
         return found
+
+    def _sacct_records(self, queries: Sequence[JobQuery]) -> list[slurm.JobRecord]:
+        result = self._run(slurm.sacct_argv([q.slurm_job_id for q in queries], self.accounting))
+        if not result.ok:
+            raise SiteUnreachable(_last_line(result))
+        return slurm.parse_sacct(result.stdout)
+
+    def _jobcomp_records(self, queries: Sequence[JobQuery]) -> list[slurm.JobRecord]:
+        """Array tasks of these queries' array names, from the job-completion log (one command)."""
+        names = sorted({q.slurm_name for q in queries if q.slurm_name})
+        if not names:
+            return []
+        result = self._run(jobcomp.jobcomp_tasks_argv(names))
+        if not result.ok:
+            raise SiteUnreachable(_last_line(result))
+        try:
+            return jobcomp.parse_jobcomp_tasks(result.stdout)
+        except jobcomp.JobcompUnreadable as exc:
+            raise SiteUnreachable(str(exc)) from None
 
     def cancel(self, targets: Sequence[tuple[str, str]]) -> None:
         """One command; scancel filtered by name per job (the controller re-checks identity)."""
@@ -200,6 +252,28 @@ class SlurmCliBackend:
             job_id = record.raw_job_id
             if record.name in names and (record.name not in found or int(job_id) < int(found[record.name])):
                 found[record.name] = job_id
+        return found
+
+    def find_arrays(self, names: Sequence[str], since: str) -> dict[str, str]:
+        """Slurm ids of finished arrays of specs by their names (sacct; the job-completion log
+        where sacct -c cannot tell arrays from their tasks), from one command."""
+        if not names:
+            return {}
+        if self.accounting == "jobcomp":
+            try:
+                records = self._jobcomp_records([JobQuery("", "", name) for name in names])
+            except SiteUnreachable as exc:
+                raise SiteUnreachable(f"site {self.site}: {exc.message}") from None
+        else:
+            result = self._run(slurm.sacct_by_name_argv(names, self.accounting, since))
+            if not result.ok:
+                raise SiteUnreachable(f"site {self.site}: sacct failed: {_last_line(result)}")
+            records = slurm.parse_sacct(result.stdout)
+        found: dict[str, str] = {}
+        for record in records:
+            array_id = record.array_job_id
+            if record.name in names and array_id and int(array_id) <= int(found.get(record.name, array_id)):
+                found[record.name] = array_id
         return found
 
     def find_tokens(self, tokens: Sequence[str]) -> dict[str, str]:
@@ -258,27 +332,58 @@ class SlurmCliBackend:
 
 
 def _index_records(records: Sequence[slurm.JobRecord]) -> dict[str, list[slurm.JobRecord]]:
-    """Records by every id a query may use: the base id (array or job) and the raw id."""
+    """Records by every id a query may use: the base id (array or job), the raw id, and a
+    task's own ``ARRAYID_TASK``."""
     index: dict[str, list[slurm.JobRecord]] = {}
     for record in records:
         keys = {record.array_job_id or record.job_id}
         if record.raw_job_id:
             keys.add(record.raw_job_id)
+        if record.array_job_id and not record.is_pending_array_range:
+            keys.add(record.job_id)
         for key in keys:
             index.setdefault(key, []).append(record)
     return index
 
 
+def _candidates(index: dict[str, list[slurm.JobRecord]], query: JobQuery) -> list[slurm.JobRecord]:
+    """The records that may be the query's job. For a task of an array of specs: that task's
+    own record, or the array's record of pending tasks that holds it; nothing else."""
+    task = query.task
+    if task is None:
+        return _unique(index.get(query.slurm_job_id, ()))
+    own = [r for r in index.get(query.slurm_job_id, ()) if r.job_id == query.slurm_job_id]
+    if own:
+        return _unique(own)
+    base = query.slurm_job_id.partition("_")[0]
+    return _unique(
+        [
+            r
+            for r in index.get(base, ())
+            if r.array_job_id == base and r.is_pending_array_range and r.stands_for_task(task)
+        ]
+    )
+
+
+def _as_task(query: JobQuery, records: list[slurm.JobRecord]) -> slurm.JobRecord:
+    """The task's record: its own, or (still pending) the array's pending record, seen as the task."""
+    own = [r for r in records if r.job_id == query.slurm_job_id]
+    if own:
+        return own[-1]
+    return replace(records[0], job_id=query.slurm_job_id, array_task_id=str(query.task), raw_job_id="")
+
+
 def confirm_in_queue(records: Sequence[slurm.JobRecord], queries: Sequence[JobQuery]) -> dict[str, Sighting]:
-    """Each query's squeue records, kept only when they carry its token. Linear in records + queries."""
+    """Each query's squeue records, kept only when they carry its token (a task: its array's
+    token). Linear in records + queries."""
     index = _index_records(records)
     found: dict[str, Sighting] = {}
     for query in queries:
-        candidates = _unique(index.get(query.slurm_job_id, ()))
-        comment = slurm.COMMENT_PREFIX + query.token
-        ours = [r for r in candidates if r.comment == comment]
+        candidates = _candidates(index, query)
+        ours = [r for r in candidates if r.comment == query.comment]
         if ours:
-            found[query.token] = Sighting(_fold(query.slurm_job_id, ours), in_queue=True)
+            record = _as_task(query, ours) if query.task is not None else _fold(query.slurm_job_id, ours)
+            found[query.token] = Sighting(record, in_queue=True)
         elif candidates:
             found[query.token] = Sighting(
                 None,
@@ -293,12 +398,15 @@ def confirm_in_queue(records: Sequence[slurm.JobRecord], queries: Sequence[JobQu
 def confirm_in_accounting(
     records: Sequence[slurm.JobRecord], queries: Sequence[JobQuery], seen: dict[str, Sighting]
 ) -> dict[str, Sighting]:
-    """Each query's finished-job records, kept only when they carry its name (the second proof)."""
+    """Each query's finished-job records, kept only when they carry its name (the second proof;
+    a task: its own ``ARRAYID_TASK`` record, with its array's name)."""
     index = _index_records(records)
     found: dict[str, Sighting] = {}
     for query in queries:
         before = seen[query.token].problem if query.token in seen else ""
         candidates = _unique(index.get(query.slurm_job_id, ()))
+        if query.task is not None:
+            candidates = [r for r in candidates if r.job_id == query.slurm_job_id]
         if not query.slurm_name:
             found[query.token] = Sighting(
                 None,
@@ -308,7 +416,8 @@ def confirm_in_accounting(
             continue
         ours = [r for r in candidates if r.name == query.slurm_name]
         if ours:
-            found[query.token] = Sighting(_fold(query.slurm_job_id, ours))
+            record = ours[-1] if query.task is not None else _fold(query.slurm_job_id, ours)
+            found[query.token] = Sighting(record)
         elif candidates:
             found[query.token] = Sighting(
                 None, f"{before}; the finished Slurm job {query.slurm_job_id} on record is another job"

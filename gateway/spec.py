@@ -67,6 +67,8 @@ DEFAULT_WORKDIR = "{name}/{id}"
 
 @dataclass(frozen=True)
 class JobSection:
+    """The spec's ``[job]``: its name and sector, what runs (a command or a script) and where."""
+
     name: str
     sector: str | None
     command: tuple[str, ...] | None
@@ -76,6 +78,8 @@ class JobSection:
 
 @dataclass(frozen=True)
 class Resources:
+    """The spec's ``[resources]``; memory and walltime also as numbers (MB, seconds)."""
+
     nodes: int
     tasks_per_node: int
     gpus_per_node: int
@@ -89,6 +93,8 @@ class Resources:
 
 @dataclass(frozen=True)
 class Environment:
+    """The spec's ``[environment]``: container, modules and variables."""
+
     container: str | None
     modules: tuple[str, ...]
     variables: tuple[tuple[str, str], ...]
@@ -96,6 +102,8 @@ class Environment:
 
 @dataclass(frozen=True)
 class DataSection:
+    """The spec's ``[data]``: input datasets, their sensitivity, and the outputs to fetch."""
+
     inputs: tuple[str, ...]
     sensitivity: str
     outputs: tuple[str, ...]
@@ -103,6 +111,8 @@ class DataSection:
 
 @dataclass(frozen=True)
 class PlacementSection:
+    """The spec's ``[placement]``: a pinned site, excluded sites, allowed countries."""
+
     site: str | None
     exclude: tuple[str, ...]
     countries: tuple[str, ...]
@@ -110,6 +120,8 @@ class PlacementSection:
 
 @dataclass(frozen=True)
 class ArraySection:
+    """The spec's ``[array]``: how many tasks, and how many may run at once (None: no limit)."""
+
     size: int
     parallel: int | None
 

@@ -81,7 +81,9 @@ def _refresh(
         if job.unresolved:
             unresolved.setdefault(job.site, []).append(job)
         elif job.slurm_job_id:
-            queries.setdefault(job.site, []).append(JobQuery(job.slurm_job_id, job.token, job.slurm_name))
+            queries.setdefault(job.site, []).append(
+                JobQuery(job.slurm_job_id, job.token, job.slurm_name, job.array_token)
+            )
             newest_change[job.site] = max(newest_change.get(job.site, ""), job.updated_at)
     work = {
         site: _SiteQuery(

@@ -6,28 +6,32 @@ under a key that never lets one spec be sent twice. Part of the api layer.
   machine, and in the site's own record (``gateway.journal``) before sbatch runs;
 - a submission has a key: the same key with the same specs never submits
   twice, from any machine: what the sites' records show as sent is adopted;
-- answers that were lost are settled from the site's record at once.
+- answers that were lost are settled from the site's record at once;
+- specs of one shape sent to one site in one call become ONE Slurm array job
+  (``gateway.arrays``), each spec still its own aif job: one task of it,
+  claimed in the site's record on its own before the array is sent.
+
+Sending (render, record, one command per site, the answers) is ``gateway.sending``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from gateway import journal, slurm
-from gateway.api import login_user
-from gateway.context import Context, SiteResult
+from gateway import journal
+from gateway.arrays import array_job_name, array_output_dir
+from gateway.context import Context
 from gateway.errors import AifError, Interrupted, InvalidInput, NoFit, SiteUnreachable, UsageError
 from gateway.federation.placer import Federation, pinned_ranking
 from gateway.federation.ranking import Ranking, site_misfit
 from gateway.ledger import LedgerJob, spec_sha256
-from gateway.profiles import SiteProfile, check_spec_against_profiles, get_profile, resolve_account
-from gateway.rendering import RenderedJob, fill_site_path, render_batch_script
-from gateway.settlement import claimed_by, settle_unresolved
+from gateway.profiles import SiteProfile, check_spec_against_profiles, get_profile
+from gateway.rendering import RenderedJob
+from gateway.sending import Planned, Sending, render, render_for, work_area
 from gateway.spec import JobSpec, load_spec
 from gateway.states import JobState, is_terminal
 from gateway.status import refresh
@@ -54,21 +58,11 @@ class DryRun:
     rendered: RenderedJob
 
 
-@dataclass(frozen=True)
-class _Planned:
-    spec: JobSpec
-    site: str
-    why: str
-    item: str  # the spec's label in its submission (content digest and copy number)
-    ranking: Ranking  # where it could go, best first (one site when pinned)
-    pinned: bool
-
-
 def federation_for(ctx: Context, *, refresh: bool = False) -> Federation:
     """The federation over this context's sites: probes through its backends, shared snapshots."""
 
     def script_for(spec: JobSpec, profile: SiteProfile) -> str:
-        return _render(ctx, spec, profile).script
+        return render(ctx, spec, profile).script
 
     return Federation(ctx.profiles, ctx.config, ctx.backend, script_for, refresh=refresh)
 
@@ -96,13 +90,13 @@ def plan_submissions(
     *,
     record_invalid: bool = True,
     federation: Federation | None = None,
-) -> list[_Planned]:
+) -> list[Planned]:
     """Validate and place every spec before anything is sent: all or nothing.
 
     Specs are placed one after the other against snapshots that count each
     job just placed, so a burst spreads over the sites.
     """
-    planned: list[_Planned] = []
+    planned: list[Planned] = []
     copies: dict[str, int] = {}
     for path in spec_paths:
         try:
@@ -119,14 +113,14 @@ def plan_submissions(
                     reasons = "; ".join(r for e in ranking.excluded for r in e.reasons)
                     raise NoFit(f"{spec.name} cannot run at {chosen}: {reasons}")
                 why = "named on the command line" if site else "pinned by the spec"
-                planned.append(_Planned(spec, chosen, why, item, ranking, pinned=True))
+                planned.append(Planned(spec, chosen, why, item, ranking, pinned=True))
             else:
                 federation = federation or federation_for(ctx)
                 ranking = federation.place(spec)
                 if ranking.winner is None:
                     raise no_site_error(spec, ranking)
                 why = ranking.headline(spec.name).split(": ", 1)[1]
-                planned.append(_Planned(spec, ranking.winner.site, why, item, ranking, pinned=False))
+                planned.append(Planned(spec, ranking.winner.site, why, item, ranking, pinned=False))
         except (InvalidInput, NoFit, UsageError, SiteUnreachable) as exc:
             if record_invalid:
                 ctx.ledger.record_invalid(
@@ -143,40 +137,10 @@ def plan_submissions(
 
 def dry_run(ctx: Context, spec_paths: Sequence[str], *, site: str | None = None) -> list[DryRun]:
     planned = plan_submissions(ctx, spec_paths, site, record_invalid=False)
-    return [DryRun(spec=p.spec.source, site=p.site, why=p.why, rendered=_render_for(ctx, p)) for p in planned]
+    return [DryRun(spec=p.spec.source, site=p.site, why=p.why, rendered=render_for(ctx, p)) for p in planned]
 
 
-def _account_and_user(ctx: Context, profile: SiteProfile) -> tuple[str | None, str]:
-    """The account to send and the login name at ``profile``'s site, from the user's config."""
-    return resolve_account(profile, ctx.config.access(profile.name)), login_user(profile, ctx.config)
-
-
-def _work_area(ctx: Context, site: str) -> str:
-    profile = ctx.profiles[site]
-    account, user = _account_and_user(ctx, profile)
-    return fill_site_path(profile.slurm.work_area, user=user, account=account, site=site)
-
-
-def _render(
-    ctx: Context, spec: JobSpec, profile: SiteProfile, job_id: str | None = None, token: str | None = None
-) -> RenderedJob:
-    """The script for ``spec`` at ``profile``'s site; without an id (dry run, probe) no id or token yet."""
-    account, user = _account_and_user(ctx, profile)
-    if job_id is None:
-        return render_batch_script(spec, profile, account=account, user=user)
-    return render_batch_script(spec, profile, account=account, user=user, job_id=job_id, token=token)
-
-
-def _render_for(
-    ctx: Context, p: _Planned, job_id: str | None = None, token: str | None = None
-) -> RenderedJob:
-    """The script for a planned job at its site."""
-    return _render(ctx, p.spec, ctx.profiles[p.site], job_id, token)
-
-
-def _intent(
-    p: _Planned, key: str, journal_dir: str, dependency: LedgerJob | None, gen: int
-) -> dict[str, Any]:
+def _intent(p: Planned, key: str, journal_dir: str, dependency: LedgerJob | None, gen: int) -> dict[str, Any]:
     return {
         "site": p.site,
         "name": p.spec.name,
@@ -206,6 +170,7 @@ def submit(
     key: str | None = None,
     failover: bool = True,
     refresh: bool = False,
+    coalesce: bool = True,
 ) -> SubmitReport:
     """Submit every spec under one key; one entry per spec, whatever happened to it.
 
@@ -215,7 +180,8 @@ def submit(
     content was never part of that submission is refused. A job placed by
     the federation whose site turns out to be down (nothing was sent, proven)
     goes to the next site of its ranking, unless ``failover`` is off; a
-    pinned job never moves.
+    pinned job never moves. Unless ``coalesce`` is off, specs of one shape
+    sent to one site go as one array job (each spec one task of it).
     """
     explicit = key is not None
     key = key if key is not None else journal.new_key()
@@ -226,7 +192,7 @@ def submit(
     dependency = _dependency(ctx, after, {p.site for p in planned})
     decided, next_gen = _settle_earlier(ctx, planned, key) if explicit else ({}, {})
     to_send = [i for i in range(len(planned)) if i not in decided]
-    journal_dirs = {p.site: journal.record_dir(_work_area(ctx, p.site), key) for p in planned}
+    journal_dirs = {p.site: journal.record_dir(work_area(ctx, p.site), key) for p in planned}
     intents = [
         _intent(planned[i], key, journal_dirs[planned[i].site], dependency, next_gen.get(planned[i].item, 0))
         for i in to_send
@@ -238,9 +204,10 @@ def submit(
     where = {i: planned[i].site for i in to_send}
     tried: dict[int, list[str]] = {i: [] for i in to_send}
     pending = list(to_send)
+    sending = Sending(ctx, key, planned, jobs, where, extra, next_gen, coalesce, federation)
     try:
         while pending:
-            _send_round(ctx, key, planned, jobs, where, pending, extra, next_gen)
+            sending.round(pending)
             for i in pending:
                 tried[i].append(where[i])
             pending = (
@@ -248,74 +215,18 @@ def submit(
             )
     except KeyboardInterrupt:
         raise _interrupted(ctx, key, spec_paths, list(jobs.values()), decided) from None
+    latest = {j.id: j for j in ctx.ledger.jobs_with_key(key)}  # one read, not one per job
     for i, job in jobs.items():
-        now = ctx.ledger.get(job.id)
+        now = latest[job.id]
         why = planned[i].why if len(tried[i]) < 2 else f"failed over from {', '.join(tried[i][:-1])}"
         decided[i] = SubmittedJob(now, why, _how(now))
     return SubmitReport(key=key, jobs=[decided[i] for i in range(len(planned))])
 
 
-def _send_round(
-    ctx: Context,
-    key: str,
-    planned: list[_Planned],
-    jobs: dict[int, LedgerJob],
-    where: dict[int, str],
-    pending: list[int],
-    extra: tuple[str, ...],
-    next_gen: dict[str, int],
-) -> None:
-    """Render and send ``pending`` to their sites (one batched command per site), record every answer."""
-    rendered = {
-        i: _render_for(ctx, replace(planned[i], site=where[i]), jobs[i].id, jobs[i].token) for i in pending
-    }
-    ctx.ledger.record_paths(
-        (jobs[i].id, rendered[i].workdir, rendered[i].stdout_path, rendered[i].slurm_name) for i in pending
-    )
-    by_site: dict[str, list[int]] = {}
-    for i in pending:
-        by_site.setdefault(where[i], []).append(i)
-    dirs = {s: journal.record_dir(_work_area(ctx, s), key) for s in by_site}
-    batches = {
-        site_name: [
-            slurm.SubmissionItem(
-                script=rendered[i].script,
-                workdir=rendered[i].workdir,
-                extra_args=extra,
-                claim=journal.claim_name(planned[i].item, next_gen.get(planned[i].item, 0)),
-                token=jobs[i].token,
-                aif_id=jobs[i].id,
-            )
-            for i in indexes
-        ]
-        for site_name, indexes in by_site.items()
-    }
-    answers = ctx.per_site(batches, lambda backend, items: backend.submit(items, dirs[backend.site]))
-    attempts = []
-    for site_name, indexes in by_site.items():
-        _record_answers(ctx, site_name, [jobs[i] for i in indexes], answers[site_name])
-        for i in indexes:
-            after = ctx.ledger.get(jobs[i].id)
-            attempts.append((after.id, site_name, _attempt_outcome(after), after.message or after.reason))
-    ctx.ledger.record_attempts(attempts)
-
-
-def _attempt_outcome(job: LedgerJob) -> str:
-    if job.slurm_job_id:
-        return f"accepted as Slurm job {job.slurm_job_id}"
-    if job.unresolved:
-        return "in doubt: the answer was lost (the site's record settles it)"
-    return {
-        JobState.REJECTED: "refused by the scheduler",
-        JobState.UNREACHABLE: "site down: nothing was sent",
-        JobState.NOT_SENT: "not sent",
-    }.get(job.state, str(job.state))
-
-
 def _fail_over(
     ctx: Context,
     key: str,
-    planned: list[_Planned],
+    planned: list[Planned],
     jobs: dict[int, LedgerJob],
     where: dict[int, str],
     tried: dict[int, list[str]],
@@ -339,11 +250,11 @@ def _fail_over(
         if nxt is None:
             continue
         target = replace(planned[i], site=nxt)
-        rendered = _render_for(ctx, target, job.id, job.token)
+        rendered = render_for(ctx, target, job.id, job.token)
         ctx.ledger.reassign(
             job.id,
             site=nxt,
-            journal_dir=journal.record_dir(_work_area(ctx, nxt), key),
+            journal_dir=journal.record_dir(work_area(ctx, nxt), key),
             workdir=rendered.workdir,
             stdout_path=rendered.stdout_path,
         )
@@ -361,43 +272,8 @@ def _how(job: LedgerJob) -> str:
     return job.message or str(job.state)
 
 
-def _record_answers(
-    ctx: Context, site: str, jobs: list[LedgerJob], answer: SiteResult[list[slurm.SubmissionOutcome]]
-) -> None:
-    """Write what the site answered; items whose answer was lost are settled from its record."""
-    ledger = ctx.ledger
-    unknown: list[LedgerJob] = []
-    if answer.value is None:
-        if answer.nothing_ran:
-            # Nothing was sent: the connection or the program never started.
-            for job in jobs:
-                ledger.mark_not_submitted(job.id, JobState.UNREACHABLE, answer.problem)
-            return
-        unknown = jobs
-    else:
-        accepted = []
-        for job, outcome in zip(jobs, answer.value, strict=True):
-            if outcome.kind is slurm.Outcome.ACCEPTED and outcome.job_id:
-                accepted.append((job.id, outcome.job_id))
-            elif outcome.kind is slurm.Outcome.REFUSED:
-                ledger.mark_not_submitted(job.id, JobState.REJECTED, outcome.error or "rejected")
-            elif outcome.kind is slurm.Outcome.SITE_DOWN:
-                ledger.mark_not_submitted(job.id, JobState.UNREACHABLE, f"site {site}: {outcome.error}")
-            elif outcome.kind is slurm.Outcome.CLAIMED:
-                ledger.mark_not_submitted(job.id, JobState.NOT_SENT, claimed_by(outcome.error, job))
-            else:
-                unknown.append(job)
-        ledger.mark_submitted_many(accepted)
-    if unknown:
-        # The answer for these was lost: the site's record says what happened, and
-        # fencing the claims that have no intent proves those were never sent.
-        # If the site cannot be asked now, they stay SUBMITTING: `aif status` settles them.
-        with contextlib.suppress(AifError):
-            settle_unresolved(ctx, site, [ledger.get(j.id) for j in unknown], fence_now=True)
-
-
 def _settle_earlier(
-    ctx: Context, planned: list[_Planned], key: str
+    ctx: Context, planned: list[Planned], key: str
 ) -> tuple[dict[int, SubmittedJob], dict[str, int]]:
     """What was already sent under ``key``, per planned spec, and the claim generation
     each remaining spec must use; checks the content matches.
@@ -421,7 +297,7 @@ def _settle_earlier(
     dirs = {}
     for name in sorted(sites):
         try:
-            dirs[name] = journal.record_dir(_work_area(ctx, name), key)
+            dirs[name] = journal.record_dir(work_area(ctx, name), key)
         except AifError:
             continue
     reads = ctx.per_site(dirs, lambda backend, directory: backend.read_record([directory]))
@@ -464,7 +340,7 @@ def _settle_earlier(
 
 def _earlier_job(
     ctx: Context,
-    p: _Planned,
+    p: Planned,
     key: str,
     earlier: list[LedgerJob],
     claims: list[tuple[str, journal.Claim]],
@@ -486,11 +362,20 @@ def _earlier_job(
     return None
 
 
-def _adopt(ctx: Context, p: _Planned, key: str, journal_dir: str, claim: journal.Claim) -> LedgerJob:
-    """A job another aif sent under this key, into this ledger under its own id and token."""
-    rendered = _render_for(ctx, p, claim.aif_id, claim.token)
+def _adopt(ctx: Context, p: Planned, key: str, journal_dir: str, claim: journal.Claim) -> LedgerJob:
+    """A job another aif sent under this key, into this ledger under its own id and token
+    (a task of an array: with its array's token, task, name and output)."""
+    rendered = render_for(ctx, p, claim.aif_id, claim.token)
     intent = _intent(p, key, journal_dir, None, claim.gen)
     intent.update(workdir=rendered.workdir, stdout_path=rendered.stdout_path, slurm_name=rendered.slurm_name)
+    if claim.array_token and claim.array_task is not None:
+        output_dir = array_output_dir(rendered.work_area, claim.array_token)
+        intent.update(
+            stdout_path=f"{output_dir}/slurm-%A_%a.out",
+            slurm_name=array_job_name(claim.array_token),
+            array_token=claim.array_token,
+            array_task=claim.array_task,
+        )
     return ctx.ledger.record_adopted(
         intent, job_id=claim.aif_id, token=claim.token, slurm_job_id=claim.slurm_job_id
     )

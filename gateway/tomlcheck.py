@@ -6,7 +6,6 @@ on one line, so that a user (or a script reading stderr) can act on it.
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 import sys
@@ -54,6 +53,8 @@ def show_key(key: str) -> str:
 
 def suggest(word: str, options: Sequence[str]) -> str | None:
     """The option the user most likely meant: a close spelling, else a prefix or part of it."""
+    import difflib  # only a mistake needs it: not imported at start-up
+
     close = difflib.get_close_matches(word, options, n=1)
     if close:
         return close[0]

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import click
 
-from gateway.cli import console, json_option, main, new_table, open_context, print_json
+from gateway.cli.app import command, console, json_option, new_table, open_context, print_json
 
 
-@main.command()
+@command("rank")
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--refresh", is_flag=True, help="Probe the sites' load now, whatever the snapshots' age.")
 @json_option
 @click.pass_context
 def rank(ctx: click.Context, spec: str, refresh: bool, as_json: bool) -> None:
-    """Where SPEC would start soonest: the eligible sites in order, each term, every exclusion."""
     from gateway import placement
     from gateway.submission import no_site_error
 
@@ -46,12 +45,11 @@ def rank(ctx: click.Context, spec: str, refresh: bool, as_json: bool) -> None:
         raise no_site_error(job_spec, ranking)
 
 
-@main.command()
+@command("load")
 @click.option("--refresh", is_flag=True, help="Probe now, whatever the snapshots' age.")
 @json_option
 @click.pass_context
 def load(ctx: click.Context, refresh: bool, as_json: bool) -> None:
-    """Each usable site's load: reachable or why not, free GPUs and CPUs, queue, snapshot age."""
     from gateway import placement
 
     with open_context(ctx) as lctx:
@@ -77,11 +75,10 @@ def load(ctx: click.Context, refresh: bool, as_json: bool) -> None:
     console().print(table)
 
 
-@main.command()
+@command("explain")
 @click.argument("job_id")
 @json_option
 def explain(job_id: str, as_json: bool) -> None:
-    """Why a job went where it went: the ranking when it was placed, and every submission attempt."""
     from gateway import placement
     from gateway.ledger import Ledger
 

@@ -6,12 +6,12 @@ from typing import Any
 
 import click
 
-from gateway.cli import console, json_option, main, new_table, print_json
+from gateway.cli.app import console, group, json_option, new_table, print_json
 
 
-@main.group()
+@group("sandbox")
 def sandbox() -> None:
-    """A federation of real Slurm clusters on this machine, to try aif (needs root)."""
+    pass  # a group: its commands are below
 
 
 @sandbox.command("up")

@@ -170,7 +170,8 @@ class Federation:
 
     def count_placed(self, spec: JobSpec, site: str) -> None:
         partition, gpus, cpus = job_need(spec, self.profiles[site])
-        placed = Placed(time.time(), partition, gpus, cpus)
+        res = spec.resources
+        placed = Placed(time.time(), partition, gpus, cpus, res.nodes, res.walltime_seconds)
         self._placed.setdefault(site, []).append(placed)
         # If the store cannot be written other processes will not see it; this one still counts it.
         with contextlib.suppress(OSError):

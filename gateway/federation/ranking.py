@@ -6,13 +6,20 @@ The score of an eligible site is one number of seconds, with its terms shown:
     score = time to start + data - sector bonus
 
 - time to start: Slurm's own estimated start at that site (``sbatch
-  --test-only``, converted with the site's clock). Once the jobs placed since
-  the probe no longer fit the capacity it saw free, the queue-depth term for
-  that excess is added: (work placed since + this job - free) over the
-  partition's size, times a round (the job's own walltime, or
-  ``queue_round_s``), the way ARC's FastestQueue normalises waiting jobs by
-  slots, turned into seconds. With no estimate from Slurm, the queue depth
-  alone: (work waiting + that excess) over the size, times a round;
+  --test-only``, converted with the site's clock), unless Slurm's queue read
+  GPU by GPU (``gateway.federation.backlog``: running jobs hold their GPUs
+  until their time limit, queued jobs take the earliest room in priority order)
+  starts the job earlier and no maintenance reservation explains the later
+  answer: Slurm plans queued jobs a whole node at a time, so on nodes that hold
+  several jobs its estimate for a small job is far too late. The jobs placed
+  since the probe are read into that queue too. Where the queue cannot be read
+  (an older probe, hidden jobs, a queue too long), once those jobs no longer fit
+  the capacity the probe saw free, the queue-depth term for the excess is added:
+  (work placed since + this job - free) over the partition's size, times a
+  round (the job's own walltime, or ``queue_round_s``), the way ARC's
+  FastestQueue normalises waiting jobs by slots, turned into seconds. With no
+  estimate from Slurm and no reading, the queue depth alone: (work waiting +
+  that excess) over the size, times a round;
 - data: inputs held at the site cost nothing (sites without them are not
   eligible yet: moving catalogue datasets is a later issue);
 - sector bonus: a factory whose sectors include the job's earns
@@ -30,6 +37,7 @@ from dataclasses import dataclass, field
 from gateway import slurm
 from gateway.config import PlacementWeights, UserConfig
 from gateway.errors import AifError
+from gateway.federation.backlog import Ask, earliest_start
 from gateway.federation.snapshot import Placed, Snapshot
 from gateway.profiles import SiteProfile, resolve_account
 from gateway.rendering import choose_partition
@@ -223,24 +231,25 @@ def _score(spec: JobSpec, view: SiteView, weights: PlacementWeights) -> Scored |
     # running jobs end (Slurm is the scheduler): a unit to compare queues in seconds.
     round_s = float(weights.queue_round_s or spec.resources.walltime_seconds)
     beyond = placed_here + need - max(free, 0)  # work placed since that the free capacity cannot take
+    reading = _backlog_reading(spec, snapshot, partition, (need_gpus, need_cpus), placed)
     if estimate is not None and estimate.seconds is not None:
-        start = estimate.seconds
-        where = estimate.partition or partition
-        basis = f"Slurm's estimate (sbatch --test-only): starts in {start:.0f} s in {where}"
-        if placed_here and beyond > 0:
+        start, basis = _from_estimate(estimate, snapshot, partition, reading)
+        if reading is None and placed_here and beyond > 0:
             extra = beyond / max(total, 1) * round_s
             start += extra
             basis += (
                 f", + {extra:.0f} s of queue for the {placed_here} {unit} placed since the probe "
                 f"({free} of {total} were free)"
             )
-        elif placed_here:
+        elif reading is None and placed_here:
             basis += f"; {placed_here} {unit} placed since still leave {free_after} free"
-        maintenance = (
-            snapshot.result.reservation_ending_by(estimate.seconds) if estimate.seconds > 0 else None
+    elif reading is not None:
+        start = reading[1]
+        basis = (
+            f"Slurm's queue read {_BY_UNIT}: starts in {start:.0f} s in {partition} (no estimate from Slurm)"
         )
-        if maintenance is not None:
-            basis += f", after maintenance reservation {maintenance.name} (until {maintenance.end})"
+        if placed_here:
+            basis += f", counting the {placed_here} {unit} placed since the probe"
     else:
         ahead = (waiting if snapshot.result.queue_visible else 0) + beyond
         start = max(0.0, ahead / max(total, 1) * round_s)
@@ -259,6 +268,71 @@ def _score(spec: JobSpec, view: SiteView, weights: PlacementWeights) -> Scored |
     terms = {"time_to_start": start, "data": data, "sector_bonus": -bonus if bonus else 0.0}
     share = max(0.0, free_after / max(total, 1))
     return Scored(site, start + data - bonus, terms, partition, basis, tuple(reasons), share)
+
+
+_BY_UNIT = "GPU by GPU (each job's time limit, Slurm's priority order)"
+
+
+def _from_estimate(
+    estimate: StartEstimate, snapshot: Snapshot, partition: str, reading: tuple[float, float] | None
+) -> tuple[float, str]:
+    """Time to start from Slurm's estimate, or from the GPU-level reading where Slurm's is later.
+
+    ``reading`` is (without, with) the jobs placed since the probe; their difference is
+    what those jobs add to Slurm's estimate, which was asked before they were placed.
+    """
+    assert snapshot.result is not None and estimate.seconds is not None
+    slurm_s = estimate.seconds
+    where = estimate.partition or partition
+    slurm_basis = f"Slurm's estimate (sbatch --test-only): starts in {slurm_s:.0f} s in {where}"
+    maintenance = snapshot.result.reservation_ending_by(slurm_s) if slurm_s > 0 else None
+    if reading is None:
+        if maintenance is not None:
+            slurm_basis += f", after maintenance reservation {maintenance.name} (until {maintenance.end})"
+        return slurm_s, slurm_basis
+    without, with_placed = reading
+    added = max(0.0, with_placed - without)
+    if slurm_s <= without or maintenance is not None:
+        start = slurm_s + added
+        if maintenance is not None:
+            slurm_basis += f", after maintenance reservation {maintenance.name} (until {maintenance.end})"
+        if added:
+            slurm_basis += f", + {added:.0f} s for the jobs placed since the probe (read {_BY_UNIT})"
+        return start, slurm_basis
+    basis = (
+        f"Slurm's queue read {_BY_UNIT}: starts in {with_placed:.0f} s in {partition}"
+        f"{' counting the jobs placed since the probe' if added else ''}; sbatch --test-only said"
+        f" {slurm_s:.0f} s, planning queued jobs a whole node at a time"
+    )
+    return with_placed, basis
+
+
+def _backlog_reading(
+    spec: JobSpec, snapshot: Snapshot, partition: str, need: tuple[int, int], placed: Sequence[Placed]
+) -> tuple[float, float] | None:
+    """Seconds to start read GPU by GPU, without and with the jobs placed since; None if unread."""
+    result = snapshot.result
+    if result is None or not result.queue_visible or not result.nodes:
+        return None
+    res = spec.resources
+    nodes = max(res.nodes, 1)
+    gpus, cpus = need
+    job = Ask(partition, nodes, gpus // nodes, -(-cpus // nodes), float(res.walltime_seconds))
+    asks = [
+        Ask(
+            p.partition,
+            p.nodes,
+            p.gpus // max(p.nodes, 1),
+            -(-p.cpus // max(p.nodes, 1)),
+            float(p.walltime_s or res.walltime_seconds),
+        )
+        for p in placed
+    ]
+    without = earliest_start(result.nodes, result.backlog, (), job)
+    if without is None:
+        return None
+    with_placed = earliest_start(result.nodes, result.backlog, asks, job) if asks else without
+    return without, with_placed if with_placed is not None else without
 
 
 def _usable_nodes(load: slurm.PartitionLoad) -> int:

@@ -24,6 +24,7 @@ from typing import Any
 
 from gateway import slurm
 from gateway.home import ensure_home
+from gateway.slurm.backlog import NodeSlots, QueuedJob
 from gateway.slurm.probe import PartitionDemand, ProbeResult, Reservation, StartEstimate
 
 
@@ -35,6 +36,8 @@ class Placed:
     partition: str
     gpus: int
     cpus: int
+    nodes: int = 1
+    walltime_s: int = 0  # 0: not recorded (snapshots written before it was)
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,8 @@ def _snapshot_to_json(snapshot: Snapshot) -> dict[str, Any]:
             "max_array_size": result.max_array_size,
             "site_now": result.site_now,
             "reservations": [dataclasses.asdict(r) for r in result.reservations],
+            "backlog": [dataclasses.asdict(j) for j in result.backlog],
+            "nodes": [dataclasses.asdict(n) for n in result.nodes],
         },
         "estimates": {k: dataclasses.asdict(v) for k, v in snapshot.estimates.items()},
         "placed": [dataclasses.asdict(p) for p in snapshot.placed],
@@ -164,6 +169,13 @@ def _snapshot_from_json(data: dict[str, Any]) -> Snapshot:
             site_now=str(raw.get("site_now", "")),
             reservations=tuple(
                 Reservation(**{**r, "flags": tuple(r["flags"])}) for r in raw.get("reservations", [])
+            ),
+            backlog=tuple(
+                QueuedJob(**{**j, "partitions": tuple(j["partitions"]), "hosts": tuple(j["hosts"])})
+                for j in raw.get("backlog", [])
+            ),
+            nodes=tuple(
+                NodeSlots(**{**n, "partitions": tuple(n["partitions"])}) for n in raw.get("nodes", [])
             ),
         )
     return Snapshot(

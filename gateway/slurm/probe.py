@@ -4,12 +4,14 @@ One probe is one command at the site (``bash -c PROGRAM aif-probe PARTITIONS``,
 the program being ``probe.sh`` beside this file):
 the site's clock, ``sinfo`` per partition (nodes by state, CPUs and GPUs idle
 and total), the pending and running jobs of every user in the partitions the
-job could use (with the CPUs and GPUs they hold or wait for), whether the site
+job could use (with the CPUs and GPUs they hold or wait for per node, their time
+limits, reasons, nodes and priorities: ``gateway.slurm.backlog``) and those
+partitions' nodes one by one, whether the site
 hides other users' jobs (``PrivateData``), its ``MaxArraySize``, and, with the
 job's rendered script on stdin, Slurm's own estimated start for it
 (``sbatch --test-only``, which answers on stderr "Job N to start at TIME
 using K processors on nodes X in partition P", or refuses). aif never
-models when running jobs end: Slurm is the scheduler.
+guesses when running jobs end: it reads Slurm's own limits. Slurm is the scheduler.
 """
 
 from __future__ import annotations
@@ -20,6 +22,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from gateway.slurm.backlog import (
+    BASIC_QUEUE_FIELDS,
+    QUEUE_FIELDS,
+    NodeSlots,
+    QueuedJob,
+    node_format,
+    parse_nodes,
+    parse_queue_line,
+    queue_format,
+)
 from gateway.slurm.jobs import SlurmOutputError, count_array_tasks
 from gateway.slurm.load import SINFO_FIELDS, PartitionLoad, gres_count, parse_sinfo
 
@@ -40,6 +52,8 @@ def probe_argv(partitions: Sequence[str], with_test: bool) -> list[str]:
         ",".join(partitions),
         fmt,
         "test" if with_test else "-",
+        queue_format(),
+        node_format(),
     ]
 
 
@@ -97,6 +111,9 @@ class ProbeResult:
     estimate: StartEstimate | None = None
     site_now: str = ""  # the site's local time when probed (ISO, as Slurm prints times)
     reservations: tuple[Reservation, ...] = ()
+    # Job by job and node by node (gateway.slurm.backlog); empty from older probes.
+    backlog: tuple[QueuedJob, ...] = ()
+    nodes: tuple[NodeSlots, ...] = ()
 
     def reservation_ending_by(self, seconds: float) -> Reservation | None:
         """A maintenance reservation that ends between the probe and ``seconds`` later (+1 min)."""
@@ -143,12 +160,15 @@ def parse_probe(stdout: str) -> ProbeResult:
     config = dict(line.split(None, 2)[0::2] for line in sections.get("config", []) if "=" in line)
     private = config.get("PrivateData", "").lower()
     array_size = config.get("MaxArraySize", "")
+    node_lines, node_rc = _body_and_rc(sections.get("nodes", []))
     test_lines, test_rc = _body_and_rc(sections["testonly"])
     reservations = tuple(r for r in (_reservation(line) for line in sections.get("resv", [])) if r)
     return ProbeResult(
         site_epoch=site_epoch,
         partitions=partitions,
         demand=parse_demand(queue_lines),
+        backlog=parse_backlog(queue_lines),
+        nodes=parse_nodes(node_lines) if node_rc == "0" else (),
         queue_visible="jobs" not in private,
         max_array_size=int(array_size) if array_size.isdigit() else None,
         estimate=None if test_rc == "-" else parse_test_only(test_lines, test_rc, now),
@@ -201,9 +221,9 @@ def parse_demand(lines: Sequence[str]) -> dict[str, PartitionDemand]:
         if not line.strip():
             continue
         fields = line.split("|")
-        if len(fields) != 7 or fields[6].strip():
+        if len(fields) not in (BASIC_QUEUE_FIELDS + 1, len(QUEUE_FIELDS) + 1) or fields[-1].strip():
             raise ProbeUnreadable(f"squeue line is not in aif's format: {line[:200]!r}")
-        partitions, state, nodes_text, cpus_text, tasks_text, tres, _ = fields
+        partitions, state, nodes_text, cpus_text, tasks_text, tres = fields[:BASIC_QUEUE_FIELDS]
         tasks = 1 if tasks_text.strip() in ("", "N/A") else count_array_tasks(tasks_text)
         nodes = _int(nodes_text) or 1
         cpus = _int(cpus_text) or 0
@@ -218,6 +238,12 @@ def parse_demand(lines: Sequence[str]) -> dict[str, PartitionDemand]:
     return {name: PartitionDemand(*row) for name, row in totals.items()}
 
 
+def parse_backlog(lines: Sequence[str]) -> tuple[QueuedJob, ...]:
+    """Every job of the queue section, in detail (none from an older probe's six fields)."""
+    jobs = (parse_queue_line(line.split("|")[:-1]) for line in lines if line.strip())
+    return tuple(job for job in jobs if job is not None)
+
+
 def _int(text: str) -> int | None:
     match = re.match(r"\s*([0-9]+)", text)
     return int(match.group(1)) if match else None
@@ -230,7 +256,7 @@ def _sections(stdout: str) -> dict[str, list[str]]:
         if line.startswith("@clock\t"):
             sections["clock"] = [line[len("@clock\t") :]]
             current = None
-        elif line in ("@sinfo", "@queue", "@config", "@resv", "@testonly", "@end"):
+        elif line in ("@sinfo", "@queue", "@nodes", "@config", "@resv", "@testonly", "@end"):
             current = sections.setdefault(line[1:], [])
         elif current is not None:
             current.append(line)

@@ -9,8 +9,10 @@ echo "@rc $rc"
 if [ "$rc" -ne 0 ]; then echo '@end'; exit 0; fi
 echo '@queue'
 if [ -n "$partitions" ]; then
-    squeue --noheader --states=PENDING,RUNNING --partition="$partitions" \
-        --Format='Partition:|,State:|,NumNodes:|,NumCPUs:|,ArrayTaskID:|,tres-per-node:|' 2>&1
+    squeue --noheader --states=PENDING,RUNNING --partition="$partitions" --Format="$4" 2>&1
+    echo "@rc $?"
+    echo '@nodes'
+    sinfo --noheader --Node --partition="$partitions" --Format="$5" 2>&1
     echo "@rc $?"
 else
     echo "@rc 0"

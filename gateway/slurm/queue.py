@@ -326,7 +326,12 @@ def _sacct_record(fields: list[str]) -> JobRecord | None:
 # id exits 0 silently, another user's job rc 210, controller down rc 8), so
 # aif confirms with squeue; no --me filter (`scancel --me 39_3` cancelled all
 # pending tasks 39_[1-5]); a pending array task cancelled by id leaves no
-# trace at all (no CANCELLED record, no jobcomp line).
+# trace at all (no CANCELLED record, no jobcomp line). Neither does --name
+# single out a task: `scancel --name=NAME 8_4` with task 4 still pending
+# cancelled every pending task of array 8 ("Terminating job 8_[0-2,4-5]"),
+# though a running task's own record is filtered right. So a task of an
+# array of specs (an id ARRAYID_TASK) is cancelled by its id alone, right
+# after the program checked with squeue that the array still has its name.
 # Runs as: bash -c PROGRAM aif-cancel NAME ID [NAME ID ...]
 _SCANCEL_BY_NAME_PROGRAM = Path(__file__).with_name("scancel_by_name.sh").read_text(encoding="utf-8")
 
@@ -334,7 +339,10 @@ _SCANCEL_BY_NAME_PROGRAM = Path(__file__).with_name("scancel_by_name.sh").read_t
 def scancel_by_name_argv(targets: Sequence[tuple[str, str]]) -> list[str]:
     """One command that cancels each ``(job id, Slurm name)`` only while that id has that name.
 
-    A '' name (a job of an older aif) is cancelled by id alone.
+    A '' name (a job of an older aif) is cancelled by id alone. A task
+    ``ARRAYID_TASK`` is cancelled alone, never its array, after a squeue of
+    the array (once per array, so put one array's tasks together) shows
+    every record still named ``name``; a task without a name is never signalled.
     """
     if not targets:
         raise ValueError("scancel needs at least one job id")

@@ -37,6 +37,7 @@ _SUBMISSION_PROGRAM = Path(__file__).with_name("submit.sh").read_text(encoding="
 # Answer codes the program uses besides sbatch's own exit status.
 CLAIMED_RC = -2  # the item is already claimed in the site's record: not sent by us
 RECORD_FAILED_RC = -3  # the site's record could not be written: not sent
+TOO_LARGE_RC = -4  # the array has more tasks than the site's MaxArraySize: not claimed, not sent
 
 
 @dataclass(frozen=True)
@@ -60,14 +61,53 @@ class SubmissionItem:
     aif_id: str = ""
 
 
+@dataclass(frozen=True)
+class ArrayMember:
+    """One spec of an array: its claim in the site's record (``ITEM.GEN``, with its own
+    ``token`` and ``aif_id``; '' for no record) and its own directory (``mkdir -p``)."""
+
+    claim: str
+    token: str
+    aif_id: str
+    workdir: str
+
+
+@dataclass(frozen=True)
+class ArraySubmission:
+    """ONE array job standing for several specs: task ``i`` is ``members[i]``.
+
+    The program claims every member in the site's record (``intent TOKEN
+    AIF_ID ARRAY_TOKEN TASK``), runs ONE ``sbatch --array=LIST`` for the
+    members it claimed (a member someone else holds is left out of the list,
+    so its task never runs), and answers each member ``ARRAYID_TASK``.
+    ``output_dir`` is the array's own directory (``mkdir -p``); ``array_token``
+    is the one all tasks carry as their comment.
+    """
+
+    script: str
+    output_dir: str
+    array_token: str
+    members: tuple[ArrayMember, ...]
+    extra_args: tuple[str, ...] = ()
+
+
+Submission = SubmissionItem | ArraySubmission
+
+
+def answer_count(items: Sequence[Submission]) -> int:
+    """How many answers the program gives: one per item, one per member of an array."""
+    return sum(len(i.members) if isinstance(i, ArraySubmission) else 1 for i in items)
+
+
 class Outcome(str, Enum):
     """What became of one submitted item, as the dialect classifies it."""
 
-    ACCEPTED = "accepted"  # sbatch gave a job id
+    ACCEPTED = "accepted"  # sbatch gave a job id (an array member: ARRAYID_TASK)
     REFUSED = "refused"  # the scheduler refused it (Slurm's words in ``error``): not submitted
     SITE_DOWN = "site down"  # the controller could not be reached: not submitted, retryable
     UNKNOWN = "unknown"  # maybe submitted: resolve by token before anything else
     CLAIMED = "claimed"  # another submission with the same key holds this item: not sent by us
+    TOO_LARGE = "too large"  # an array over the site's MaxArraySize: not sent, send it in smaller ones
 
 
 @dataclass(frozen=True)
@@ -109,6 +149,12 @@ def submission_program() -> str:
     and not sent), ``mkdir -p -- workdir`` if set, ``sbatch --parsable [extra
     args] script``, appends the ``answer`` to the record, and prints exactly
     one line ``index<TAB>rc<TAB>job-id-or-error`` (error text on one line).
+    An array (:class:`ArraySubmission`) answers one line per member, its
+    ``index`` counting members: each is claimed, ONE ``sbatch --array=LIST``
+    runs for the members claimed, and each answer is ``ARRAYID_TASK``; the
+    site's ``MaxArraySize`` (``scontrol show config``, read once, only when
+    the bundle holds an array) is checked first, and a larger array is
+    answered ``TOO_LARGE_RC`` for every member, nothing claimed or sent.
     A failing item does not stop the batch; the program exits 0 after the
     last item, or SUBMISSION_SETUP_FAILED before the first. A signal (the
     connection dropped: SIGHUP, SIGPIPE, SIGTERM) is acted on only once the
@@ -116,7 +162,7 @@ def submission_program() -> str:
     129/141/143 without starting another item, still removing the temp dir.
     Items without an answer line are "unknown" here; the site's record
     tells which of them were sent (``gateway.journal``). Over SSH the
-    program is one argv element of about 2 KiB (the 128 KiB argv limit only
+    program is one argv element of about 6 KiB (the 128 KiB argv limit only
     bites if scripts were put on the command line). It spans several lines,
     which a csh-family login shell would not accept inside quotes.
 
@@ -131,7 +177,7 @@ def submission_argv() -> list[str]:
     return ["bash", "-c", _SUBMISSION_PROGRAM, "aif-submit"]
 
 
-def build_submission_bundle(items: Sequence[SubmissionItem], journal_dir: str = "") -> bytes:
+def build_submission_bundle(items: Sequence[Submission], journal_dir: str = "") -> bytes:
     """An in-memory, byte-for-byte deterministic tar of the items.
 
     ``journal`` (the site record's directory for this submission,
@@ -139,27 +185,60 @@ def build_submission_bundle(items: Sequence[SubmissionItem], journal_dir: str = 
     ``aif-job.sh`` (the script), ``workdir`` (the directory, NUL-terminated),
     ``args`` (the extra sbatch arguments, each NUL-terminated) and, for an
     item with a claim, ``claim`` (claim, token and aif id, each NUL-terminated).
+    An array's ``workdir`` is its own directory and it has ``array`` instead
+    of ``claim``: its token, then claim, token, aif id and workdir of each
+    member, each NUL-terminated.
     """
-    if len(items) >= _MAX_ITEMS:
+    if len(items) >= _MAX_ITEMS or answer_count(items) >= _MAX_ITEMS:
         raise ValueError(f"at most {_MAX_ITEMS - 1} items per batch")
-    if any(item.claim for item in items) and not journal_dir.startswith("/"):
+    claims = any(
+        item.claim if isinstance(item, SubmissionItem) else any(m.claim for m in item.members)
+        for item in items
+    )
+    if claims and not journal_dir.startswith("/"):
         raise ValueError(f"items with claims need the record's absolute directory, not {journal_dir!r}")
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as bundle:
         if journal_dir:
             _add_to_tar(bundle, "journal", journal_dir.encode() + b"\0")
         for index, item in enumerate(items):
-            _check_item(index, item)
             directory = f"{index:06d}"
+            if isinstance(item, ArraySubmission):
+                _check_array(index, item)
+                workdir = item.output_dir
+            else:
+                _check_item(index, item)
+                workdir = item.workdir
             _add_to_tar(bundle, directory, None)
             _add_to_tar(bundle, f"{directory}/{_SCRIPT_FILE}", item.script.encode())
-            _add_to_tar(bundle, f"{directory}/workdir", item.workdir.encode() + b"\0")
+            _add_to_tar(bundle, f"{directory}/workdir", workdir.encode() + b"\0")
             args = b"".join(arg.encode() + b"\0" for arg in item.extra_args)
             _add_to_tar(bundle, f"{directory}/args", args)
-            if item.claim:
+            if isinstance(item, ArraySubmission):
+                fields = [item.array_token]
+                for m in item.members:
+                    fields += [m.claim, m.token, m.aif_id, m.workdir]
+                _add_to_tar(bundle, f"{directory}/array", b"".join(f.encode() + b"\0" for f in fields))
+            elif item.claim:
                 claim = b"".join(v.encode() + b"\0" for v in (item.claim, item.token, item.aif_id))
                 _add_to_tar(bundle, f"{directory}/claim", claim)
     return buffer.getvalue()
+
+
+def _check_array(index: int, array: ArraySubmission) -> None:
+    if len(array.members) < 1:
+        raise ValueError(f"item {index}: an array without members")
+    _check_item(index, SubmissionItem(array.script, array.output_dir, array.extra_args))
+    if not array.output_dir or not _TOKEN_RE.match(array.array_token):
+        raise ValueError(f"item {index}: an array needs its directory and token")
+    for member in array.members:
+        if not member.workdir:
+            raise ValueError(f"item {index}: every member of an array needs its directory")
+        _check_item(index, SubmissionItem(array.script, member.workdir, (), *_claim_of(member)))
+
+
+def _claim_of(member: ArrayMember) -> tuple[str, str, str]:
+    return member.claim, member.token, member.aif_id
 
 
 def _check_item(index: int, item: SubmissionItem) -> None:
@@ -198,7 +277,9 @@ def _add_to_tar(bundle: tarfile.TarFile, name: str, data: bytes | None) -> None:
 
 _CLAIM_RE = re.compile(r"[0-9a-f]{8,64}-[0-9]+\.[0-9]+")
 _OUTCOME_LINE_RE = re.compile(r"^([0-9]+)\t(-?[0-9]+)\t(.*)$")
-_PARSABLE_RE = re.compile(r"^\s*([0-9]+)(?:;(\S+))?\s*$")
+# sbatch --parsable prints ID or ID;CLUSTER; the program answers an array's members ID_TASK.
+_PARSABLE_RE = re.compile(r"^\s*([0-9]+(?:_[0-9]+)?)(?:;(\S+))?\s*$")
+_MAX_ARRAY_SIZE_RE = re.compile(r"MaxArraySize=([0-9]+)")
 
 # sbatch failures after which the controller may still have queued the job.
 _MAYBE_SUBMITTED_ERRORS = ("Socket timed out", "timed out", "Zero Bytes were transmitted")
@@ -254,6 +335,8 @@ def classify_sbatch(index: int, returncode: int, message: str) -> SubmissionOutc
         kind, error = Outcome.CLAIMED, message
     elif returncode == RECORD_FAILED_RC:
         kind, error = Outcome.SITE_DOWN, message
+    elif returncode == TOO_LARGE_RC:
+        kind, error = Outcome.TOO_LARGE, message
     elif returncode > 128 or any(text in message for text in _MAYBE_SUBMITTED_ERRORS):
         # Killed by a signal mid-RPC, or a controller timeout: it may be queued.
         kind, error = Outcome.UNKNOWN, message
@@ -263,3 +346,11 @@ def classify_sbatch(index: int, returncode: int, message: str) -> SubmissionOutc
     else:
         kind, error = Outcome.REFUSED, message
     return SubmissionOutcome(index=index, kind=kind, job_id=None, error=error, returncode=returncode)
+
+
+def max_array_size_of(outcome: SubmissionOutcome) -> int | None:
+    """The site's MaxArraySize a TOO_LARGE answer names (None for any other answer)."""
+    if outcome.kind is not Outcome.TOO_LARGE:
+        return None
+    match = _MAX_ARRAY_SIZE_RE.search(outcome.error)
+    return int(match.group(1)) if match else None

@@ -29,8 +29,16 @@ one_line() {
 journal=
 [ -f "$workspace/journal" ] && IFS= read -r -d '' journal <"$workspace/journal"
 # Every workdir (and the record's directory) first, in ONE mkdir: a fork per job
-# would cost more than its sbatch.
+# would cost more than its sbatch. An array brings its members' workdirs too; its
+# fields (token, then claim, token, aif id, workdir per member) are kept in one
+# flat list, from arrays[ITEM] to ends[ITEM], read in order (bash indexes lists
+# sequentially fast, but slices of them slowly).
 workdirs=()
+wanted=()
+[ -n "$journal" ] && [ ! -d "$journal" ] && wanted+=("$journal")
+fields=()
+arrays=()
+ends=()
 count=0
 while :; do
     printf -v item '%s/%06d' "$workspace" "$count"
@@ -38,54 +46,55 @@ while :; do
     workdir=
     IFS= read -r -d '' workdir <"$item/workdir"
     workdirs[count]=$workdir
+    [ -n "$workdir" ] && [ ! -d "$workdir" ] && wanted+=("$workdir")
+    if [ -f "$item/array" ]; then
+        arrays[count]=${#fields[@]}
+        while IFS= read -r -d '' field; do fields+=("$field"); done <"$item/array"
+        ends[count]=${#fields[@]}
+        for ((m = arrays[count] + 4; m < ends[count]; m += 4)); do
+            [ -d "${fields[m]}" ] || wanted+=("${fields[m]}")
+        done
+    fi
     count=$((count + 1))
 done
-wanted=()
-[ -n "$journal" ] && [ ! -d "$journal" ] && wanted+=("$journal")
-for workdir in ${workdirs[@]+"${workdirs[@]}"}; do
-    [ -n "$workdir" ] && [ ! -d "$workdir" ] && wanted+=("$workdir")
-done
+# The site's MaxArraySize, asked while the directories are made (only with an array).
+max_array=0
+asked=
+if [ "${#arrays[@]}" -gt 0 ]; then
+    { scontrol show config | sed -n 's/^MaxArraySize *= *\([0-9]*\).*/\1/p' >|"$workspace/max-array"; } \
+        2>/dev/null </dev/null &
+    asked=$!
+fi
 if [ "${#wanted[@]}" -gt 0 ]; then
     mkdir -p -- "${wanted[@]}" 2>|"$workspace/mkdir-errors" </dev/null || true
 fi
-index=0
-while [ "$index" -lt "$count" ] && [ -z "$stop" ]; do
-    printf -v item '%s/%06d' "$workspace" "$index"
-    index=$((index + 1))
-    workdir=${workdirs[index - 1]}
-    sbatch_args=()
-    while IFS= read -r -d '' arg; do
-        sbatch_args+=("$arg")
-    done <"$item/args"
-    record=
-    if [ -f "$item/claim" ]; then
-        { IFS= read -r -d '' claim; IFS= read -r -d '' token; IFS= read -r -d '' aif_id; } <"$item/claim"
-        record=$journal/$claim
-        # The intent, BEFORE sbatch: an item with no intent was provably never sent.
-        if ! printf 'intent\t%s\t%s\n' "$token" "$aif_id" 2>/dev/null >"$record"; then
-            held=
-            if [ -f "$record" ]; then
-                IFS= read -r held <"$record" || true
-                one_line "$held"
-                printf '%d\t%d\t%s\n' "$((index - 1))" -2 "$message"
-            else
-                printf '%d\t%d\t%s\n' "$((index - 1))" -3 \
-                    "cannot write the site record $record: not submitted"
-            fi
-            continue
-        fi
+# Claims ITEM ($1) for token $2 and aif id $3 (an array member: array token $4, task $5):
+# the intent, BEFORE sbatch, created exclusively. Else answers slot $6 why not, and fails.
+claim() {
+    record=$journal/$1
+    printf 'intent\t%s\t%s%s\n' "$2" "$3" "${4:+$'\t'$4$'\t'$5}" 2>/dev/null >"$record" && return 0
+    if [ -f "$record" ]; then
+        held=
+        IFS= read -r held <"$record" || true
+        one_line "$held"
+        printf '%d\t%d\t%s\n' "$6" -2 "$message"
+    else
+        printf '%d\t%d\t%s\n' "$6" -3 "cannot write the site record $record: not submitted"
     fi
-    # Not cd-ing anywhere: sbatch's working directory becomes the job's
-    # submit directory, and the temporary directory is about to vanish.
-    # Files instead of $(...) for the answers: one fork less per item.
+    return 1
+}
+# Runs sbatch with "$@" and sets rc and message (its answer, on one line).
+# Not cd-ing anywhere: sbatch's working directory becomes the job's submit
+# directory, and the temporary directory is about to vanish. Files instead
+# of $(...) for the answers: one fork less per item.
+run_sbatch() {
     rc=0
     if [ -n "$workdir" ] && [ ! -d "$workdir" ]; then
         # The batch mkdir failed for this one: say why, for this item only.
         mkdir -p -- "$workdir" 2>|"$workspace/errors" </dev/null || rc=$?
     fi
     if [ "$rc" -eq 0 ]; then
-        sbatch --parsable ${sbatch_args[@]+"${sbatch_args[@]}"} "$item/aif-job.sh" \
-            >|"$workspace/output" 2>|"$workspace/errors" </dev/null || rc=$?
+        sbatch --parsable "$@" >|"$workspace/output" 2>|"$workspace/errors" </dev/null || rc=$?
     fi
     output=
     if [ "$rc" -eq 0 ]; then
@@ -95,9 +104,84 @@ while [ "$index" -lt "$count" ] && [ -z "$stop" ]; do
         [ -n "$output" ] || output="exited with status $rc"
     fi
     one_line "$output"
+}
+# An array of specs: claim every member, ONE sbatch for the tasks claimed (a
+# member another submission holds is left out, so it never runs), then answer
+# each member ARRAYID_TASK, in the record first. Its members are answer slots
+# $slot on; an array over the site's MaxArraySize is not claimed, not sent.
+submit_array() {
+    at=${arrays[index - 1]}
+    array_token=${fields[at]}
+    members=$(((ends[index - 1] - at - 1) / 4))
+    first=$slot
+    slot=$((slot + members))
+    if [ -n "$asked" ]; then
+        wait "$asked" 2>/dev/null
+        asked=
+        IFS= read -r max_array 2>/dev/null <"$workspace/max-array"
+        [ -n "$max_array" ] || max_array=0
+    fi
+    if [ "$max_array" -gt 0 ] && [ "$members" -gt "$max_array" ]; then
+        for ((m = 0; m < members; m++)); do
+            printf '%d\t%d\t%s\n' "$((first + m))" -4 "$members tasks, over MaxArraySize=$max_array"
+        done
+        return
+    fi
+    tasks=()
+    list=
+    for ((m = 0, f = at + 1; m < members; m++, f += 4)); do
+        if [ -n "${fields[f]}" ]; then
+            claim "${fields[f]}" "${fields[f + 1]}" "${fields[f + 2]}" "$array_token" "$m" "$((first + m))" ||
+                continue
+        fi
+        # Task lists as ranges, 0-3,5-9: one short argument whatever the size.
+        case ,$list in
+        *,$((m - 1))) list=$list-$m ;;
+        *-$((m - 1))) list=${list%-*}-$m ;;
+        *) list=$list${list:+,}$m ;;
+        esac
+        tasks+=("$m")
+    done
+    [ -n "$list" ] || return
+    run_sbatch --array="$list" ${sbatch_args[@]+"${sbatch_args[@]}"} "$item/aif-job.sh"
+    base=${message%%;*}
+    answers=
+    for m in "${tasks[@]}"; do
+        answer=$message
+        [ "$rc" -ne 0 ] || answer=${base}_$m
+        claim=${fields[at + 1 + 4 * m]}
+        [ -z "$claim" ] || printf 'answer\t%d\t%s\n' "$rc" "$answer" >>"$journal/$claim"
+        answers=$answers$((first + m))$'\t'$rc$'\t'$answer$'\n'
+    done
+    # Every answer is in the record already: one write for all of them.
+    printf '%s' "$answers"
+}
+slot=0
+index=0
+while [ "$index" -lt "$count" ] && [ -z "$stop" ]; do
+    printf -v item '%s/%06d' "$workspace" "$index"
+    index=$((index + 1))
+    workdir=${workdirs[index - 1]}
+    sbatch_args=()
+    while IFS= read -r -d '' arg; do
+        sbatch_args+=("$arg")
+    done <"$item/args"
+    if [ -f "$item/array" ]; then
+        submit_array
+        continue
+    fi
+    this=$slot
+    slot=$((slot + 1))
+    record=
+    if [ -f "$item/claim" ]; then
+        { IFS= read -r -d '' claimed; IFS= read -r -d '' token; IFS= read -r -d '' aif_id; } <"$item/claim"
+        # An item with no intent was provably never sent.
+        claim "$claimed" "$token" "$aif_id" "" "" "$this" || continue
+    fi
+    run_sbatch ${sbatch_args[@]+"${sbatch_args[@]}"} "$item/aif-job.sh"
     # The answer goes to the site's record first, then to us.
     [ -z "$record" ] || printf 'answer\t%d\t%s\n' "$rc" "$message" >>"$record"
-    printf '%d\t%d\t%s\n' "$((index - 1))" "$rc" "$message"
+    printf '%d\t%d\t%s\n' "$this" "$rc" "$message"
 done
 [ -z "$stop" ] || exit "$stop"
 exit 0

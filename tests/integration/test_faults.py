@@ -73,7 +73,8 @@ def test_killed_mid_bulk_submit_then_rerun_with_the_key_sends_each_spec_once(
     prefix = f"kill{int(time.time()) % 100000}x"
     paths = specs(tmp_path, prefix, 200)
     key = f"test-{prefix}"
-    process = aif_process("submit", "--site", EAST, "--key", key, *paths)
+    # Each spec its own Slurm job (test_arrays.py kills aif mid-submit of arrays of specs).
+    process = aif_process("submit", "--site", EAST, "--no-coalesce", "--key", key, *paths)
     record = record_dir(key)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and process.poll() is None:
@@ -110,7 +111,7 @@ def test_killed_mid_bulk_submit_then_rerun_with_the_key_sends_each_spec_once(
     # Every job that ran is reported with its true end state, not "never submitted".
     assert {j.state for j in sent} == {JobState.COMPLETED}
     # The rerun: the same key and specs (aif's own message gives this command).
-    again = aif("submit", "--site", EAST, "--key", key, "--json", *paths)
+    again = aif("submit", "--site", EAST, "--no-coalesce", "--key", key, "--json", *paths)
     assert again.exit_code == 0, again.output + again.stderr
     rerun = json.loads(again.stdout)
     assert len(rerun) == 200 and all(j["slurm_job_id"] for j in rerun)
@@ -119,7 +120,7 @@ def test_killed_mid_bulk_submit_then_rerun_with_the_key_sends_each_spec_once(
     spec_names = sorted(n.split(".")[0] for n in names)
     assert spec_names == sorted(f"{prefix}{i}" for i in range(200)), "a spec was sent twice or not at all"
     # A third run sends nothing at all.
-    third = aif_json("submit", "--site", EAST, "--key", key, *paths)
+    third = aif_json("submit", "--site", EAST, "--no-coalesce", "--key", key, *paths)
     assert {j["how"] for j in third} == {"sent before"}
 
 
@@ -169,7 +170,9 @@ def test_eight_concurrent_submits_give_200_jobs_no_duplicates(
 ) -> None:
     prefix = f"conc{int(time.time()) % 100000}x"
     batches = [specs(tmp_path, f"{prefix}{p}-", 25) for p in range(8)]
-    processes = [aif_process("submit", "--site", EAST, "--json", *batch) for batch in batches]
+    processes = [
+        aif_process("submit", "--site", EAST, "--no-coalesce", "--json", *batch) for batch in batches
+    ]
     outputs = [p.communicate(timeout=300) for p in processes]
     for process, (_stdout, stderr) in zip(processes, outputs, strict=True):
         assert process.returncode == 0, stderr
@@ -204,7 +207,7 @@ def test_sshd_killed_mid_bulk_leaves_exactly_one_job_per_spec(
 
     with ThreadPoolExecutor(1) as pool:
         killer = pool.submit(kill_sessions_once_claims_appear)
-        result = aif("submit", "--site", EAST, "--key", key, "--json", *paths)
+        result = aif("submit", "--site", EAST, "--no-coalesce", "--key", key, "--json", *paths)
         assert killer.result(), "no sshd session was killed"
     assert "Traceback" not in result.output
     env_settle = {"AIF_LOST_SUBMISSION_AFTER": "0", "AIF_JUST_SUBMITTED_GRACE": "0"}
@@ -212,7 +215,7 @@ def test_sshd_killed_mid_bulk_leaves_exactly_one_job_per_spec(
         os.environ[name] = value
     try:
         aif("status")
-        rerun = aif("submit", "--site", EAST, "--key", key, "--json", *paths)
+        rerun = aif("submit", "--site", EAST, "--no-coalesce", "--key", key, "--json", *paths)
     finally:
         for name in env_settle:
             os.environ.pop(name, None)

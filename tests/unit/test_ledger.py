@@ -155,7 +155,7 @@ def test_v1_ledger_is_migrated(tmp_path: Path) -> None:
     make_v1(path)
     assert "message" not in columns(path)
     with Ledger(path) as led:
-        assert led.schema_version() == SCHEMA_VERSION == 4
+        assert led.schema_version() == SCHEMA_VERSION == 5
         old = led.get("aif-oldoldold1")
         assert old.state == "RUNNING" and old.reason == "None" and old.slurm_job_id == "4242"
         assert old.outputs == ("a",)
@@ -175,20 +175,20 @@ def test_migration_is_one_transaction(tmp_path: Path, monkeypatch: pytest.Monkey
     path = tmp_path / "ledger.sqlite"
     make_v1(path)
 
-    def broken_v5(conn: sqlite3.Connection) -> None:
+    def broken_v6(conn: sqlite3.Connection) -> None:
         conn.execute("CREATE TABLE extra (x INTEGER)")
-        raise sqlite3.OperationalError("boom in v5")
+        raise sqlite3.OperationalError("boom in v6")
 
-    monkeypatch.setattr(ledger_mod, "_MIGRATIONS", (*ledger_mod._MIGRATIONS, broken_v5))
-    monkeypatch.setattr(ledger_mod, "SCHEMA_VERSION", 5)
-    with pytest.raises(ConfigError, match="boom in v5"):
+    monkeypatch.setattr(ledger_mod, "_MIGRATIONS", (*ledger_mod._MIGRATIONS, broken_v6))
+    monkeypatch.setattr(ledger_mod, "SCHEMA_VERSION", 6)
+    with pytest.raises(ConfigError, match="boom in v6"):
         Ledger(path)
-    # Nothing of v2 to v5 survived: still a clean v1 ledger.
+    # Nothing of v2 to v6 survived: still a clean v1 ledger.
     assert user_version(path) == 1
     assert "message" not in columns(path)
     monkeypatch.undo()
     with Ledger(path) as led:
-        assert led.schema_version() == 4
+        assert led.schema_version() == 5
         assert led.get("aif-oldoldold1").name == "old"
 
 
@@ -199,7 +199,7 @@ def test_newer_ledger_is_refused(tmp_path: Path) -> None:
     conn = sqlite3.connect(path)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     conn.close()
-    with pytest.raises(ConfigError, match=r"schema version 5.*upgrade aif"):
+    with pytest.raises(ConfigError, match=r"schema version 6.*upgrade aif"):
         Ledger(path)
     # Refusing must not have touched it.
     assert user_version(path) == SCHEMA_VERSION + 1
@@ -226,6 +226,8 @@ def test_stored_columns_hold_no_secret_material(ledger: Ledger) -> None:
         "submission_key", "item", "claim_gen", "journal_dir", "slurm_name",
         # v4: the federation's ranking (sites, scores, reasons): no secrets.
         "placement",
+        # v5: a task of an array of specs: the array's submission token and the task: no secrets.
+        "array_token", "array_task",
     }  # fmt: skip
 
 

@@ -23,6 +23,7 @@ from gateway.ledger import Ledger
 from gateway.lifecycle import refresh, submit
 from gateway.profiles import load_profile
 from gateway.site import SlurmCliBackend
+from gateway.slurm import jobcomp
 from gateway.states import JobState
 from gateway.transports.base import CommandResult
 from gateway.transports.fake import FakeCall, FakeTransport
@@ -49,27 +50,43 @@ class FakeClock:
 
 @dataclass
 class SimulatedSite:
-    """The site's files (its record) and queue, and what goes wrong there."""
+    """The site's files (its record) and queue, and what goes wrong there.
+
+    An array of specs in a bundle is claimed and sent as the real program does
+    (tests/unit/test_arrays.py): its tasks join the queue as ``ID_TASK``.
+    """
 
     claims: dict[str, list[str]] = field(default_factory=dict)  # path -> lines
     queue: list[tuple[str, str, str]] = field(default_factory=list)  # (id, token, name)
     next_id: int = 100
     controller_down: bool = False
     stop_after: int | None = None  # the program dies after this many items (answers lost)
+    max_array_size: int = 1001
+    die_after_array_sbatch: bool = False  # an array was sent, then the program died: no answers
+    jobcomp: list[str] = field(default_factory=list)  # the job-completion log's lines
+    sbatch_calls: int = 0
 
     def submission(self, call: FakeCall) -> CommandResult:
         with tarfile.open(fileobj=io.BytesIO(call.stdin or b"")) as bundle:
             files = {m.name: bundle.extractfile(m).read() for m in bundle.getmembers() if m.isfile()}  # type: ignore[union-attr]
         journal = files.get("journal", b"").rstrip(b"\0").decode()
-        lines = []
+        lines: list[str] = []
         index = 0
+        slot = 0
         while f"{index:06d}/aif-job.sh" in files:
             if self.stop_after is not None and index >= self.stop_after:
                 return CommandResult(call.argv, 129, "\n".join(lines) + "\n", "")
+            if f"{index:06d}/array" in files:
+                fields = files[f"{index:06d}/array"].decode().split("\0")[:-1]
+                if not self._array(journal, fields, slot, lines):
+                    return CommandResult(call.argv, 129, "\n".join(lines) + "\n", "")
+                slot += (len(fields) - 1) // 4
+                index += 1
+                continue
             claim, token, aif_id = files[f"{index:06d}/claim"].decode().split("\0")[:3]
             path = f"{journal}/{claim}"
             if path in self.claims:
-                lines.append(f"{index}\t-2\t{self.claims[path][0]}")
+                lines.append(f"{slot}\t-2\t{self.claims[path][0]}")
             else:
                 self.claims[path] = [f"intent\t{token}\t{aif_id}"]
                 if self.controller_down:
@@ -78,14 +95,48 @@ class SimulatedSite:
                     )
                 else:
                     self.next_id += 1
+                    self.sbatch_calls += 1
                     script = files[f"{index:06d}/aif-job.sh"].decode()
                     name = script.split("--job-name=")[1].split("\n")[0]
                     self.queue.append((str(self.next_id), token, name))
                     answer = f"0\t{self.next_id}"
                 self.claims[path].append(f"answer\t{answer}")
-                lines.append(f"{index}\t{answer}")
+                lines.append(f"{slot}\t{answer}")
             index += 1
+            slot += 1
         return CommandResult(call.argv, 0, "\n".join(lines) + "\n", "")
+
+    def _array(self, journal: str, fields: list[str], slot: int, lines: list[str]) -> bool:
+        """An array item as submit.sh handles it; False when the program "dies" after sbatch."""
+        array_token, members = fields[0], (len(fields) - 1) // 4
+        if members > self.max_array_size:
+            lines += [
+                f"{slot + m}\t-4\t{members} tasks, over MaxArraySize={self.max_array_size}"
+                for m in range(members)
+            ]
+            return True
+        tasks = []
+        for m in range(members):
+            claim, token, aif_id = fields[1 + 4 * m : 4 + 4 * m]
+            path = f"{journal}/{claim}"
+            if path in self.claims:
+                lines.append(f"{slot + m}\t-2\t{self.claims[path][0]}")
+                continue
+            self.claims[path] = [f"intent\t{token}\t{aif_id}\t{array_token}\t{m}"]
+            tasks.append(m)
+        if not tasks:
+            return True
+        self.next_id += 1
+        self.sbatch_calls += 1
+        name = "aif-array." + array_token.removeprefix("aif-tok-")
+        self.queue += [(f"{self.next_id}_{m}", array_token, name) for m in tasks]
+        if self.die_after_array_sbatch:
+            return False
+        for m in tasks:
+            claim = fields[1 + 4 * m]
+            self.claims[f"{journal}/{claim}"].append(f"answer\t0\t{self.next_id}_{m}")
+            lines.append(f"{slot + m}\t0\t{self.next_id}_{m}")
+        return True
 
     def record(self, call: FakeCall) -> CommandResult:
         args = list(call.argv[4:])
@@ -111,9 +162,25 @@ class SimulatedSite:
         sep, end = slurm.FIELD_SEPARATOR, slurm.RECORD_END
         rows = []
         for job_id, token, name in self.queue:
-            fields = [job_id, job_id, job_id, "N/A", "PENDING", "standard", "", "", "", "", "0", "None"]
+            base, _, task = job_id.partition("_")
+            raw = str(int(base) * 1000 + int(task)) if task else job_id
+            ids = [raw, job_id, base, task or "N/A"]
+            fields = [*ids, "PENDING", "standard", "", "", "", "", "0", "None"]
             rows.append(sep.join([*fields, f"aif:{token}", name]) + end)
         return CommandResult(call.argv, 0, "\n".join(rows) + ("\n" if rows else ""), "")
+
+    def jobcomp_log(self, call: FakeCall) -> CommandResult:
+        names = call.argv[4:]
+        found = [line for line in self.jobcomp if any(f"Name={n} JobState=" in line for n in names)]
+        return CommandResult(call.argv, 0, "\n".join([*found, "@end"]) + "\n", "")
+
+    def scancel(self, call: FakeCall) -> CommandResult:
+        """scancel_by_name.sh: a task by its id once its array's name is checked, a job by id and name."""
+        args = list(call.argv[4:])
+        while args:
+            name, job_id, *args = args
+            self.queue = [q for q in self.queue if not (q[0] == job_id and (q[2] == name or not name))]
+        return CommandResult(call.argv, 0, "", "")
 
 
 @pytest.fixture
@@ -124,6 +191,8 @@ def site() -> SimulatedSite:
 def make_context(site: SimulatedSite, clock: FakeClock, ledger_path: Path) -> Context:
     fake = FakeTransport(SITE)
     fake.respond(["bash", "-c", slurm.submission_program()], handler=site.submission)
+    fake.respond(["bash", "-c", jobcomp.jobcomp_tasks_argv(["x"])[2]], handler=site.jobcomp_log)
+    fake.respond(["bash", "-c", slurm.scancel_by_name_argv([("1", "x")])[2]], handler=site.scancel)
     fake.respond(["bash", "-c"], handler=site.record)
     fake.respond(["squeue"], handler=site.squeue)
     fake.respond(["sacct"], stdout="")  # nothing has finished at the simulated site
@@ -170,12 +239,13 @@ def test_program_died_mid_batch_then_status_and_rerun_send_each_spec_once(
     """Defects 2 and 3 at unit level: answers lost after 3 of 5; the record settles all five."""
     site.stop_after = 3
     ctx = make_context(site, FakeClock(), tmp_path / "l.sqlite")
-    report = submit(ctx, specs(tmp_path, 5), site=SITE, key="k1")
+    # Each spec its own job (tests/unit/test_arrays.py has this for arrays of specs).
+    report = submit(ctx, specs(tmp_path, 5), site=SITE, key="k1", coalesce=False)
     states = [j.job.state for j in report.jobs]
     # Items 3 and 4 had no intent: the settling fenced them, proving them unsent.
     assert states == [JobState.PENDING] * 3 + [JobState.NOT_SENT] * 2
     site.stop_after = None
-    again = submit(ctx, specs(tmp_path, 5), site=SITE, key="k1")
+    again = submit(ctx, specs(tmp_path, 5), site=SITE, key="k1", coalesce=False)
     assert [j.how for j in again.jobs] == ["sent before"] * 3 + ["submitted"] * 2
     assert len(site.queue) == 5 and len({name for _, _, name in site.queue}) == 5
 
@@ -184,9 +254,9 @@ def test_another_machine_with_the_same_key_adopts_instead_of_sending(
     site: SimulatedSite, tmp_path: Path
 ) -> None:
     first = make_context(site, FakeClock(), tmp_path / "a.sqlite")
-    submit(first, specs(tmp_path, 2), site=SITE, key="shared")
+    submit(first, specs(tmp_path, 2), site=SITE, key="shared", coalesce=False)
     other = make_context(site, FakeClock(), tmp_path / "b.sqlite")  # a fresh ledger: another machine
-    report = submit(other, specs(tmp_path, 2), site=SITE, key="shared")
+    report = submit(other, specs(tmp_path, 2), site=SITE, key="shared", coalesce=False)
     assert [j.how for j in report.jobs] == ["adopted from the site's record"] * 2
     assert [j.job.id for j in report.jobs] == [j.id for j in first.ledger.jobs_with_key("shared")]
     assert len(site.queue) == 2

@@ -18,7 +18,8 @@ What this package promises:
   retrying is safe. Failing to connect at all is a plain ``SiteUnreachable``:
   nothing was sent.
 
-Its modules, each built on the ones before it: ``config`` (``SshTarget``,
+Its modules, each built on the ones before it: ``paramiko_import``
+(paramiko without invoke unless ``Match exec`` needs it), ``config`` (``SshTarget``,
 ``~/.ssh/config``, the route), ``known_hosts`` (host keys), ``identities``
 (client keys, certificates, the agent), ``connection`` (sockets, logins, jump
 hosts) and ``transport`` (``SshTransport``, SFTP, ``connection_for``).
@@ -26,6 +27,10 @@ hosts) and ``transport`` (``SshTransport``, SFTP, ``connection_for``).
 
 from __future__ import annotations
 
+# First, before any module of the package imports paramiko: see paramiko_import.py.
+import gateway.transports.ssh.paramiko_import  # noqa: F401
+
+# isort: split
 from gateway.transports.ssh.config import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_IDENTITY_NAMES,

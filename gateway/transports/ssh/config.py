@@ -23,6 +23,7 @@ from typing import Any
 import paramiko
 
 from gateway.errors import ConfigError
+from gateway.transports.ssh.paramiko_import import MATCH_EXEC, give_paramiko_invoke
 
 DEFAULT_PORT = 22
 DEFAULT_CONNECT_TIMEOUT = 15.0
@@ -113,7 +114,10 @@ def _load_ssh_config(target: SshTarget) -> paramiko.SSHConfig | None:
     if not path.is_file():
         return None
     try:
-        return paramiko.SSHConfig.from_text(_config_text(path, 0))
+        text = _config_text(path, 0)
+        if MATCH_EXEC.search(text):
+            give_paramiko_invoke()
+        return paramiko.SSHConfig.from_text(text)
     except (OSError, paramiko.SSHException) as exc:
         raise ConfigError(f"cannot read ssh config {path}: {_one_line(exc)}") from None
 

@@ -1,0 +1,171 @@
+"""Array coalescing: 200 specs of one shape in one `aif submit`, sent as ONE Slurm array job,
+against one `ssh site sbatch --array=0-199` and the local one-by-one sbatch loop, side by side.
+
+Run as root with `make bench` (brings the sandbox up if it is not; in a loopback-only network
+namespace of your own if another sandbox may be running). sandbox-east's nodes are drained
+for the measurement so every job stays pending: what is timed is submission alone. Methods
+are interleaved per repetition and the queue is emptied between them; the medians are
+compared. Prints one table and a final line of ratios. Goal: aif's CLI process (Python
+start-up, the SSH handshake, validation, placement, the ledger, the site's record and the
+one remote command included) at most 1.3x the plain `ssh site sbatch --array=0-199` process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import compileall
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import gateway
+from gateway import lifecycle
+from gateway.context import open_context
+from gateway.sandbox import manager
+
+SITE = "sandbox-east"
+SCRIPT = "#!/bin/bash\n#SBATCH --time=00:01:00\n#SBATCH --output=/dev/null\ntrue\n"
+
+
+def spec_text(i: int) -> str:
+    """One-line specs of one shape: each its own name, command and (default) directory."""
+    return f'[job]\nname = "bench-{i}"\ncommand = ["echo", "{i}"]\n[resources]\nwalltime = "00:01:00"\n'
+
+
+def slurm(conf: str, *argv: str) -> str:
+    env = {**os.environ, "SLURM_CONF": conf}
+    return subprocess.run(argv, env=env, check=True, capture_output=True, text=True, timeout=120).stdout
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("bench: run as root (it drains sandbox nodes)", file=sys.stderr)
+        return 2
+
+    # As an installed aif has them (pip compiles on install): PYTHONDONTWRITEBYTECODE would
+    # otherwise make every CLI process compile aif's modules from source.
+    compileall.compile_dir(Path(gateway.__file__).parent, quiet=1)
+    manager.up(progress=lambda line: print(f"[sandbox] {line}", file=sys.stderr))
+    facts = manager.facts()
+    site = facts.site(SITE)
+    conf = str(site.slurm_conf)
+    nodes = ",".join(n for n in slurm(conf, "sinfo", "-h", "-N", "-o", "%N").split() if n)
+
+    # A private AIF_HOME for the bench's ledger, seeing the same sandbox sites.
+    work = Path(tempfile.mkdtemp(prefix="aif-bench-arrays-"))
+    for part in ("profiles", "config.d"):
+        shutil.copytree(facts.aif_home / part, work / "home" / part)
+    os.environ["AIF_HOME"] = str(work / "home")
+    specs = []
+    scripts = work / "scripts"
+    scripts.mkdir()
+    for i in range(args.jobs):
+        spec = work / f"spec-{i:04d}.toml"
+        spec.write_text(spec_text(i))
+        specs.append(str(spec))
+        (scripts / f"{i:04d}.sh").write_text(SCRIPT)
+    aif = Path(sys.executable).parent / "aif"
+    ssh = [
+        "ssh",
+        "-F",
+        "/dev/null",
+        "-i",
+        str(site.identity_file),
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        f"UserKnownHostsFile={site.known_hosts}",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "BatchMode=yes",
+        "-p",
+        str(site.ssh_port),
+        f"{site.user}@{site.host}",
+    ]
+
+    def ssh_array() -> None:
+        argv = [*ssh, "sbatch", "--parsable", f"--array=0-{args.jobs - 1}"]
+        result = subprocess.run(argv, input=SCRIPT, capture_output=True, text=True, check=True)
+        assert result.stdout.strip().isdigit(), result.stdout
+
+    def local_loop() -> None:
+        subprocess.run(
+            ["bash", "-c", f'for f in {scripts}/*.sh; do sbatch --parsable "$f" >/dev/null || exit 1; done'],
+            env={**os.environ, "SLURM_CONF": conf},
+            check=True,
+        )
+
+    def aif_cli(*extra: str) -> Callable[[], None]:
+        def run() -> None:
+            result = subprocess.run(
+                [str(aif), "submit", "--site", SITE, "--json", *extra, *specs], capture_output=True, text=True
+            )
+            assert result.returncode == 0, result.stderr
+            assert result.stdout.count('"slurm_job_id": "') == args.jobs
+
+        return run
+
+    def aif_library() -> None:
+        with open_context() as ctx:
+            jobs = lifecycle.submit(ctx, specs, site=SITE).jobs
+        assert all(j.job.slurm_job_id for j in jobs)
+        assert len({j.job.slurm_job_id.split("_")[0] for j in jobs if j.job.slurm_job_id}) == 1
+
+    methods: dict[str, Callable[[], None]] = {
+        f"ssh site sbatch --array=0-{args.jobs - 1}": ssh_array,
+        "aif submit, CLI process (one array)": aif_cli(),
+        "aif submit, library call (one array)": aif_library,
+        "aif submit --no-coalesce, CLI process": aif_cli("--no-coalesce"),
+        "local sbatch loop (login node)": local_loop,
+    }
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    slurm(conf, "scontrol", "update", f"nodename={nodes}", "state=drain", "reason=aif-bench")
+    try:
+        for run in methods.values():  # warm-up, not timed: the SSH host key, caches, the ledger
+            run()
+            slurm(conf, "scancel", f"--user={site.user}")
+        for rep in range(args.repeat):
+            for name, run in methods.items():
+                started = time.perf_counter()
+                run()
+                times[name].append(time.perf_counter() - started)
+                # Empty the queue: the next method starts from the same controller state.
+                slurm(conf, "scancel", "--user=root")
+                slurm(conf, "scancel", f"--user={site.user}")
+                while slurm(conf, "squeue", "-h", "-t", "pending,running").strip():
+                    time.sleep(0.05)
+            print(f"[bench] repetition {rep + 1}/{args.repeat} done", file=sys.stderr)
+    finally:
+        slurm(conf, "scancel", "--user=root")
+        slurm(conf, "scancel", f"--user={site.user}")
+        slurm(conf, "scontrol", "update", f"nodename={nodes}", "state=resume")
+        shutil.rmtree(work, ignore_errors=True)
+
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    floor = medians[f"ssh site sbatch --array=0-{args.jobs - 1}"]
+    loop = medians["local sbatch loop (login node)"]
+    print(f"\n{args.jobs} specs of one shape to {SITE}, median of {args.repeat} interleaved runs")
+    print(f"{'method':42} {'s':>7} {'x ssh array':>11} {'x local loop':>13}")
+    for name, median in medians.items():
+        print(f"{name:42} {median:7.3f} {median / floor:11.2f} {median / loop:13.2f}")
+    cli = medians["aif submit, CLI process (one array)"]
+    print(
+        f"\nratio: aif CLI (one array) / ssh sbatch --array = {cli / floor:.2f} (goal <= 1.3); "
+        f"/ local loop = {cli / loop:.2f} (goal about 0.3)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
