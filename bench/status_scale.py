@@ -12,9 +12,12 @@ JSON must hold every job, and each `aif status` runs more than the poll
 interval after the previous one, so it really asks (no shared answer is
 reused). Peak RSS is the largest child's maxrss (the aif processes; ssh is
 far smaller). For the breakdown: the same status as a library call in this
-process (imports warm, no interpreter start), and a Python process that only
-imports what `aif status` imports. The queue is emptied and the nodes resumed at the end.
-Prints the medians and one line of ratios against the goals.
+process (imports warm, no interpreter start), a Python process that only
+imports what `aif status` imports, and `aif status` of the first site's jobs
+alone (one site against its own ssh: the sandbox's three sshd and
+controllers share the machine's two cores with aif, real sites do not).
+The queue is emptied and the nodes resumed at the end. Prints the medians
+and one line of ratios against the goals.
 """
 
 from __future__ import annotations
@@ -79,8 +82,8 @@ def aif_command() -> str:
     return str(Path(sys.executable).parent / "aif")
 
 
-def submit_jobs(sites: list[SiteAccess], count: int, work: Path) -> None:
-    """``count`` one-line specs spread over the sites, one `aif submit` per site."""
+def submit_jobs(sites: list[SiteAccess], count: int, work: Path) -> dict[str, list[str]]:
+    """``count`` one-line specs spread over the sites, one `aif submit` per site; their aif ids."""
     help_text = subprocess.run([aif_command(), "submit", "--help"], capture_output=True, text=True).stdout
     coalesce = ["--no-coalesce"] if "--no-coalesce" in help_text else []
     specs = []
@@ -88,6 +91,7 @@ def submit_jobs(sites: list[SiteAccess], count: int, work: Path) -> None:
         path = work / f"spec-{i:05d}.toml"
         path.write_text(SPEC.format(i=i))
         specs.append(str(path))
+    ids = {}
     for index, site in enumerate(sites):
         mine = specs[index :: len(sites)]
         result = subprocess.run(
@@ -98,6 +102,8 @@ def submit_jobs(sites: list[SiteAccess], count: int, work: Path) -> None:
         jobs = json.loads(result.stdout or "[]")
         if result.returncode != 0 or len(jobs) != len(mine) or not all(j["slurm_job_id"] for j in jobs):
             raise SystemExit(f"bench: submitting to {site.name} failed: {result.stderr.strip()[-500:]}")
+        ids[site.name] = [job["id"] for job in jobs]
+    return ids
 
 
 def main() -> int:
@@ -124,6 +130,7 @@ def main() -> int:
     aif_times: list[float] = []
     library_times: list[float] = []
     import_times: list[float] = []
+    one_site_times: list[float] = []
     # What `aif status` imports before it asks anything (its floor as a Python process).
     imports = [sys.executable, "-c", "import gateway.cli, gateway.status, gateway.transports.ssh"]
     queries: list[dict[str, int]] = []
@@ -139,7 +146,7 @@ def main() -> int:
         )
     try:
         started = time.perf_counter()
-        submit_jobs(sites, args.jobs, work)
+        ids = submit_jobs(sites, args.jobs, work)
         print(f"[bench] {args.jobs} jobs submitted in {time.perf_counter() - started:.1f} s", file=sys.stderr)
         last_status = 0.0
         for rep in range(args.repeat + 1):  # the first round warms caches and is not counted
@@ -167,8 +174,20 @@ def main() -> int:
                         count[site.name] += 1
             t0 = time.perf_counter()
             subprocess.run(imports, check=True)
+            import_elapsed = time.perf_counter() - t0
+            # The same for one site's jobs alone: one site against one ssh, like for like.
+            time.sleep(max(0.0, last_status + poll_interval + 0.1 - time.perf_counter()))
+            t0 = time.perf_counter()
+            one = subprocess.run(
+                [aif_command(), "-v", "status", "--json", *ids[sites[0].name]], capture_output=True, text=True
+            )
+            one_elapsed = time.perf_counter() - t0
+            last_status = time.perf_counter()
+            if one.returncode != 0 or one.stderr.count(f"+ [{sites[0].name}] ") != 1:
+                raise SystemExit(f"bench: aif status of {sites[0].name}'s jobs: {one.stderr.strip()[-500:]}")
             if rep:
-                import_times.append(time.perf_counter() - t0)
+                import_times.append(import_elapsed)
+                one_site_times.append(one_elapsed)
                 aif_times.append(elapsed)
                 queries.append(count)
                 library_times.append(library_status(last_status, poll_interval))
@@ -204,6 +223,9 @@ def main() -> int:
     print(f"{'aif status, library call (3 sites at once)':52} {library:7.3f} {library / slowest:14.2f}")
     cli = "aif -v status --json, CLI process (3 sites at once)"
     print(f"{cli:52} {aif_median:7.3f} {aif_median / slowest:14.2f}")
+    one = statistics.median(one_site_times)
+    mine = f"aif -v status --json ID..., {sites[0].name}'s jobs only"
+    print(f"{mine:52} {one:7.3f} {one / ssh_medians[sites[0].name]:14.2f} (x its own ssh)")
     print(
         f"queries per site per aif status (from -v): {per_site[1]}..{per_site[0]}; "
         f"peak RSS of a child process: {rss_mb:.0f} MB"
