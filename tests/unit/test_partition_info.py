@@ -1,4 +1,4 @@
-"""gateway.slurm.partitions and profile_compare against real Slurm 22.05 output (tests/data/slurm/README.md)."""
+"""gateway.slurm.partitions and profile_compare on real Slurm 22.05 output (tests/data/slurm/README.md)."""
 
 from __future__ import annotations
 
