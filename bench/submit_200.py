@@ -11,6 +11,7 @@ to the local loop.
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
 import shutil
 import statistics
@@ -21,6 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import gateway
 from gateway import lifecycle
 from gateway.context import open_context
 from gateway.sandbox import manager
@@ -50,6 +52,9 @@ def main() -> int:
         return 2
 
     manager.up(progress=lambda line: print(f"[sandbox] {line}", file=sys.stderr))
+    # As an installed aif has them (pip compiles on install): PYTHONDONTWRITEBYTECODE would
+    # otherwise make every CLI process compile aif's modules from source.
+    compileall.compile_dir(Path(gateway.__file__).parent, quiet=1)
     facts = manager.facts()
     site = facts.site(SITE)
     conf = str(site.slurm_conf)

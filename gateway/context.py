@@ -21,7 +21,9 @@ from typing import Generic, Protocol, TypeVar
 
 from gateway.config import UserConfig
 from gateway.errors import AifError, ConfigError, ConnectionLost, SiteUnreachable
+from gateway.home import aif_home
 from gateway.ledger import Ledger
+from gateway.polling import FilePollStore, PollRules, PollStore, polls_directory
 from gateway.profiles import SiteProfile, get_profile, load_sites
 from gateway.site import SiteBackend, open_backend
 from gateway.transports.base import CommandHook
@@ -54,6 +56,8 @@ _TIMING_ENV = {
     "just_submitted_grace_s": "AIF_JUST_SUBMITTED_GRACE",
     "lost_submission_after_s": "AIF_LOST_SUBMISSION_AFTER",
     "site_timeout_s": "AIF_SITE_TIMEOUT",
+    "poll_interval_s": "AIF_POLL_INTERVAL",
+    "poll_max_interval_s": "AIF_POLL_MAX_INTERVAL",
 }
 
 
@@ -67,12 +71,24 @@ class Timing:
     long may be fenced in the site's record (proving it was never sent);
     sooner, it may still be on its way.
     ``site_timeout_s``: the deadline of one query at one site.
+    ``poll_interval_s``: a site is asked about its jobs at most this often by all
+    aif processes together (``gateway.polling``), and ``aif status`` uses an
+    answer up to this old; while nothing changes, waiting backs off up to
+    ``poll_max_interval_s``.
     """
 
     just_submitted_grace_s: float = 30.0
     lost_submission_after_s: float = 120.0
     site_timeout_s: float = 60.0
     cancel_confirm_s: float = 20.0
+    poll_interval_s: float = 1.0
+    poll_max_interval_s: float = 10.0
+
+    def poll_rules(self) -> PollRules:
+        return PollRules(
+            interval_s=self.poll_interval_s,
+            max_interval_s=max(self.poll_interval_s, self.poll_max_interval_s),
+        )
 
     @classmethod
     def from_env(cls) -> Timing:
@@ -117,6 +133,8 @@ class Context:
     backend_factory: Callable[[str, float], SiteBackend]
     clock: Clock = field(default_factory=SystemClock)
     timing: Timing = field(default_factory=Timing)
+    # Status answers shared with other processes (None: every query asks the site).
+    polls: PollStore | None = None
     _ledger: Ledger | None = None
     _open: dict[str, SiteBackend] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -218,16 +236,19 @@ class Context:
 
 
 def open_context(on_command: CommandHook | None = None) -> Context:
-    """The real context: the user's profiles and config, the ledger, SSH/local/pyslurm backends."""
+    """The real context: the user's profiles and config, the ledger, SSH/local/pyslurm backends,
+    status answers shared through ``$AIF_HOME/polls``."""
     profiles, config = load_sites()
 
     def backend_for(site: str, timeout: float) -> SiteBackend:
         return open_backend(get_profile(profiles, site), config.access(site), on_command, timeout=timeout)
 
+    timing = Timing.from_env()
     return Context(
         profiles=profiles,
         config=config,
         ledger_opener=Ledger,
         backend_factory=backend_for,
-        timing=Timing.from_env(),
+        timing=timing,
+        polls=FilePollStore(polls_directory(aif_home()), timing.poll_rules()),
     )

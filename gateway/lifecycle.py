@@ -155,7 +155,8 @@ def cancel(ctx: Context, job_ids: Sequence[str]) -> list[CancelResult]:
 
     ledger = ctx.ledger
     before = {j: ledger.get(j) for j in job_ids}
-    report = refresh(ctx, [b.id for b in before.values()])
+    # Fresh answers only (max_age 0): what is signalled is what the site holds now.
+    report = refresh(ctx, [b.id for b in before.values()], max_age=0)
     if report.unreachable:
         raise SiteUnreachable("; ".join(report.unreachable.values()) + " (nothing was cancelled there)")
     targets = [j for j in report.jobs if j.id in report.in_queue and not is_terminal(j.state)]
@@ -172,7 +173,7 @@ def cancel(ctx: Context, job_ids: Sequence[str]) -> list[CancelResult]:
     deadline = ctx.clock.monotonic() + ctx.timing.cancel_confirm_s
     active = list(targets)
     while active:
-        report = refresh(ctx, [j.id for j in active])
+        report = refresh(ctx, [j.id for j in active], max_age=0)
         _pending_tasks_cancelled(ctx, report)
         active = [ledger.get(j.id) for j in report.jobs]
         active = [j for j in active if not is_terminal(j.state)]
@@ -246,10 +247,7 @@ def _check_fetchable(job: LedgerJob) -> LedgerJob:
 
 def list_jobs(ledger: Ledger, limit: int | None = None, *, include_invalid: bool = True) -> list[LedgerJob]:
     """The newest ``limit`` jobs; without ``include_invalid``, INVALID rows are skipped (not counted)."""
-    if include_invalid:
-        return ledger.list_jobs(limit=limit)
-    shown = [job for job in ledger.list_jobs() if job.state != JobState.INVALID]
-    return shown if limit is None else shown[:limit]
+    return ledger.list_jobs(limit=limit, include_invalid=include_invalid)
 
 
 def history(ledger: Ledger, job_id: str) -> list[tuple[str, str, str]]:

@@ -14,17 +14,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import gateway.slurm.probe as load_probe
 from gateway import journal, slurm
 from gateway.config import SiteAccess
 from gateway.errors import AifError, SiteUnreachable
 from gateway.profiles import SiteProfile
 from gateway.slurm import jobcomp
-from gateway.slurm import partitions as partition_info
 from gateway.states import JobState
 from gateway.transports.base import DEFAULT_TIMEOUT, CommandHook, CommandResult, Progress, Transport
+
+if TYPE_CHECKING:
+    # Loaded where used: `aif status` never probes nor surveys a site (about 20 ms of imports).
+    import gateway.slurm.probe as load_probe
+    from gateway.slurm import partitions as partition_info
 
 SUBMIT_TIMEOUT = 300.0
 # Exit statuses after which the submission program provably sent nothing: its own
@@ -286,6 +289,8 @@ class SlurmCliBackend:
         return slurm.find_tokens_in_queue(slurm.parse_squeue(result.stdout), tokens)
 
     def probe(self, partitions: Sequence[str], script: str | None) -> load_probe.ProbeResult:
+        import gateway.slurm.probe as load_probe
+
         result = self._run(
             load_probe.probe_argv(partitions, script is not None),
             stdin=script.encode() if script is not None else None,
@@ -296,6 +301,8 @@ class SlurmCliBackend:
             raise SiteUnreachable(f"site {self.site}: {exc}") from None
 
     def test_only(self, script: str) -> load_probe.StartEstimate:
+        import gateway.slurm.probe as load_probe
+
         program = 'printf "%s\\n" "$(date +%Y-%m-%dT%H:%M:%S)"; ' + load_probe.TEST_ONLY_SHELL
         result = self._run(["bash", "-c", program, "aif-test-only"], stdin=script.encode())
         now_text, _, rest = result.stdout.partition("\n")
@@ -307,6 +314,8 @@ class SlurmCliBackend:
 
     def survey(self, test_scripts: Sequence[str]) -> partition_info.SiteSnapshot:
         """The site's partitions and nodes, and sbatch --test-only of each script: ONE command."""
+        from gateway.slurm import partitions as partition_info
+
         result = self._run(partition_info.check_argv(test_scripts))
         if not result.ok:
             raise SiteUnreachable(f"site {self.site}: asking for its partitions failed: {_last_line(result)}")

@@ -145,36 +145,41 @@ def _print_dry_runs(runs: Sequence[Any], as_json: bool) -> None:
 @json_option
 @click.pass_context
 def status(ctx: click.Context, ids: Sequence[str], history: bool, as_json: bool) -> None:
-    from gateway import lifecycle
+    """An answer another aif process got from a site within the poll interval
+    (AIF_POLL_INTERVAL, default 1 s) is used instead of asking it again.
+    """
     from gateway.errors import SiteUnreachable
+    from gateway.status import refresh
 
     with open_context(ctx) as lctx:
-        report = lifecycle.refresh(lctx, list(ids) or None)
-        changes = {j.id: lifecycle.history(lctx.ledger, j.id) for j in report.jobs} if history else {}
-    if as_json:
-        print_json(
-            [
-                {
-                    **job_json(j),
-                    **(
-                        {
-                            "history": [
-                                dict(zip(("at", "state", "reason"), c, strict=True)) for c in changes[j.id]
-                            ]
-                        }
-                        if history
-                        else {}
-                    ),
-                }
-                for j in report.jobs
-            ]
+        report = refresh(lctx, list(ids) or None)
+        changes = (
+            {j.id: [(c.at, c.state.value, c.reason) for c in lctx.ledger.history(j.id)] for j in report.jobs}
+            if history
+            else {}
         )
+    if as_json:
+        import json
+
+        rows = [
+            {
+                **job_json(j),
+                **(
+                    {"history": [dict(zip(("at", "state", "reason"), c, strict=True)) for c in changes[j.id]]}
+                    if history
+                    else {}
+                ),
+            }
+            for j in report.jobs
+        ]
+        # One job a line, through json's C encoder (indent= is pure Python: slow for 1,000 jobs).
+        click.echo("[\n" + ",\n".join(json.dumps(row) for row in rows) + "\n]" if rows else "[]")
     else:
         console().print(jobs_table(report.jobs, "jobs", report.unreachable))
-        for job_id, rows in changes.items():
+        for job_id, entries in changes.items():
             table = new_table(f"{job_id} history", ("at", "state", "reason"))
-            for row in rows:
-                table.add_row(*row)
+            for entry in entries:
+                table.add_row(*entry)
             console().print(table)
     if report.unreachable:
         # One error line naming every site that could not be asked, each once.

@@ -25,7 +25,13 @@ LAYERS: list[set[str]] = [
     {"gateway.transports"},
     {"gateway.site", "gateway.pyslurm_backend"},
     {"gateway.federation"},
-    {"gateway.ledger"},
+    {
+        "gateway.ledger",
+        "gateway.ledger_records",
+        "gateway.ledger_schema",
+        "gateway.ledger_errors",
+        "gateway.ledger_reads",
+    },
     {
         "gateway.api",
         "gateway.preview",
@@ -34,6 +40,7 @@ LAYERS: list[set[str]] = [
         "gateway.context",
         "gateway.settlement",
         "gateway.status",
+        "gateway.polling",
         "gateway.submission",
         "gateway.sending",
         "gateway.placement",
