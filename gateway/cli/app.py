@@ -16,6 +16,7 @@ or :func:`group`, which take the summary from the registry.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import inspect
 import os
@@ -36,6 +37,11 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 _consoles: dict[bool, Console] = {}
+
+# The commands that only read local files (spec, profiles, config, ledger) and end: the cycle
+# collector stays off through them (see gateway.cli). Every other one may run long (a wait,
+# the sandbox's daemons) and turns it back on as it starts.
+LOCAL_COMMANDS = frozenset({"render", "sites", "list", "explain"})
 
 
 def console(stderr: bool = False) -> Console:
@@ -115,7 +121,10 @@ class AifGroup(click.Group):
         if args and args[0] not in COMMANDS:
             # An unknown name: click suggests the closest of the loaded commands, so load them all.
             load_all_commands()
-        return super().resolve_command(ctx, args)
+        name, command, rest = super().resolve_command(ctx, args)
+        if name not in LOCAL_COMMANDS:
+            gc.enable()
+        return name, command, rest
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # Stand-ins carrying each command's summary: click shortens and lists them as it

@@ -8,6 +8,7 @@ had imported when it exited.
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from pathlib import Path
 import click
 import pytest
 
-from gateway.cli.app import AifGroup, load_all_commands
+from gateway.cli.app import LOCAL_COMMANDS, AifGroup, load_all_commands
 from gateway.cli.app import main as group
 from gateway.cli.registry import COMMANDS
 
@@ -106,6 +107,38 @@ def test_render_imports_no_site_transport_nor_ledger(tmp_path: Path) -> None:
     unneeded += ("hashlib", "_hashlib", "json", "pathlib", "urllib", "getpass")
     assert loaded(modules, *unneeded) == []
     assert loaded(modules, *COMMAND_MODULES) == ["gateway.cli.foundation"]
+
+
+def test_the_cycle_collector_stays_off_through_local_commands_only() -> None:
+    """Off from start-up on (gateway.cli); the commands that may run long turn it back on."""
+    assert set(COMMANDS) >= LOCAL_COMMANDS
+    assert {COMMANDS[name].module for name in LOCAL_COMMANDS} <= {"foundation", "listing", "federation"}
+    collecting = gc.isenabled()
+    try:
+        for name in COMMANDS:
+            gc.disable()
+            with click.Context(group, info_name="aif") as ctx:
+                group.resolve_command(ctx, [name])
+            assert gc.isenabled() is (name not in LOCAL_COMMANDS), name
+    finally:
+        (gc.enable if collecting else gc.disable)()
+
+
+def test_render_runs_without_a_collection_and_leaves_the_collector_on(tmp_path: Path) -> None:
+    spec = tmp_path / "hello.toml"
+    spec.write_text(ONE_LINE_SPEC)
+    script = (
+        "import gc, sys\n"
+        "from gateway.cli import main\n"
+        "started = []\n"
+        "gc.callbacks.append(lambda phase, info: phase == 'start' and started.append(info))\n"
+        f"args = ['render', {str(spec)!r}, '--site', 'lumi', '--account', {LUMI_ACCOUNT!r}]\n"
+        "try:\n    main(args)\nexcept SystemExit:\n    pass\n"
+        "print(len(started), gc.isenabled())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert "#SBATCH" in result.stdout, result.stderr
+    assert result.stdout.splitlines()[-1] == "0 True"
 
 
 def test_an_unknown_command_still_gets_the_closest_name(tmp_path: Path) -> None:
