@@ -179,7 +179,8 @@ class SharedTransport:
                 self.target.key,
                 f"{self.persist_s:g}",
             ]
-            with open(log_path(self.home, self.site), "ab") as log:
+            log_fd = os.open(log_path(self.home, self.site), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            with os.fdopen(log_fd, "ab") as log:
                 subprocess.Popen(
                     argv,
                     stdin=subprocess.DEVNULL,
@@ -250,8 +251,13 @@ def shared_connection_for(
         return transport
 
 
-def stop_holders(home: Path | None = None, wait_s: float = 5.0) -> list[str]:
-    """Ask every holder under ``home`` to stop; returns the sites asked. Stale sockets are removed."""
+def stop_holders(
+    home: Path | None = None, sites: Sequence[str] | None = None, wait_s: float = 5.0
+) -> list[str]:
+    """Ask every holder under ``home`` (of ``sites``, or all) to stop and wait for them to exit.
+
+    Returns the sites asked. Sockets no holder listens on any more are removed.
+    """
     import time
 
     directory = mux_directory(home if home is not None else aif_home())
@@ -259,6 +265,8 @@ def stop_holders(home: Path | None = None, wait_s: float = 5.0) -> list[str]:
         return []
     asked = []
     for path in sorted(directory.glob("*.sock")):
+        if sites is not None and path.stem not in sites:
+            continue
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(_CONNECT_S)
         try:
