@@ -201,7 +201,8 @@ def test_another_uid_is_declined_and_nothing_runs(home: Path, site: FakeTranspor
         direct = Direct("alpha").respond(["squeue"], stdout="direct\n")
         shared, started = client(home, direct)
         assert shared.run(["squeue"]).stdout == "direct\n"
-        assert site.calls == [] and direct.commands == [("squeue",)] and started == ["holder"]
+        # That holder stays (it serves its own user): no second one is started.
+        assert site.calls == [] and direct.commands == [("squeue",)] and started == []
     finally:
         running.stop()
 
@@ -299,9 +300,9 @@ def test_a_session_the_holder_could_not_open_runs_directly(home: Path, site: Fak
     running = start_holder(home, site)
     try:
         direct = Direct("alpha").respond(["squeue"], stdout="direct\n")
-        shared, _ = client(home, direct)
+        shared, started = client(home, direct)
         assert shared.run(["squeue"]).stdout == "direct\n"
-        assert direct.commands == [("squeue",)]
+        assert direct.commands == [("squeue",)] and started == []
     finally:
         running.stop()
 
@@ -351,7 +352,7 @@ def test_queued_requests_of_a_stopping_holder_are_declined_not_lost(home: Path, 
     holder = Holder(site, TARGET.key, wire.socket_path(home, "alpha"), 60.0)
     holder.bind()
     direct = Direct("alpha").respond(["squeue"], stdout="direct\n")
-    shared, _ = client(home, direct)
+    shared, started = client(home, direct)
     results: list[str] = []
     asking = threading.Thread(target=lambda: results.append(shared.run(["squeue"]).stdout))
     asking.start()  # connects into the backlog: nobody accepts yet
@@ -359,7 +360,7 @@ def test_queued_requests_of_a_stopping_holder_are_declined_not_lost(home: Path, 
     holder.stop("leaving")
     assert holder.serve() == "leaving"
     asking.join(5)
-    assert results == ["direct\n"] and site.calls == []
+    assert results == ["direct\n"] and site.calls == [] and started == ["holder"]
 
 
 # -- the config ------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from gateway.home import aif_home
 from gateway.transports.base import DEFAULT_TIMEOUT, CommandHook, CommandResult, Progress, start_command
 from gateway.transports.mux.protocol import (
     DEFAULT_PERSIST_S,
+    LEAVING,
     ProtocolError,
     SharedTarget,
     encode,
@@ -50,7 +51,15 @@ _KINDS: dict[str, type[errors.AifError]] = {
 
 
 class _NotRun(Exception):
-    """The holder could not be asked or declined: the command ran nowhere."""
+    """The holder could not be asked or declined: the command ran nowhere.
+
+    ``start_holder``: no holder will serve the next process either (none runs,
+    or it is leaving), so starting one is worth it.
+    """
+
+    def __init__(self, start_holder: bool) -> None:
+        super().__init__()
+        self.start_holder = start_holder
 
 
 class SharedTransport:
@@ -86,8 +95,9 @@ class SharedTransport:
         if self._direct is None:
             try:
                 return self._through_holder(command, stdin, timeout)
-            except _NotRun:
-                self._start_holder()
+            except _NotRun as not_run:
+                if not_run.start_holder:
+                    self._start_holder()
         return self._direct_transport().run(command, stdin=stdin, timeout=timeout)
 
     def _through_holder(self, command: tuple[str, ...], stdin: bytes | None, timeout: float) -> CommandResult:
@@ -98,7 +108,7 @@ class SharedTransport:
                 with reachable_path(socket_path(self.home, self.site)) as name:
                     sock.connect(name)
             except OSError:
-                raise _NotRun from None  # no socket, or no holder behind it: nothing was sent
+                raise _NotRun(start_holder=True) from None  # no socket or no holder: nothing was sent
             sock.settimeout(timeout + _ANSWER_MARGIN_S)
             try:
                 sock.sendall(exec_request(self.target, command, stdin, timeout))
@@ -115,7 +125,8 @@ class SharedTransport:
     def _result(self, command: tuple[str, ...], answer: dict[str, Any]) -> CommandResult:
         status = answer.get("status")
         if status == "declined":
-            raise _NotRun
+            # A holder that is leaving (or serves another target) makes way for a new one.
+            raise _NotRun(start_holder=answer.get("reason") in LEAVING)
         if status == "error":
             message = str(answer.get("message", ""))
             kind = str(answer.get("kind", ""))
@@ -123,7 +134,7 @@ class SharedTransport:
                 raise ValueError(message)
             if kind == errors.SiteUnreachable.__name__:
                 # Nothing ran (no session could be opened, e.g. the site's MaxSessions).
-                raise _NotRun
+                raise _NotRun(start_holder=False)
             raise _KINDS.get(kind, errors.ConnectionLost)(message)
         returncode, stdout, stderr = answer.get("returncode"), answer.get("stdout"), answer.get("stderr")
         well_formed = isinstance(returncode, int) and isinstance(stdout, str) and isinstance(stderr, str)

@@ -30,6 +30,8 @@ from pathlib import Path
 from gateway.errors import AifError, ConnectionLost
 from gateway.transports.base import Transport
 from gateway.transports.mux.protocol import (
+    OTHER_TARGET,
+    STOPPING,
     VERSION,
     ProtocolError,
     SharedTarget,
@@ -190,11 +192,11 @@ class Holder:
         if request.target != self.target_key:
             # The user's config changed: make way for a holder of the new target.
             self.stop("a client asked for another target")
-            return _declined("this holder serves another target")
+            return _declined(OTHER_TARGET)
         with self._lock:
             stopping = bool(self._stop_reason)
         if stopping or not self.is_alive():
-            return _declined("the holder is stopping")
+            return _declined(STOPPING)
         conn.settimeout(None)
         try:
             result = self.transport.run(request.argv, stdin=request.stdin, timeout=request.timeout)
@@ -271,7 +273,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     signal.signal(signal.SIGTERM, lambda *_: holder.stop("SIGTERM"))
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    holder.bind()
+    try:
+        holder.bind()
+    except OSError as exc:  # e.g. a file system without unix sockets: clients go direct
+        _log(f"cannot listen on {holder.path}: {exc}")
+        transport.close()
+        return 1
     _log(f"holding {target.site} for {persist_s:g} s idle")
     reason = holder.serve()
     _log(f"stopped after {holder.served} requests: {reason}")

@@ -31,6 +31,10 @@ MAX_BODY = 1024 * 1024 * 1024
 # AF_UNIX paths longer than this (108 on Linux, with the NUL) are reached through /proc/self/fd.
 _MAX_SUN_PATH = 100
 DEFAULT_PERSIST_S = 60
+# The reasons a holder declines with when it is leaving: a new holder is then worth starting.
+STOPPING = "the holder is stopping"
+OTHER_TARGET = "this holder serves another target"
+LEAVING = (STOPPING, OTHER_TARGET)
 
 
 class ProtocolError(Exception):
