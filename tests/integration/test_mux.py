@@ -17,7 +17,7 @@ import pytest
 
 from gateway.sandbox import manager
 from gateway.sandbox.manager import SandboxFacts
-from gateway.transports.mux import holder_pids, stop_holders
+from gateway.transports.mux import holder_pids
 from tests.integration.test_lifecycle import clone_home
 from tests.integration.test_polling import sleep_spec
 
@@ -98,6 +98,9 @@ def test_a_second_status_rides_on_the_holder_and_a_dead_holder_is_stepped_around
         log = home / "mux" / f"{SITE}.log"
         wait_for(lambda: log.read_text().count(f"holding {SITE}") == 2)  # a new holder serves
 
+        listed = subprocess.run([*AIF, "mux", "status", "--json"], capture_output=True, text=True, timeout=60)
+        assert [held["site"] for held in json.loads(listed.stdout)] == [SITE]
+
         # A holder whose SSH connection dies leaves at once (ControlMaster does the same).
         [pid] = holder_pids(home).values()
         manager.kill_ssh_sessions(sandbox.aif_home)
@@ -108,5 +111,6 @@ def test_a_second_status_rides_on_the_holder_and_a_dead_holder_is_stepped_around
         (home / "config.toml").unlink(missing_ok=True)  # cancel directly: it starts no holder
         ids = [job["id"] for job in json.loads(submitted.stdout)]
         subprocess.run([*AIF, "cancel", *ids], capture_output=True, timeout=120)
-        stop_holders(home)
+        stopped = subprocess.run([*AIF, "mux", "stop"], capture_output=True, text=True, timeout=60)
+        assert stopped.returncode == 0, stopped.stderr
         assert holder_pids(home) == {}
