@@ -13,6 +13,7 @@ ControlMaster): no handshake in the process, so it is shown apart from the cold 
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
 import shutil
 import statistics
@@ -25,6 +26,7 @@ from pathlib import Path
 
 from shared_connection import SharedConnection  # bench/ beside this script
 
+import gateway
 from gateway import lifecycle
 from gateway.context import open_context
 from gateway.sandbox import manager
@@ -55,6 +57,9 @@ def main() -> int:
         return 2
 
     manager.up(progress=lambda line: print(f"[sandbox] {line}", file=sys.stderr))
+    # As an installed aif has them (pip compiles on install): PYTHONDONTWRITEBYTECODE would
+    # otherwise make every CLI process compile aif's modules from source.
+    compileall.compile_dir(Path(gateway.__file__).parent, quiet=1)
     facts = manager.facts()
     site = facts.site(SITE)
     conf = str(site.slurm_conf)

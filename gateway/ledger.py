@@ -14,7 +14,7 @@ may use it at once (a ``submit`` while a ``watch`` polls), so:
   the last guard.
 
 The schema is versioned with ``PRAGMA user_version`` and an ordered list of
-migrations (``_MIGRATIONS``, version N is the N-th entry). Opening an older
+migrations (``gateway.ledger_schema``, version N is the N-th entry). Opening an older
 ledger applies the missing migrations in one transaction; opening a ledger
 written by a newer aif is refused with a ``ConfigError``.
 
@@ -24,390 +24,64 @@ only what aif decided and what the scheduler answered.
 
 from __future__ import annotations
 
-import functools
 import json
-import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any
 
-from gateway.errors import AifError, ConfigError, HomeUnusable, UsageError
-from gateway.home import aif_home, ensure_home, ensure_private_file, make_private
+from gateway.errors import ConfigError, UsageError
+from gateway.home import ensure_home, ensure_private_file, make_private
+from gateway.ledger_errors import ledger_error
+from gateway.ledger_reads import LedgerReads, _chunks
+from gateway.ledger_records import (
+    _JOB_COLUMNS,
+    _SHA256_HEX,
+    _STATE_BY_VALUE,
+    BUSY_TIMEOUT_SECONDS,
+    ID_PREFIX,
+    ID_TOKEN_LENGTH,
+    LEDGER_FILENAME,
+    SUMMARY_FIELDS,
+    TOKEN_BYTES,
+    LedgerJob,
+    StateChange,
+    _now,
+    default_ledger_path,
+    new_job_id,
+    new_submission_token,
+    spec_sha256,
+)
+from gateway.ledger_schema import _MIGRATIONS, SCHEMA_VERSION, Migration
 from gateway.states import (
-    ACTIVE_STATES,
     NOT_SUBMITTED_STATES,
     SLURM_STATES,
     JobState,
     is_terminal,
 )
 
-LEDGER_FILENAME = "ledger.sqlite"
-BUSY_TIMEOUT_SECONDS = 30.0
-
-ID_PREFIX = "aif-"
-ID_TOKEN_LENGTH = 10
-TOKEN_BYTES = 16
-_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"  # RFC 4648 base32, lower case
-_MIN_PREFIX_TOKEN_CHARS = 3
-_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-
-
-def default_ledger_path() -> Path:
-    return aif_home() / LEDGER_FILENAME
-
-
-def spec_sha256(path: Path | str) -> str:
-    """The sha256 hex digest of a spec file's bytes, as stored in ``spec_hash``."""
-    import hashlib  # here, not at the top: commands that only read the ledger start faster
-
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def new_job_id() -> str:
-    """A fresh random federated id, such as ``aif-k3x9q2mzta`` (50 random bits).
-
-    Uniqueness within a ledger is enforced by ``Ledger``, not by luck alone.
-    """
-    import secrets  # here, not at the top: commands that only read the ledger start faster
-
-    return ID_PREFIX + "".join(secrets.choice(_ID_ALPHABET) for _ in range(ID_TOKEN_LENGTH))
-
-
-def new_submission_token() -> str:
-    """A fresh random submission token (passed to Slurm as ``--comment``)."""
-    import secrets
-
-    return "aif-tok-" + secrets.token_hex(TOKEN_BYTES)
-
-
-def _now() -> str:
-    """Now, as a UTC ISO-8601 string with microseconds (the only time format used)."""
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
-
-
-@dataclass(frozen=True)
-class LedgerJob:
-    """One submission (or attempted submission), as the ledger holds it.
-
-    Times are UTC ISO-8601 strings (``2025-01-31T12:00:00.000000+00:00``).
-    """
-
-    id: str
-    site: str
-    slurm_job_id: str | None
-    name: str
-    spec_path: str
-    spec_hash: str
-    token: str
-    state: JobState
-    reason: str
-    message: str
-    workdir: str
-    outputs: tuple[str, ...]
-    stdout_path: str
-    array_size: int | None
-    depends_on: str | None
-    created_at: str
-    updated_at: str
-    # The submission this job belongs to (``aif submit --key``), the spec's
-    # content label within it, and the claim generation at the site.
-    submission_key: str = ""
-    item: str = ""
-    claim_gen: int = 0
-    # Where the site keeps its own record of the submission (absolute, at the site).
-    journal_dir: str = ""
-    # Slurm's job name for it, which carries the aif id: the proof of identity
-    # that Slurm's records of finished jobs keep ('' for jobs of older aif).
-    slurm_name: str = ""
-    # Why it went where it went: the federation's ranking as JSON ('' if none).
-    placement: str = ""
-    # Sent as one task of an array of specs (``gateway.arrays``): the token the array
-    # carries in Slurm (its comment) and the task that is this job ('' and None otherwise).
-    # ``slurm_job_id`` is then Slurm's ``ARRAYID_TASK`` and ``slurm_name`` the array's.
-    array_token: str = ""
-    array_task: int | None = None
-
-    @property
-    def claim(self) -> str:
-        """The claim file's name in the site's record: ``ITEM.GEN``."""
-        # The journal (and the Slurm parsers it needs) is loaded only by what submits or settles.
-        from gateway.journal import claim_name
-
-        return claim_name(self.item, self.claim_gen) if self.item else ""
-
-    @property
-    def terminal(self) -> bool:
-        return is_terminal(self.state)
-
-    @property
-    def unresolved(self) -> bool:
-        """Maybe sent, no Slurm id known yet: SUBMITTING, or UNKNOWN without a Slurm id."""
-        return self.state == JobState.SUBMITTING or (
-            self.state == JobState.UNKNOWN and self.slurm_job_id is None
-        )
-
-
-@dataclass(frozen=True)
-class StateChange:
-    """One entry of a job's history: it entered ``state`` (for ``reason``) at ``at``."""
-
-    job_id: str
-    state: JobState
-    reason: str
-    at: str
-
-
-# --------------------------------------------------------------------------
-# Schema and migrations
-# --------------------------------------------------------------------------
-
-Migration = Callable[[sqlite3.Connection], None]
-
-
-def _migrate_v1(conn: sqlite3.Connection) -> None:
-    """The first schema: jobs and their state history."""
-    conn.execute(
-        """
-        CREATE TABLE jobs (
-            seq          INTEGER PRIMARY KEY AUTOINCREMENT,
-            id           TEXT NOT NULL UNIQUE,
-            site         TEXT NOT NULL,
-            slurm_job_id TEXT,
-            name         TEXT NOT NULL,
-            spec_path    TEXT NOT NULL,
-            spec_hash    TEXT NOT NULL,
-            token        TEXT NOT NULL UNIQUE,
-            state        TEXT NOT NULL,
-            reason       TEXT NOT NULL DEFAULT '',
-            workdir      TEXT NOT NULL DEFAULT '',
-            outputs      TEXT NOT NULL DEFAULT '[]',
-            created_at   TEXT NOT NULL,
-            updated_at   TEXT NOT NULL
-        )
-        """
-    )
-    conn.execute(
-        """
-        CREATE TABLE state_changes (
-            seq    INTEGER PRIMARY KEY AUTOINCREMENT,
-            job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
-            state  TEXT NOT NULL,
-            reason TEXT NOT NULL DEFAULT '',
-            at     TEXT NOT NULL
-        )
-        """
-    )
-    conn.execute("CREATE INDEX state_changes_job ON state_changes(job_id, seq)")
-
-
-def _migrate_v2(conn: sqlite3.Connection) -> None:
-    """What happened (message), where output goes, arrays, dependencies."""
-    conn.execute("ALTER TABLE jobs ADD COLUMN message TEXT NOT NULL DEFAULT ''")
-    conn.execute("ALTER TABLE jobs ADD COLUMN stdout_path TEXT NOT NULL DEFAULT ''")
-    conn.execute("ALTER TABLE jobs ADD COLUMN array_size INTEGER")
-    conn.execute("ALTER TABLE jobs ADD COLUMN depends_on TEXT REFERENCES jobs(id)")
-    conn.execute("CREATE INDEX jobs_site_state ON jobs(site, state)")
-
-
-def _migrate_v3(conn: sqlite3.Connection) -> None:
-    """Idempotency keys, the site's own record, and the second proof of identity."""
-    conn.execute("ALTER TABLE jobs ADD COLUMN submission_key TEXT NOT NULL DEFAULT ''")
-    conn.execute("ALTER TABLE jobs ADD COLUMN item TEXT NOT NULL DEFAULT ''")
-    conn.execute("ALTER TABLE jobs ADD COLUMN claim_gen INTEGER NOT NULL DEFAULT 0")
-    conn.execute("ALTER TABLE jobs ADD COLUMN journal_dir TEXT NOT NULL DEFAULT ''")
-    conn.execute("ALTER TABLE jobs ADD COLUMN slurm_name TEXT NOT NULL DEFAULT ''")
-    conn.execute("CREATE INDEX jobs_key ON jobs(submission_key)")
-
-
-def _migrate_v4(conn: sqlite3.Connection) -> None:
-    """Why a job went where it went (the ranking, as JSON) and every submission attempt."""
-    conn.execute("ALTER TABLE jobs ADD COLUMN placement TEXT NOT NULL DEFAULT ''")
-    conn.execute(
-        """
-        CREATE TABLE attempts (
-            seq     INTEGER PRIMARY KEY AUTOINCREMENT,
-            job_id  TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
-            site    TEXT NOT NULL,
-            at      TEXT NOT NULL,
-            outcome TEXT NOT NULL,
-            detail  TEXT NOT NULL DEFAULT ''
-        )
-        """
-    )
-    conn.execute("CREATE INDEX attempts_job ON attempts(job_id, seq)")
-
-
-def _migrate_v5(conn: sqlite3.Connection) -> None:
-    """Specs sent as tasks of one array: the array's token and the job's task in it."""
-    conn.execute("ALTER TABLE jobs ADD COLUMN array_token TEXT NOT NULL DEFAULT ''")
-    conn.execute("ALTER TABLE jobs ADD COLUMN array_task INTEGER")
-
-
-# Version N of the schema is reached by applying _MIGRATIONS[:N]. Only append.
-_MIGRATIONS: tuple[Migration, ...] = (_migrate_v1, _migrate_v2, _migrate_v3, _migrate_v4, _migrate_v5)
-SCHEMA_VERSION = len(_MIGRATIONS)
-
-_JOB_COLUMNS = (
-    "id, site, slurm_job_id, name, spec_path, spec_hash, token, state, reason, message, "
-    "workdir, outputs, stdout_path, array_size, depends_on, created_at, updated_at, "
-    "submission_key, item, claim_gen, journal_dir, slurm_name, placement, array_token, array_task"
-)
-
-
-# What `aif list --json` prints of each job, in this order (the CLI names them).
-SUMMARY_FIELDS = (
-    "id",
-    "site",
-    "slurm_job_id",
-    "state",
-    "reason",
-    "name",
-    "message",
-    "key",
-    "submitted_at",
-    "updated_at",
-)
-_SUMMARY_COLUMNS = (
-    "id, site, slurm_job_id, state, reason, name, message, submission_key, created_at, updated_at"
-)
-
-_STATE_BY_VALUE = {state.value: state for state in JobState}
-
-
-def _job_from_row(row: Sequence[Any]) -> LedgerJob:
-    # Called once per row of every listing (10,000 rows in one `aif list --all`):
-    # sqlite already returns str/int/None for these columns, so no conversions,
-    # a dict lookup for the state and no JSON parse for the usual empty outputs.
-    (
-        job_id,
-        site,
-        slurm_job_id,
-        name,
-        spec_path,
-        spec_hash,
-        token,
-        state,
-        reason,
-        message,
-        workdir,
-        outputs,
-        stdout_path,
-        array_size,
-        depends_on,
-        created_at,
-        updated_at,
-        submission_key,
-        item,
-        claim_gen,
-        journal_dir,
-        slurm_name,
-        placement,
-        array_token,
-        array_task,
-    ) = row
-    return LedgerJob(
-        id=job_id,
-        site=site,
-        slurm_job_id=slurm_job_id,
-        name=name,
-        spec_path=spec_path,
-        spec_hash=spec_hash,
-        token=token,
-        state=_STATE_BY_VALUE.get(state) or JobState(state),
-        reason=reason,
-        message=message,
-        workdir=workdir,
-        outputs=() if outputs == "[]" else tuple(str(o) for o in json.loads(outputs)),
-        stdout_path=stdout_path,
-        array_size=array_size,
-        depends_on=depends_on,
-        created_at=created_at,
-        updated_at=updated_at,
-        submission_key=submission_key,
-        item=item,
-        claim_gen=claim_gen,
-        journal_dir=journal_dir,
-        slurm_name=slurm_name,
-        placement=placement,
-        array_token=array_token,
-        array_task=array_task,
-    )
-
-
-# --------------------------------------------------------------------------
-# Errors
-# --------------------------------------------------------------------------
-
-# sqlite's primary result codes (the sqlite3 module names them only from Python 3.11).
-_SQLITE_PERM, _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY = 3, 5, 6, 8
-_SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_NOTADB = 10, 11, 13, 14, 26
-
-
-def ledger_error(path: Path, exc: sqlite3.Error, *, opening: bool = False) -> AifError:
-    """One clear error for a failure of the ledger file, with what to do.
-
-    Only a ledger that is damaged or not aif's is invalid input (exit 3); a
-    read-only, full or failing file system is exit 1 (:class:`HomeUnusable`).
-    """
-    text = str(exc)
-    code = getattr(exc, "sqlite_errorcode", None)
-    primary = code & 0xFF if isinstance(code, int) else None
-
-    def says(*fragments: str) -> bool:
-        return any(fragment in text for fragment in fragments)
-
-    if primary in (_SQLITE_CORRUPT, _SQLITE_NOTADB) or says("malformed", "not a database"):
-        return ConfigError(
-            f"cannot use the ledger {path}: {text} (it is damaged, or not an aif ledger); "
-            "move it away and aif starts a new one"
-        )
-    if primary in (_SQLITE_READONLY, _SQLITE_PERM, _SQLITE_CANTOPEN) or says("readonly", "unable to open"):
-        return HomeUnusable(
-            f"cannot write the ledger {path}: {text}; make it and {path.parent} writable by you, "
-            "or set AIF_HOME to a directory you can write"
-        )
-    if primary == _SQLITE_FULL or says("disk is full"):
-        return HomeUnusable(
-            f"cannot write the ledger {path}: {text}; free space on its file system, "
-            "or set AIF_HOME to a directory on another one"
-        )
-    if primary == _SQLITE_IOERR or says("disk I/O error"):
-        return HomeUnusable(
-            f"cannot read or write the ledger {path}: {text} (is its file system full or failing?)"
-        )
-    if primary in (_SQLITE_BUSY, _SQLITE_LOCKED) or says("locked"):
-        return AifError(
-            f"the ledger {path} stayed locked by another aif process for {BUSY_TIMEOUT_SECONDS:g} s: {text}; "
-            "try again"
-        )
-    if opening:
-        return ConfigError(f"cannot use the ledger {path}: {text}")
-    return AifError(f"the ledger {path}: {text}")
-
-
-_Read = TypeVar("_Read")
-_Args = ParamSpec("_Args")
-
-
-def _sqlite_errors_mapped(
-    read: Callable[Concatenate[Ledger, _Args], _Read],
-) -> Callable[Concatenate[Ledger, _Args], _Read]:
-    """A read of the ledger whose sqlite errors become :func:`ledger_error` (writes: ``_write``)."""
-
-    @functools.wraps(read)
-    def mapped(self: Ledger, /, *args: _Args.args, **kwargs: _Args.kwargs) -> _Read:
-        try:
-            return read(self, *args, **kwargs)
-        except sqlite3.Error as exc:
-            raise ledger_error(self.path, exc) from exc
-
-    return mapped
+__all__ = [
+    "BUSY_TIMEOUT_SECONDS",
+    "ID_PREFIX",
+    "ID_TOKEN_LENGTH",
+    "LEDGER_FILENAME",
+    "SCHEMA_VERSION",
+    "SUMMARY_FIELDS",
+    "TOKEN_BYTES",
+    "Ledger",
+    "LedgerJob",
+    "Migration",
+    "StateChange",
+    "default_ledger_path",
+    "is_terminal",
+    "ledger_error",
+    "new_job_id",
+    "new_submission_token",
+    "spec_sha256",
+]
 
 
 # --------------------------------------------------------------------------
@@ -415,7 +89,7 @@ def _sqlite_errors_mapped(
 # --------------------------------------------------------------------------
 
 
-class Ledger:
+class Ledger(LedgerReads):
     """The local record of every submission. Use as a context manager."""
 
     def __init__(self, path: Path | str | None = None) -> None:
@@ -600,16 +274,6 @@ class Ledger:
             (job_id, state.value, now),
         )
         return job_id
-
-    def _row(self, job_id: str) -> LedgerJob | None:
-        row = self._conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return None if row is None else _job_from_row(row)
-
-    def _require(self, job_id: str) -> LedgerJob:
-        job = self._row(job_id)
-        if job is None:
-            raise UsageError(f"no job {job_id} in the ledger")
-        return job
 
     def _set_state(
         self,
@@ -879,120 +543,6 @@ class Ledger:
 
     # -- reads -------------------------------------------------------------
 
-    @_sqlite_errors_mapped
-    def get(self, job_id: str) -> LedgerJob:
-        """The job with this id, or the only one whose id starts with it."""
-        job = self._row(job_id)
-        if job is not None:
-            return job
-        if job_id.startswith(ID_PREFIX) and len(job_id) >= len(ID_PREFIX) + _MIN_PREFIX_TOKEN_CHARS:
-            rows = self._conn.execute(
-                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE substr(id, 1, ?) = ? ORDER BY seq LIMIT 6",
-                (len(job_id), job_id),
-            ).fetchall()
-            if len(rows) == 1:
-                return _job_from_row(rows[0])
-            if rows:
-                shown = ", ".join(str(r[0]) for r in rows[:5])
-                more = ", ..." if len(rows) > 5 else ""
-                raise UsageError(f"{job_id} matches several jobs in the ledger: {shown}{more}")
-        raise UsageError(f"no job {job_id} in the ledger")
-
-    @_sqlite_errors_mapped
-    def get_many(self, job_ids: Sequence[str]) -> list[LedgerJob]:
-        """The jobs with these ids, in the order given, in a few queries (a prefix or an
-        unknown id is looked up as :meth:`get` does, with its errors)."""
-        rows: dict[str, LedgerJob] = {}
-        for chunk in _chunks(list(dict.fromkeys(job_ids))):
-            for row in self._conn.execute(
-                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id IN ({', '.join('?' for _ in chunk)})", chunk
-            ):
-                job = _job_from_row(row)
-                rows[job.id] = job
-        return [rows[job_id] if job_id in rows else self.get(job_id) for job_id in job_ids]
-
-    @_sqlite_errors_mapped
-    def list_jobs(
-        self,
-        limit: int | None = None,
-        site: str | None = None,
-        active_only: bool = False,
-        *,
-        include_invalid: bool = True,
-    ) -> list[LedgerJob]:
-        """Jobs, newest first; optionally only one site's, only unfinished ones, no INVALID ones."""
-        where: list[str] = []
-        params: list[Any] = []
-        if not include_invalid:
-            where.append("state != ?")
-            params.append(JobState.INVALID.value)
-        if site is not None:
-            where.append("site = ?")
-            params.append(site)
-        if active_only:
-            active = sorted(s.value for s in ACTIVE_STATES)
-            where.append(f"state IN ({', '.join('?' for _ in active)})")
-            params.extend(active)
-        sql = f"SELECT {_JOB_COLUMNS} FROM jobs"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY seq DESC"
-        if limit is not None:
-            if limit < 0:
-                raise ValueError(f"limit must not be negative, not {limit}")
-            sql += " LIMIT ?"
-            params.append(limit)
-        return [_job_from_row(r) for r in self._conn.execute(sql, params).fetchall()]
-
-    @_sqlite_errors_mapped
-    def summaries(self, limit: int | None = None, *, include_invalid: bool = True) -> list[tuple[Any, ...]]:
-        """The newest jobs as plain rows of :data:`SUMMARY_FIELDS`, newest first: what
-        ``aif list --json`` prints, without building a :class:`LedgerJob` per row."""
-        sql = f"SELECT {_SUMMARY_COLUMNS} FROM jobs"
-        params: list[Any] = []
-        if not include_invalid:
-            sql += " WHERE state != ?"
-            params.append(JobState.INVALID.value)
-        sql += " ORDER BY seq DESC"
-        if limit is not None:
-            if limit < 0:
-                raise ValueError(f"limit must not be negative, not {limit}")
-            sql += " LIMIT ?"
-            params.append(limit)
-        return self._conn.execute(sql, params).fetchall()
-
-    @_sqlite_errors_mapped
-    def count_jobs(self, *, include_invalid: bool = True) -> int:
-        """How many rows the ledger holds (without INVALID ones unless asked)."""
-        if include_invalid:
-            row = self._conn.execute("SELECT COUNT(*) FROM jobs").fetchone()
-        else:
-            row = self._conn.execute(
-                "SELECT COUNT(*) FROM jobs WHERE state != ?", (JobState.INVALID.value,)
-            ).fetchone()
-        return int(row[0])
-
-    @_sqlite_errors_mapped
-    def history(self, job_id: str) -> list[StateChange]:
-        """Every state the job went through, oldest first."""
-        job = self.get(job_id)
-        rows = self._conn.execute(
-            "SELECT job_id, state, reason, at FROM state_changes WHERE job_id = ? ORDER BY seq",
-            (job.id,),
-        ).fetchall()
-        return [
-            StateChange(job_id=str(j), state=JobState(str(s)), reason=str(r), at=str(a))
-            for j, s, r, a in rows
-        ]
-
-    @_sqlite_errors_mapped
-    def jobs_with_key(self, submission_key: str) -> list[LedgerJob]:
-        """Every job of one submission (``aif submit --key``), oldest first."""
-        rows = self._conn.execute(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE submission_key = ? ORDER BY seq", (submission_key,)
-        ).fetchall()
-        return [_job_from_row(r) for r in rows]
-
     def record_attempts(self, attempts: Iterable[tuple[str, str, str, str]]) -> None:
         """``(job_id, site, outcome, detail)`` of submission attempts, in one transaction (one fsync
         for a batch), for ``aif explain``."""
@@ -1003,14 +553,6 @@ class Ledger:
                     "INSERT INTO attempts (job_id, site, at, outcome, detail) VALUES (?, ?, ?, ?, ?)",
                     (job_id, site, _now(), outcome, detail),
                 )
-
-    @_sqlite_errors_mapped
-    def attempts(self, job_id: str) -> list[tuple[str, str, str, str]]:
-        """(site, at, outcome, detail) of every attempt, oldest first."""
-        rows = self._conn.execute(
-            "SELECT site, at, outcome, detail FROM attempts WHERE job_id = ? ORDER BY seq", (job_id,)
-        ).fetchall()
-        return [(str(a), str(b), str(c), str(d)) for a, b, c, d in rows]
 
     def reassign(
         self, job_id: str, *, site: str, journal_dir: str, workdir: str, stdout_path: str
@@ -1035,27 +577,6 @@ class Ledger:
             )
             self._set_state(self._require(job_id), JobState.SUBMITTING, f"failed over to {site}")
             return self._require(job_id)
-
-    @_sqlite_errors_mapped
-    def find_by_token(self, token: str) -> LedgerJob | None:
-        row = self._conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE token = ?", (token,)).fetchone()
-        return None if row is None else _job_from_row(row)
-
-    @_sqlite_errors_mapped
-    def unfinished_by_site(self) -> dict[str, list[LedgerJob]]:
-        """Submitted jobs not yet in a terminal state, grouped by site (oldest first),
-        so a status poller can ask each site once about all of its jobs."""
-        active = sorted(s.value for s in ACTIVE_STATES)
-        rows = self._conn.execute(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE slurm_job_id IS NOT NULL "
-            f"AND state IN ({', '.join('?' for _ in active)}) ORDER BY site, seq",
-            active,
-        ).fetchall()
-        result: dict[str, list[LedgerJob]] = {}
-        for row in rows:
-            job = _job_from_row(row)
-            result.setdefault(job.site, []).append(job)
-        return result
 
 
 def _slurm_state(state: str) -> JobState:
@@ -1083,12 +604,3 @@ def _check_hash(spec_hash: str) -> None:
 def _unresolved(state: JobState, has_slurm_id: bool) -> bool:
     """:attr:`LedgerJob.unresolved` from a row's state and whether it has a Slurm id."""
     return state == JobState.SUBMITTING or (state == JobState.UNKNOWN and not has_slurm_id)
-
-
-# SQLite allows 999 host parameters per statement in old versions (32766 since 3.32).
-_CHUNK = 900
-
-
-def _chunks(items: list[str]) -> Iterator[list[str]]:
-    for start in range(0, len(items), _CHUNK):
-        yield items[start : start + _CHUNK]

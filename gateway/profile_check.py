@@ -4,7 +4,8 @@ ONE command at the site (``gateway.slurm.partitions.check_argv``): sinfo and
 scontrol for the partitions and nodes, and ``sbatch --test-only`` of a tiny
 job per profile partition. The test jobs are rendered by the normal renderer
 from a built-in spec, so their account, QOS and partition directives are the
-ones real jobs get. Reading and comparing are pure (``gateway.slurm.partitions``);
+ones real jobs get. Reading and comparing are pure (``gateway.slurm.partitions``,
+``gateway.slurm.profile_compare``);
 this module only puts them together.
 """
 
@@ -18,7 +19,8 @@ from gateway.errors import AifError, UsageError
 from gateway.profiles import Partition, QosRule, SiteProfile, get_profile, resolve_account
 from gateway.rendering import render_batch_script
 from gateway.site import SlurmCliBackend
-from gateway.slurm.partitions import Mismatch, TestOnly, compare_profile, read_test_only
+from gateway.slurm.partitions import TestOnly, read_test_only
+from gateway.slurm.profile_compare import Mismatch, compare_profile
 from gateway.spec import JobSpec, parse_spec
 from gateway.tomlcheck import format_walltime
 

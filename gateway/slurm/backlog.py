@@ -8,7 +8,9 @@ section lists the partitions' nodes with their CPUs and GPUs. Together they
 let the federation read Slurm's plan GPU by GPU (``gateway.federation.backlog``)
 where ``sbatch --test-only`` plans queued jobs a whole node at a time.
 
-Older probes printed only the first six queue fields: they parse with no detail.
+The node section is sinfo's grouped form (a hostlist per set of alike nodes), so a site
+of thousands of nodes answers in a few lines. Older probes printed only the first six
+queue fields: they parse with no detail.
 """
 
 from __future__ import annotations
@@ -108,22 +110,25 @@ def parse_queue_line(fields: Sequence[str]) -> QueuedJob | None:
 
 
 def parse_nodes(lines: Sequence[str]) -> tuple[NodeSlots, ...]:
-    """One NodeSlots per node (sinfo prints a node once per partition it is in)."""
+    """One NodeSlots per node, from sinfo's groups of alike nodes (a hostlist each).
+
+    A node in several of the partitions asked for is listed once per partition.
+    """
     found: dict[str, NodeSlots] = {}
     for line in lines:
         fields = line.split("|")
         if len(fields) != len(NODE_FIELDS) + 1 or fields[-1].strip():
             continue  # not ours (an error line): the node section is optional detail
-        name, partition, state, cpus, gres = (f.strip() for f in fields[:-1])
+        hosts, partition, state, cpus, gres = (f.strip() for f in fields[:-1])
         partition = partition.rstrip("*")
-        known = found.get(name)
-        if known is not None:
-            if partition not in known.partitions:
+        for name in expand_hostlist(hosts):
+            known = found.get(name)
+            if known is None:
+                found[name] = NodeSlots(name, (partition,), state, _int(cpus) or 0, gres_count(gres, "gpu"))
+            elif partition not in known.partitions:
                 found[name] = NodeSlots(
                     name, (*known.partitions, partition), known.state, known.cpus, known.gpus
                 )
-            continue
-        found[name] = NodeSlots(name, (partition,), state, _int(cpus) or 0, gres_count(gres, "gpu"))
     return tuple(found.values())
 
 

@@ -12,7 +12,8 @@ if [ -n "$partitions" ]; then
     squeue --noheader --states=PENDING,RUNNING --partition="$partitions" --Format="$4" 2>&1
     echo "@rc $?"
     echo '@nodes'
-    sinfo --noheader --Node --partition="$partitions" --Format="$5" 2>&1
+    # Grouped (no --Node): one line per set of alike nodes, their names as a hostlist.
+    sinfo --noheader --partition="$partitions" --Format="$5" 2>&1
     echo "@rc $?"
 else
     echo "@rc 0"

@@ -184,3 +184,12 @@ def test_the_reading_survives_the_store(tmp_path: Path) -> None:
     again = store.read("sandbox-south")
     assert again is not None and again.result is not None
     assert again.result.backlog == result.backlog and again.result.nodes == result.nodes
+
+
+def test_sinfos_groups_of_alike_nodes_read_node_by_node() -> None:
+    from gateway.slurm.backlog import parse_nodes
+
+    lines = ["n[01-03]|gpu|mixed|64|gpu:4|", "n04|gpu*|drained|64|gpu:4|", "n01|big|mixed|64|gpu:4|"]
+    nodes = parse_nodes(lines)
+    assert [n.name for n in nodes] == ["n01", "n02", "n03", "n04"]
+    assert nodes[0].partitions == ("gpu", "big") and nodes[3].state == "drained"

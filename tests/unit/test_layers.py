@@ -17,7 +17,13 @@ LAYERS: list[set[str]] = [
     {"gateway.transports"},
     {"gateway.site", "gateway.pyslurm_backend"},
     {"gateway.federation"},
-    {"gateway.ledger"},
+    {
+        "gateway.ledger",
+        "gateway.ledger_records",
+        "gateway.ledger_schema",
+        "gateway.ledger_errors",
+        "gateway.ledger_reads",
+    },
     {
         "gateway.api",
         "gateway.lifecycle",

@@ -1,4 +1,4 @@
-"""gateway.slurm.partitions against output recorded from real Slurm 22.05 (tests/data/slurm/README.md)."""
+"""gateway.slurm.partitions and profile_compare on real Slurm 22.05 output (tests/data/slurm/README.md)."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ from gateway.slurm import SlurmOutputError
 from gateway.slurm import partitions as partition_info
 from gateway.slurm.partitions import (
     GresItem,
-    compare_profile,
     parse_check_output,
     parse_gres,
     parse_scontrol_partitions,
     parse_sinfo_nodes,
     read_test_only,
 )
+from gateway.slurm.profile_compare import Comparison, compare_profile
 
 TESTS = Path(__file__).resolve().parents[1]
 DATA = TESTS / "data" / "slurm"
@@ -279,7 +279,7 @@ def test_the_check_program_stops_when_the_controller_cannot_be_asked(
 # --- the comparison ------------------------------------------------------------------------------
 
 
-def check(profile: SiteProfile, recording: str) -> partition_info.Comparison:
+def check(profile: SiteProfile, recording: str) -> Comparison:
     return compare_profile(profile, parse_check_output(recorded(recording), len(profile.partitions)))
 
 
