@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import field
+from dataclasses import field, replace
 from typing import TYPE_CHECKING
 
 from gateway.errors import ConfigError
@@ -38,6 +38,7 @@ SITE_KEYS = (
     "proxy_jump",
     "transport",
     "slurm_conf",
+    "share_connection",
 )
 
 
@@ -53,6 +54,9 @@ class SiteAccess(Record):
     proxy_jump: str | None = None
     transport: str = "ssh"
     slurm_conf: str | None = None
+    # One SSH connection shared by every aif process (gateway.transports.mux); None: as [ssh] says.
+    share_connection: bool | None = None
+    persist_s: int = 60  # how long an idle shared connection stays (from [ssh])
     # Set where profiles and config meet (this layer knows no site names): e.g. that
     # a [sites.*] entry naming no known site was probably meant for this one.
     hint: str = ""
@@ -77,6 +81,18 @@ class PlacementWeights(Record):
 
 
 FEDERATION_KEYS = ("snapshot_ttl_s", "sector_bonus_s", "queue_round_s", "data_s_per_missing_input")
+TOP_KEYS = ("sites", "federation", "ssh")
+
+
+class SshSharing(Record):
+    """``[ssh]``: share one connection per site between aif processes (like ControlMaster),
+    kept ``persist_s`` seconds after its last command (like ControlPersist)."""
+
+    share_connection: bool = False
+    persist_s: int = 60
+
+
+SSH_KEYS = ("share_connection", "persist_s")
 
 
 class UserConfig(Record):
@@ -86,9 +102,12 @@ class UserConfig(Record):
     files: tuple[str, ...] = ()
     sources: dict[str, str] = field(default_factory=dict)  # site entry -> the file that set it last
     weights: PlacementWeights = field(default_factory=PlacementWeights)
+    ssh: SshSharing = field(default_factory=SshSharing)
 
     def access(self, site: str) -> SiteAccess:
-        return self.sites.get(site, SiteAccess())
+        access = self.sites.get(site, SiteAccess())
+        share = self.ssh.share_connection if access.share_connection is None else access.share_connection
+        return replace(access, share_connection=share, persist_s=self.ssh.persist_s)
 
 
 def config_files(home: str | Path | None = None) -> list[str]:
@@ -104,6 +123,7 @@ def load_config(home: str | Path | None = None) -> UserConfig:
     sites: dict[str, SiteAccess] = {}
     sources: dict[str, str] = {}
     weights: dict[str, int] = {}
+    sharing: dict[str, object] = {}
     files = config_files(home)
     for path in files:
         data = load_toml_file(path, ConfigError)
@@ -111,19 +131,37 @@ def load_config(home: str | Path | None = None) -> UserConfig:
         sites.update(parsed)
         sources.update(dict.fromkeys(parsed, path))
         weights.update(parse_weights(data, source=path))
+        sharing.update(parse_ssh(data, source=path))
     return UserConfig(
         sites=sites,
         files=tuple(files),
         sources=sources,
         weights=PlacementWeights(**weights),
+        ssh=SshSharing(**sharing),  # type: ignore[arg-type]  # parse_ssh typed each value
     )
+
+
+def parse_ssh(data: dict[str, object], *, source: str) -> dict[str, object]:
+    """The ``[ssh]`` keys a file sets (later files win key by key)."""
+    if "ssh" not in data:
+        return {}
+    top = Table(data, source=source, path="", error=ConfigError, allowed=TOP_KEYS)
+    t = top.table("ssh", SSH_KEYS)
+    raw = data["ssh"]
+    assert isinstance(raw, dict)  # top.table checked it
+    values: dict[str, object] = {}
+    if "share_connection" in raw:
+        values["share_connection"] = t.boolean("share_connection")
+    if "persist_s" in raw:
+        values["persist_s"] = t.integer("persist_s", minimum=1, maximum=86400)
+    return values
 
 
 def parse_weights(data: dict[str, object], *, source: str) -> dict[str, int]:
     """The ``[federation]`` keys a file sets (later files win key by key)."""
     if "federation" not in data:
         return {}
-    top = Table(data, source=source, path="", error=ConfigError, allowed=("sites", "federation"))
+    top = Table(data, source=source, path="", error=ConfigError, allowed=TOP_KEYS)
     t = top.table("federation", FEDERATION_KEYS)
     raw = data["federation"]
     assert isinstance(raw, dict)  # top.table checked it
@@ -131,7 +169,7 @@ def parse_weights(data: dict[str, object], *, source: str) -> dict[str, int]:
 
 
 def parse_config(data: dict[str, object], *, source: str) -> dict[str, SiteAccess]:
-    top = Table(data, source=source, path="", error=ConfigError, allowed=("sites", "federation"))
+    top = Table(data, source=source, path="", error=ConfigError, allowed=TOP_KEYS)
     raw_sites = data.get("sites", {})
     if not isinstance(raw_sites, dict):
         top.fail("sites", "expected tables like [sites.lumi]")
@@ -161,6 +199,7 @@ def parse_config(data: dict[str, object], *, source: str) -> dict[str, SiteAcces
             proxy_jump=t.optional_string("proxy_jump", pattern=r"[^\s]*", allowed="no spaces"),
             transport=t.string("transport", "ssh", choices=TRANSPORTS),
             slurm_conf=t.optional_string("slurm_conf"),
+            share_connection=t.boolean("share_connection") if t.has("share_connection") else None,
         )
     return result
 

@@ -507,6 +507,25 @@ def open_backend(
         env = {"SLURM_CONF": access.slurm_conf} if access.slurm_conf else None
         local = LocalTransport(profile.name, env=env, on_command=on_command)
         return SlurmCliBackend(transport=local, accounting=sacct_source(profile), timeout=timeout)
+    if access.share_connection:
+        # Through the site's holder process (no paramiko here while it answers).
+        from gateway.transports.mux import SharedTarget, shared_connection_for
+
+        shared = SharedTarget(
+            site=profile.name,
+            host=access.host or profile.host,
+            port=access.port or profile.port,
+            user=access.user,
+            identity_file=str(Path(access.identity_file).expanduser()) if access.identity_file else None,
+            known_hosts=str(Path(access.known_hosts).expanduser()) if access.known_hosts else None,
+            proxy_jump=access.proxy_jump,
+            connect_timeout=min(timeout, 15.0),
+        )
+        return SlurmCliBackend(
+            transport=shared_connection_for(shared, persist_s=access.persist_s, on_command=on_command),
+            accounting=sacct_source(profile),
+            timeout=timeout,
+        )
     from gateway.transports.ssh import SshTarget, connection_for
 
     target = SshTarget(

@@ -47,6 +47,8 @@ COMMANDS: dict[str, Entry] = {
         "federation",
         "Why a job went where it went: the ranking when it was placed, and every submission attempt.",
     ),
+    # mux.py: the shared SSH connections
+    "mux": Entry("mux", "Show or stop the holders of shared SSH connections ([ssh] share_connection)."),
     # sandbox.py: the local Slurm federation
     "sandbox": Entry(
         "sandbox", "A federation of real Slurm clusters on this machine, to try aif (needs root)."

@@ -270,11 +270,17 @@ def down(home: Path | None = None) -> None:
     Any sandbox process left over (e.g. the supervisor was killed with -9)
     is then found by its command line, which names the sandbox directory,
     and ended by PID. Finally the run state (pids, Slurm state and spool) is
-    removed so the next ``up`` starts clean. Keys, configs and logs stay, and
+    removed so the next ``up`` starts clean. Holders of shared SSH connections to the
+    sandbox's sites (``gateway.transports.mux``) are stopped first. Keys, configs and logs stay, and
     so do the site profiles and config.d/sandbox.toml (the sites then show as
     unreachable).
     """
     layout = _layout(home)
+    # Holders of shared SSH connections to the sandbox's sites (gateway.transports.mux) are
+    # this user's processes, not the sandbox's: ask them to leave, whoever runs `down`.
+    from gateway.transports.mux import stop_holders
+
+    stop_holders(layout.home, sites=[site.name for site in SANDBOX_SITES])
     if not layout.root.exists():
         return
     if os.geteuid() != 0:
@@ -373,11 +379,14 @@ def kill_ssh_sessions(home: Path | None = None, user: str = SANDBOX_USER) -> lis
     """
     layout = _layout(home)
     with _locked_running(layout) as supervisor:
-        titles = (f"sshd: {user} ", f"sshd: {user}@")  # "[priv]" (root) and "@notty" (the user)
+        # "[priv]" (root), "@notty" (the user's, with a session open) and the bare
+        # "sshd: USER" of a connection with no session open (an idle shared connection).
+        titles = (f"sshd: {user} ", f"sshd: {user}@")
         victims = [
             pid
             for pid in descendants(supervisor.pid)
-            if _comm(pid) == "sshd" and " ".join(_cmdline(pid)).startswith(titles)
+            if _comm(pid) == "sshd"
+            and ((title := " ".join(_cmdline(pid))).startswith(titles) or title == f"sshd: {user}")
         ]
         for pid in victims:
             _signal(pid, signal.SIGKILL)
