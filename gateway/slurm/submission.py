@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import io
 import re
-import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.slurm.jobs import is_controller_unreachable
 from gateway.slurm.queue import _TOKEN_RE
+
+if TYPE_CHECKING:
+    import tarfile
 
 SUBMISSION_SETUP_FAILED = 97
 """Exit status of the submission program when it submitted nothing at all
@@ -197,6 +200,8 @@ def build_submission_bundle(items: Sequence[Submission], journal_dir: str = "") 
     )
     if claims and not journal_dir.startswith("/"):
         raise ValueError(f"items with claims need the record's absolute directory, not {journal_dir!r}")
+    import tarfile  # here: only submissions build a bundle (status and settling do not)
+
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as bundle:
         if journal_dir:
