@@ -265,6 +265,8 @@ def _check_item(index: int, item: SubmissionItem) -> None:
 
 
 def _add_to_tar(bundle: tarfile.TarFile, name: str, data: bytes | None) -> None:
+    import tarfile  # loaded by the bundle's builder already: a dictionary lookup
+
     # Fixed metadata (mtime 0, root-less owner) keeps the bundle deterministic.
     info = tarfile.TarInfo(name)
     info.mtime = 0
