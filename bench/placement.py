@@ -37,7 +37,8 @@ designed  queue length misleads: sandbox-north is busy with a few long jobs
           sites by name).
 
 The background of the designed case is submitted the same way for every
-policy (`aif submit --site` with all of one site's specs, one process per site).
+policy (`aif submit --no-coalesce --site` with all of one site's specs, one
+process per site: separate jobs, not one array, so that seven jobs wait).
 
 Policies. Each job is submitted by its own `aif submit --json SPEC` process,
 started at the job's arrival time; the baselines choose a site first and add
@@ -500,7 +501,15 @@ class Bench:
     def submit_background(self, background: Mapping[str, Sequence[Job]]) -> list[dict[str, Any]]:
         answers: list[dict[str, Any]] = []
         for site, jobs in background.items():
-            argv = [self.aif, "submit", "--json", "--site", site, *(str(self.spec_file(j)) for j in jobs)]
+            argv = [
+                self.aif,
+                "submit",
+                "--json",
+                "--no-coalesce",
+                "--site",
+                site,
+                *(str(self.spec_file(j)) for j in jobs),
+            ]
             result = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=120)
             if result.returncode != 0:
                 raise RuntimeError(f"background at {site}: rc {result.returncode}: {result.stderr.strip()}")
