@@ -16,7 +16,6 @@ in the process, so it is shown apart from the cold figure the goal is about.
 from __future__ import annotations
 
 import argparse
-import compileall
 import os
 import shutil
 import statistics
@@ -27,9 +26,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from benchlib import compile_aif, openssh, private_home, site_nodes, slurm
 from shared_connection import SharedConnection  # bench/ beside this script
 
-import gateway
 from gateway import lifecycle
 from gateway.context import open_context
 from gateway.sandbox import manager
@@ -44,11 +43,6 @@ def spec_text(i: int) -> str:
     return f'[job]\nname = "bench-{i}"\ncommand = ["echo", "{i}"]\n[resources]\nwalltime = "00:01:00"\n'
 
 
-def slurm(conf: str, *argv: str) -> str:
-    env = {**os.environ, "SLURM_CONF": conf}
-    return subprocess.run(argv, env=env, check=True, capture_output=True, text=True, timeout=120).stdout
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=200)
@@ -58,19 +52,16 @@ def main() -> int:
         print("bench: run as root (it drains sandbox nodes)", file=sys.stderr)
         return 2
 
-    # As an installed aif has them (pip compiles on install): PYTHONDONTWRITEBYTECODE would
-    # otherwise make every CLI process compile aif's modules from source.
-    compileall.compile_dir(Path(gateway.__file__).parent, quiet=1)
+    compile_aif()
     manager.up(progress=lambda line: print(f"[sandbox] {line}", file=sys.stderr))
     facts = manager.facts()
     site = facts.site(SITE)
     conf = str(site.slurm_conf)
-    nodes = ",".join(n for n in slurm(conf, "sinfo", "-h", "-N", "-o", "%N").split() if n)
+    nodes = site_nodes(conf)
 
     # A private AIF_HOME for the bench's ledger, seeing the same sandbox sites.
     work = Path(tempfile.mkdtemp(prefix="aif-bench-arrays-"))
-    for part in ("profiles", "config.d"):
-        shutil.copytree(facts.aif_home / part, work / "home" / part)
+    private_home(facts, work / "home")
     os.environ["AIF_HOME"] = str(work / "home")
     specs = []
     scripts = work / "scripts"
@@ -81,24 +72,7 @@ def main() -> int:
         specs.append(str(spec))
         (scripts / f"{i:04d}.sh").write_text(SCRIPT)
     aif = Path(sys.executable).parent / "aif"
-    ssh = [
-        "ssh",
-        "-F",
-        "/dev/null",
-        "-i",
-        str(site.identity_file),
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        f"UserKnownHostsFile={site.known_hosts}",
-        "-o",
-        "StrictHostKeyChecking=yes",
-        "-o",
-        "BatchMode=yes",
-        "-p",
-        str(site.ssh_port),
-        f"{site.user}@{site.host}",
-    ]
+    ssh = openssh(site)
 
     def ssh_array() -> None:
         argv = [*ssh, "sbatch", "--parsable", f"--array=0-{args.jobs - 1}"]

@@ -38,6 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchlib import openssh, private_home, site_nodes, slurm
 from shared_connection import SharedConnection  # bench/ beside this script
 
 from gateway import slurm as slurm_dialect
@@ -52,36 +53,9 @@ SPEC = (
 )
 
 
-def slurm(conf: str, *argv: str) -> str:
-    env = {**os.environ, "SLURM_CONF": conf}
-    return subprocess.run(argv, env=env, check=True, capture_output=True, text=True, timeout=120).stdout
-
-
-def nodes_of(conf: str) -> str:
-    return ",".join(
-        line.split()[0] for line in slurm(conf, "sinfo", "-h", "-N", "-o", "%N").splitlines() if line
-    )
-
-
 def ssh_argv(site: SiteAccess, command: list[str]) -> list[str]:
     """Plain OpenSSH, as a user would type it: the sandbox's key, known_hosts and port."""
-    return [
-        "ssh",
-        "-F",
-        "/dev/null",
-        "-i",
-        str(site.identity_file),
-        "-o",
-        f"UserKnownHostsFile={site.known_hosts}",
-        "-o",
-        "StrictHostKeyChecking=yes",
-        "-o",
-        "BatchMode=yes",
-        "-p",
-        str(site.ssh_port),
-        f"{site.user}@{site.host}",
-        shlex.join(command),
-    ]
+    return [*openssh(site), shlex.join(command)]
 
 
 def aif_command() -> str:
@@ -125,9 +99,7 @@ def main() -> int:
     facts = manager.facts()
     sites = list(facts.sites)
     work = Path(tempfile.mkdtemp(prefix="aif-bench-status-"))
-    home = work / "home"
-    for part in ("profiles", "config.d"):
-        shutil.copytree(facts.aif_home / part, home / part)
+    home = private_home(facts, work / "home")
     os.environ["AIF_HOME"] = str(home)
     poll_interval = float(os.environ.get("AIF_POLL_INTERVAL", "1.0"))
     squeue = slurm_dialect.squeue_argv()  # exactly what aif runs
@@ -148,7 +120,7 @@ def main() -> int:
             str(site.slurm_conf),
             "scontrol",
             "update",
-            f"nodename={nodes_of(str(site.slurm_conf))}",
+            f"nodename={site_nodes(str(site.slurm_conf))}",
             "state=drain",
             "reason=aif-bench",
         )
@@ -216,7 +188,7 @@ def main() -> int:
                 str(site.slurm_conf),
                 "scontrol",
                 "update",
-                f"nodename={nodes_of(str(site.slurm_conf))}",
+                f"nodename={site_nodes(str(site.slurm_conf))}",
                 "state=resume",
             )
         shutil.rmtree(work, ignore_errors=True)

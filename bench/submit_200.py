@@ -13,7 +13,6 @@ ControlMaster): no handshake in the process, so it is shown apart from the cold 
 from __future__ import annotations
 
 import argparse
-import compileall
 import os
 import shutil
 import statistics
@@ -24,9 +23,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from benchlib import compile_aif, openssh, private_home, site_nodes, slurm
 from shared_connection import SharedConnection  # bench/ beside this script
 
-import gateway
 from gateway import lifecycle
 from gateway.context import open_context
 from gateway.sandbox import manager
@@ -42,11 +41,6 @@ def spec_text(i: int) -> str:
     return f'[job]\nname = "bench-{i}"\ncommand = ["true"]\nworkdir = "bench"\n' + SPEC_RESOURCES
 
 
-def slurm(conf: str, *argv: str) -> str:
-    env = {**os.environ, "SLURM_CONF": conf}
-    return subprocess.run(argv, env=env, check=True, capture_output=True, text=True, timeout=120).stdout
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=200)
@@ -57,18 +51,15 @@ def main() -> int:
         return 2
 
     manager.up(progress=lambda line: print(f"[sandbox] {line}", file=sys.stderr))
-    # As an installed aif has them (pip compiles on install): PYTHONDONTWRITEBYTECODE would
-    # otherwise make every CLI process compile aif's modules from source.
-    compileall.compile_dir(Path(gateway.__file__).parent, quiet=1)
+    compile_aif()
     facts = manager.facts()
     site = facts.site(SITE)
     conf = str(site.slurm_conf)
-    nodes = ",".join(load_sandbox_nodes(conf))
+    nodes = site_nodes(conf)
 
     # A private AIF_HOME for the bench's ledger, seeing the same sandbox sites.
     work = Path(tempfile.mkdtemp(prefix="aif-bench-"))
-    for part in ("profiles", "config.d"):
-        shutil.copytree(facts.aif_home / part, work / "home" / part)
+    private_home(facts, work / "home")
     os.environ["AIF_HOME"] = str(work / "home")
     specs = []
     scripts = work / "scripts"
@@ -118,24 +109,7 @@ def main() -> int:
         with shared.on():
             aif_cli()
 
-    ssh_base = [
-        "ssh",
-        "-p",
-        str(site.ssh_port),
-        "-i",
-        str(site.identity_file),
-        "-o",
-        f"UserKnownHostsFile={site.known_hosts}",
-        "-o",
-        "StrictHostKeyChecking=yes",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "IdentitiesOnly=yes",
-        "-F",
-        "/dev/null",
-        f"{site.user}@{site.host}",
-    ]
+    ssh_base = openssh(site)
     # One ssh process streaming every script into a remote sbatch loop: the floor (no
     # record, no ledger, no rendering; the scripts are already written).
     stream = "".join(
@@ -228,12 +202,6 @@ def main() -> int:
     status_ms = statistics.median(status_times) * 1000
     print(f"\naif status of every job in the bench ledger (one squeue per site): {status_ms:.0f} ms")
     return 0
-
-
-def load_sandbox_nodes(conf: str) -> list[str]:
-    return [
-        line.split()[0] for line in slurm(conf, "sinfo", "-h", "-N", "-o", "%N").splitlines() if line.strip()
-    ]
 
 
 if __name__ == "__main__":
