@@ -2,7 +2,8 @@
 
 Nothing here touches the disk, the network or the clock: each function turns
 site definitions (``gateway.sandbox.sites``) and a layout into text, so the
-output is golden-tested byte for byte. ``gateway.sandbox.manager`` does the I/O.
+output is golden-tested byte for byte. ``gateway.sandbox.manager`` and the modules it
+is split into do the I/O.
 """
 
 from __future__ import annotations
