@@ -23,8 +23,10 @@ rarely do (jobs use a third of their limit or less), and the gap closes the
 moment they end: counting on it sent small jobs behind a big one that had
 already started (bench/placement.py's burst).
 
-What it does not know (reservations, QOS and association limits, memory,
-features, preemption) Slurm's own estimate does; the ranking uses this reading
+GPUs a node's sinfo counts as used by jobs the probe did not list (jobs of
+another partition on the same nodes) are held with no end. What it does not
+know (reservations, QOS and association limits, memory, features,
+preemption) Slurm's own estimate does; the ranking uses this reading
 only where Slurm's answer is later and not explained by a maintenance
 reservation, and says which it used.
 """
@@ -111,6 +113,12 @@ def earliest_start(
             node = by_name.get(host)
             if node is not None:
                 node.holds.append(_Hold(0.0, end, held.gpus_per_node, held.cpus_per_node))
+    # GPUs in use on a node by jobs the queue section did not list (another partition on the
+    # same nodes): held with no known end. Too late a reading only leaves Slurm's estimate.
+    for node in by_name.values():
+        unlisted = node.slots.gpus_used - sum(h.gpus for h in node.holds)
+        if unlisted > 0:
+            node.holds.append(_Hold(0.0, _FOREVER, unlisted, 0))
     # Slurm's order: priority first; squeue's own order among equals.
     queued = sorted((j for j in competing if not j.running), key=lambda j: -j.priority)
     turn = 0.0  # no job starts before one queued ahead of it

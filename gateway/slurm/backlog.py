@@ -39,7 +39,8 @@ QUEUE_FIELDS: tuple[str, ...] = (
 BASIC_QUEUE_FIELDS = 6  # what probes before the detail printed
 
 # sinfo --Node --Format fields of the probe's node section.
-NODE_FIELDS: tuple[str, ...] = ("NodeList", "Partition", "StateLong", "CPUs", "Gres")
+NODE_FIELDS: tuple[str, ...] = ("NodeList", "Partition", "StateLong", "CPUs", "Gres", "GresUsed")
+_NODE_FIELDS_BEFORE_USE = 5  # probes before GresUsed was asked for
 
 # A pending job waiting only for its turn or for room; any other reason (a dependency,
 # a hold, a QOS or association limit, a begin time) keeps it out of the next starts.
@@ -75,6 +76,7 @@ class NodeSlots:
     state: str
     cpus: int
     gpus: int
+    gpus_used: int = 0  # by every job on it, of any partition (sinfo's GresUsed, per node)
 
 
 def queue_format() -> str:
@@ -117,17 +119,20 @@ def parse_nodes(lines: Sequence[str]) -> tuple[NodeSlots, ...]:
     found: dict[str, NodeSlots] = {}
     for line in lines:
         fields = line.split("|")
-        if len(fields) != len(NODE_FIELDS) + 1 or fields[-1].strip():
+        if len(fields) - 1 not in (len(NODE_FIELDS), _NODE_FIELDS_BEFORE_USE) or fields[-1].strip():
             continue  # not ours (an error line): the node section is optional detail
-        hosts, partition, state, cpus, gres = (f.strip() for f in fields[:-1])
+        hosts, partition, state, cpus, gres, *used = (f.strip() for f in fields[:-1])
         partition = partition.rstrip("*")
+        gpus_used = gres_count(used[0], "gpu") if used else 0
         for name in expand_hostlist(hosts):
             known = found.get(name)
             if known is None:
-                found[name] = NodeSlots(name, (partition,), state, _int(cpus) or 0, gres_count(gres, "gpu"))
+                found[name] = NodeSlots(
+                    name, (partition,), state, _int(cpus) or 0, gres_count(gres, "gpu"), gpus_used
+                )
             elif partition not in known.partitions:
                 found[name] = NodeSlots(
-                    name, (*known.partitions, partition), known.state, known.cpus, known.gpus
+                    name, (*known.partitions, partition), known.state, known.cpus, known.gpus, known.gpus_used
                 )
     return tuple(found.values())
 

@@ -193,3 +193,15 @@ def test_sinfos_groups_of_alike_nodes_read_node_by_node() -> None:
     nodes = parse_nodes(lines)
     assert [n.name for n in nodes] == ["n01", "n02", "n03", "n04"]
     assert nodes[0].partitions == ("gpu", "big") and nodes[3].state == "drained"
+
+
+def test_gpus_used_by_jobs_the_probe_did_not_list_are_held() -> None:
+    """Another partition's job on the same node holds GPUs the queue section does not show."""
+    shared = NodeSlots("n1", ("gpu",), "mixed", 64, 8, gpus_used=6)  # 2 by a listed job, 4 unlisted
+    listed = [running(("n1",), 2, 60)]
+    assert earliest_start([shared], listed, (), Ask("gpu", 1, 4, 1, 60)) == 60
+    assert earliest_start([shared], listed, (), Ask("gpu", 1, 6, 1, 60)) is None  # never, as far as seen
+    from gateway.slurm.backlog import parse_nodes
+
+    [node] = parse_nodes(["n1|gpu|mixed|64|gpu:8|gpu:6(IDX:0-5)|"])
+    assert node.gpus_used == 6
