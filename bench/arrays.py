@@ -26,7 +26,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from benchlib import compile_aif, openssh, private_home, site_nodes, slurm
+from benchlib import (
+    compile_aif,
+    local_sbatch_loop,
+    openssh,
+    private_home,
+    site_nodes,
+    slurm,
+    write_jobs,
+)
 from shared_connection import SharedConnection  # bench/ beside this script
 
 from gateway import lifecycle
@@ -63,14 +71,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="aif-bench-arrays-"))
     private_home(facts, work / "home")
     os.environ["AIF_HOME"] = str(work / "home")
-    specs = []
-    scripts = work / "scripts"
-    scripts.mkdir()
-    for i in range(args.jobs):
-        spec = work / f"spec-{i:04d}.toml"
-        spec.write_text(spec_text(i))
-        specs.append(str(spec))
-        (scripts / f"{i:04d}.sh").write_text(SCRIPT)
+    specs, scripts = write_jobs(work, args.jobs, spec_text, SCRIPT)
     aif = Path(sys.executable).parent / "aif"
     ssh = openssh(site)
 
@@ -80,11 +81,7 @@ def main() -> int:
         assert result.stdout.strip().isdigit(), result.stdout
 
     def local_loop() -> None:
-        subprocess.run(
-            ["bash", "-c", f'for f in {scripts}/*.sh; do sbatch --parsable "$f" >/dev/null || exit 1; done'],
-            env={**os.environ, "SLURM_CONF": conf},
-            check=True,
-        )
+        local_sbatch_loop(scripts, conf)
 
     def aif_cli(*extra: str) -> Callable[[], None]:
         def run() -> None:

@@ -10,6 +10,7 @@ import compileall
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import gateway
@@ -61,3 +62,28 @@ def openssh(site: SiteAccess) -> list[str]:
         str(site.ssh_port),
         f"{site.user}@{site.host}",
     ]
+
+
+def write_jobs(
+    work: Path, count: int, spec_text: Callable[[int], str], script: str
+) -> tuple[list[str], Path]:
+    """``count`` spec files (``spec_text(i)``) in ``work`` and as many copies of a plain batch
+    ``script`` in ``work/scripts`` (for the loops aif is measured against)."""
+    specs = []
+    scripts = work / "scripts"
+    scripts.mkdir()
+    for i in range(count):
+        spec = work / f"spec-{i:04d}.toml"
+        spec.write_text(spec_text(i))
+        specs.append(str(spec))
+        (scripts / f"{i:04d}.sh").write_text(script)
+    return specs, scripts
+
+
+def local_sbatch_loop(scripts: Path, conf: str) -> None:
+    """One `sbatch --parsable` per script, here on the login node: the loop users write."""
+    subprocess.run(
+        ["bash", "-c", f'for f in {scripts}/*.sh; do sbatch --parsable "$f" >/dev/null || exit 1; done'],
+        env={**os.environ, "SLURM_CONF": conf},
+        check=True,
+    )
