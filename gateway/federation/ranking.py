@@ -286,16 +286,14 @@ def _from_estimate(
     where = estimate.partition or partition
     slurm_basis = f"Slurm's estimate (sbatch --test-only): starts in {slurm_s:.0f} s in {where}"
     maintenance = snapshot.result.reservation_ending_by(slurm_s) if slurm_s > 0 else None
+    if maintenance is not None:
+        slurm_basis += f", after maintenance reservation {maintenance.name} (until {maintenance.end})"
     if reading is None:
-        if maintenance is not None:
-            slurm_basis += f", after maintenance reservation {maintenance.name} (until {maintenance.end})"
         return slurm_s, slurm_basis
     without, with_placed = reading
     added = max(0.0, with_placed - without)
     if slurm_s <= without or maintenance is not None:
         start = slurm_s + added
-        if maintenance is not None:
-            slurm_basis += f", after maintenance reservation {maintenance.name} (until {maintenance.end})"
         if added:
             slurm_basis += f", + {added:.0f} s for the jobs placed since the probe (read {_BY_UNIT})"
         return start, slurm_basis
