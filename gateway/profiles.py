@@ -103,6 +103,7 @@ class SlurmRules(Record):
     accounting: str
     shebang: str
     work_area: str
+    submit_concurrency: int  # sbatch run at a time by one submission at the site
 
 
 class SiteEnvironment(Record):
@@ -408,6 +409,7 @@ SLURM_KEYS = (
     "accounting",
     "shebang",
     "work_area",
+    "submit_concurrency",
 )
 PARTITION_KEYS = (
     "name",
@@ -441,6 +443,7 @@ def _parse_slurm(t: Table) -> SlurmRules:
             allowed="expected an absolute path; {user}, {account} and {site} are filled in",
             max_length=PATH_MAX_LENGTH,
         ),
+        submit_concurrency=t.integer("submit_concurrency", 2, minimum=1, maximum=8),
     )
 
 

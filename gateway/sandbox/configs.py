@@ -501,6 +501,7 @@ def render_profile_toml(site: SandboxSite) -> str:
         'accounting = "jobcomp"',
         f"shebang = {_toml_str('#!/bin/bash -l')}",
         f"work_area = {_toml_str(WORK_AREA)}",
+        "submit_concurrency = 2",
     ]
     for partition in profile_partitions(site):
         out += [

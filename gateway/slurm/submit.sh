@@ -11,12 +11,16 @@ workspace=$(mktemp -d "${TMPDIR:-/tmp}/aif-submit.XXXXXXXXXX") || {
 # Always remove the scripts, also when the connection drops.
 trap 'rm -rf -- "$workspace"' EXIT
 # bash runs these only once the running command (sbatch) returns: they only note
-# the signal, so the answer of an sbatch that ran is still written to the record.
+# the signal (and leave a mark for the other workers), so the answer of an sbatch
+# that ran is still written to the record. Each worker sets them in its own shell.
 stop=
-trap 'stop=129' HUP
-trap 'stop=130' INT
-trap 'stop=141' PIPE
-trap 'stop=143' TERM
+catch_stops() {
+    trap 'stop=129; echo 129 >|"$workspace/stop"' HUP
+    trap 'stop=130; echo 130 >|"$workspace/stop"' INT
+    trap 'stop=141; echo 141 >|"$workspace/stop"' PIPE
+    trap 'stop=143; echo 143 >|"$workspace/stop"' TERM
+}
+catch_stops
 if ! tar -x -f - -C "$workspace" --no-same-owner 2>|"$workspace/tar-errors"; then
     echo "aif-submit: cannot unpack the submission bundle: $(cat -- "$workspace/tar-errors")" >&2
     exit 97
@@ -39,6 +43,8 @@ wanted=()
 fields=()
 arrays=()
 ends=()
+slots=() # the item's first answer slot (an array takes one per member)
+answers_total=0
 count=0
 while :; do
     printf -v item '%s/%06d' "$workspace" "$count"
@@ -47,6 +53,8 @@ while :; do
     IFS= read -r -d '' workdir <"$item/workdir"
     workdirs[count]=$workdir
     [ -n "$workdir" ] && [ ! -d "$workdir" ] && wanted+=("$workdir")
+    slots[count]=$answers_total
+    answers_total=$((answers_total + 1))
     if [ -f "$item/array" ]; then
         arrays[count]=${#fields[@]}
         while IFS= read -r -d '' field; do fields+=("$field"); done <"$item/array"
@@ -54,6 +62,7 @@ while :; do
         for ((m = arrays[count] + 4; m < ends[count]; m += 4)); do
             [ -d "${fields[m]}" ] || wanted+=("${fields[m]}")
         done
+        answers_total=$((answers_total - 1 + (ends[count] - arrays[count] - 1) / 4))
     fi
     count=$((count + 1))
 done
@@ -67,6 +76,11 @@ if [ "${#arrays[@]}" -gt 0 ]; then
 fi
 if [ "${#wanted[@]}" -gt 0 ]; then
     mkdir -p -- "${wanted[@]}" 2>|"$workspace/mkdir-errors" </dev/null || true
+fi
+if [ -n "$asked" ]; then
+    wait "$asked" 2>/dev/null
+    IFS= read -r max_array 2>/dev/null <"$workspace/max-array"
+    [ -n "$max_array" ] || max_array=0
 fi
 # Claims ITEM ($1) for token $2 and aif id $3 (an array member: array token $4, task $5):
 # the intent, BEFORE sbatch, created exclusively. Else answers slot $6 why not, and fails.
@@ -91,36 +105,29 @@ run_sbatch() {
     rc=0
     if [ -n "$workdir" ] && [ ! -d "$workdir" ]; then
         # The batch mkdir failed for this one: say why, for this item only.
-        mkdir -p -- "$workdir" 2>|"$workspace/errors" </dev/null || rc=$?
+        mkdir -p -- "$workdir" 2>|"$workspace/errors$worker" </dev/null || rc=$?
     fi
     if [ "$rc" -eq 0 ]; then
-        sbatch --parsable "$@" >|"$workspace/output" 2>|"$workspace/errors" </dev/null || rc=$?
+        sbatch --parsable "$@" >|"$workspace/output$worker" 2>|"$workspace/errors$worker" </dev/null || rc=$?
     fi
     output=
     if [ "$rc" -eq 0 ]; then
-        IFS= read -r output <"$workspace/output"
+        IFS= read -r output <"$workspace/output$worker"
     else
-        output=$(cat -- "$workspace/errors")
+        output=$(cat -- "$workspace/errors$worker")
         [ -n "$output" ] || output="exited with status $rc"
     fi
     one_line "$output"
 }
 # An array of specs: claim every member, ONE sbatch for the tasks claimed (a
 # member another submission holds is left out, so it never runs), then answer
-# each member ARRAYID_TASK, in the record first. Its members are answer slots
-# $slot on; an array over the site's MaxArraySize is not claimed, not sent.
+# each member ARRAYID_TASK, in the record first (its answer slots from
+# slots[ITEM] on); an array over the site's MaxArraySize is not claimed, not sent.
 submit_array() {
-    at=${arrays[index - 1]}
+    at=${arrays[index]}
     array_token=${fields[at]}
-    members=$(((ends[index - 1] - at - 1) / 4))
-    first=$slot
-    slot=$((slot + members))
-    if [ -n "$asked" ]; then
-        wait "$asked" 2>/dev/null
-        asked=
-        IFS= read -r max_array 2>/dev/null <"$workspace/max-array"
-        [ -n "$max_array" ] || max_array=0
-    fi
+    members=$(((ends[index] - at - 1) / 4))
+    first=${slots[index]}
     if [ "$max_array" -gt 0 ] && [ "$members" -gt "$max_array" ]; then
         for ((m = 0; m < members; m++)); do
             printf '%d\t%d\t%s\n' "$((first + m))" -4 "$members tasks, over MaxArraySize=$max_array"
@@ -156,32 +163,61 @@ submit_array() {
     # Every answer is in the record already: one write for all of them.
     printf '%s' "$answers"
 }
-slot=0
-index=0
-while [ "$index" -lt "$count" ] && [ -z "$stop" ]; do
-    printf -v item '%s/%06d' "$workspace" "$index"
-    index=$((index + 1))
-    workdir=${workdirs[index - 1]}
-    sbatch_args=()
-    while IFS= read -r -d '' arg; do
-        sbatch_args+=("$arg")
-    done <"$item/args"
-    if [ -f "$item/array" ]; then
-        submit_array
-        continue
-    fi
-    this=$slot
-    slot=$((slot + 1))
-    record=
-    if [ -f "$item/claim" ]; then
-        { IFS= read -r -d '' claimed; IFS= read -r -d '' token; IFS= read -r -d '' aif_id; } <"$item/claim"
-        # An item with no intent was provably never sent.
-        claim "$claimed" "$token" "$aif_id" "" "" "$this" || continue
-    fi
-    run_sbatch ${sbatch_args[@]+"${sbatch_args[@]}"} "$item/aif-job.sh"
-    # The answer goes to the site's record first, then to us.
-    [ -z "$record" ] || printf 'answer\t%d\t%s\n' "$rc" "$message" >>"$record"
-    printf '%d\t%d\t%s\n' "$this" "$rc" "$message"
+# Items $1, $1 + $2, ... (worker $1 of $2), each answer to stdout.
+run_items() {
+    for ((index = $1; index < count; index += $2)); do
+        [ -z "$stop" ] && [ ! -e "$workspace/stop" ] || break
+        printf -v item '%s/%06d' "$workspace" "$index"
+        workdir=${workdirs[index]}
+        sbatch_args=()
+        while IFS= read -r -d '' arg; do
+            sbatch_args+=("$arg")
+        done <"$item/args"
+        if [ -f "$item/array" ]; then
+            submit_array
+            continue
+        fi
+        this=${slots[index]}
+        record=
+        if [ -f "$item/claim" ]; then
+            { IFS= read -r -d '' claimed; IFS= read -r -d '' token; IFS= read -r -d '' aif_id; } <"$item/claim"
+            # An item with no intent was provably never sent.
+            claim "$claimed" "$token" "$aif_id" "" "" "$this" || continue
+        fi
+        run_sbatch ${sbatch_args[@]+"${sbatch_args[@]}"} "$item/aif-job.sh"
+        # The answer goes to the site's record first, then to us.
+        [ -z "$record" ] || printf 'answer\t%d\t%s\n' "$rc" "$message" >>"$record"
+        printf '%d\t%d\t%s\n' "$this" "$rc" "$message"
+    done
+}
+# $1 sbatch at a time (the site's profile; 1 if not given). The other workers
+# answer into files, passed on when done: one writer on stdout.
+workers=${1:-1}
+case $workers in '' | *[!0-9]* | 0*) workers=1 ;; esac
+[ "$workers" -le "$count" ] || workers=$count
+others=()
+for ((w = 1; w < workers; w++)); do
+    (
+        catch_stops
+        worker=$w
+        run_items "$w" "$workers"
+        exit 0
+    ) >|"$workspace/answers$w" &
+    others[w]=$!
 done
+worker=
+run_items 0 "$workers"
+for ((w = 1; w < workers; w++)); do
+    # A trapped signal ends wait early: wait again, the workspace must outlive it.
+    while :; do
+        wait "${others[w]}" && break
+        [ "$?" -gt 128 ] && kill -0 "${others[w]}" 2>/dev/null || break
+    done
+    text=
+    IFS= read -r -d '' text <"$workspace/answers$w" || true
+    printf '%s' "$text"
+done
+# A worker's signal stops the whole program the same way.
+[ -n "$stop" ] || [ ! -e "$workspace/stop" ] || IFS= read -r stop <"$workspace/stop" || true
 [ -z "$stop" ] || exit "$stop"
 exit 0

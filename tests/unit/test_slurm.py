@@ -841,6 +841,98 @@ def test_submission_program_runs_with_a_fake_sbatch(tmp_path: Path) -> None:
     assert list(tmp.iterdir()) == []
 
 
+# A stand-in sbatch for several at a time: the job id comes from the script ("# item N"),
+# and it notes how many stand-ins were running at once (each stays 0.2 s).
+CONCURRENT_SBATCH = r"""#!/bin/bash
+log=$AIF_FAKE_LOG
+script=${@: -1}
+item=$(sed -n 's/^# item //p' "$script")
+: >"$log/running.$$"
+ls "$log" | grep -c '^running\.' >>"$log/together"
+sleep 0.2
+rm -f "$log/running.$$"
+if [ "$item" = "$AIF_FAKE_KILL_AT" ]; then
+    kill -TERM "$PPID"  # the worker that ran us: as if the connection dropped
+fi
+echo "$((1000 + item))"
+"""
+
+
+def run_with_workers(
+    tmp_path: Path, count: int, workers: int, kill_at: int | None = None
+) -> tuple[subprocess.CompletedProcess[bytes], Path, Path]:
+    bin_dir, log, tmp, journal = (tmp_path / name for name in ("bin", "log", "tmp", "record"))
+    for directory in (bin_dir, log, tmp, journal):
+        directory.mkdir()
+    (bin_dir / "sbatch").write_text(CONCURRENT_SBATCH)
+    (bin_dir / "sbatch").chmod(0o755)
+    items = [
+        SubmissionItem(
+            SCRIPT + f"# item {i}\n", f"{tmp_path}/work/{i}", (), f"{i:016x}-0.0", f"tok-{i}", f"aif-{i}"
+        )
+        for i in range(count)
+    ]
+    env = dict(
+        os.environ,
+        PATH=f"{bin_dir}:{os.environ['PATH']}",
+        TMPDIR=str(tmp),
+        AIF_FAKE_LOG=str(log),
+        AIF_FAKE_KILL_AT="" if kill_at is None else str(kill_at),
+    )
+    result = subprocess.run(
+        slurm.submission_argv(workers),
+        input=slurm.build_submission_bundle(items, str(journal)),
+        capture_output=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    return result, log, journal
+
+
+@pytest.mark.skipif(not (shutil.which("bash") and shutil.which("tar")), reason="needs bash and tar")
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_workers_share_the_items_each_claimed_sent_and_answered_once(tmp_path: Path, workers: int) -> None:
+    result, log, journal = run_with_workers(tmp_path, 7, workers)
+    assert result.returncode == 0, result.stderr
+    outcomes = slurm.parse_submission_output(result.stdout.decode(), 7)
+    assert [o.job_id for o in outcomes] == [str(1000 + i) for i in range(7)]
+    assert len(result.stdout.decode().splitlines()) == 7  # one line per item, none twice
+    for i in range(7):
+        assert (journal / f"{i:016x}-0.0").read_text() == f"intent\ttok-{i}\taif-{i}\nanswer\t0\t{1000 + i}\n"
+        assert (tmp_path / "work" / str(i)).is_dir()
+    # Never more sbatch at once than workers; with several, they did overlap.
+    together = [int(n) for n in (log / "together").read_text().split()]
+    assert len(together) == 7 and max(together) <= workers
+    assert max(together) == workers
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+@pytest.mark.skipif(not (shutil.which("bash") and shutil.which("tar")), reason="needs bash and tar")
+def test_a_signal_to_one_worker_stops_every_worker_after_its_running_sbatch(tmp_path: Path) -> None:
+    """Worker 1 (items 1, 3, 5, 7) is told to stop while item 3's sbatch runs: item 3's answer
+    still reaches the record, no worker starts another item, the program exits 143."""
+    result, _log, journal = run_with_workers(tmp_path, 8, 2, kill_at=3)
+    assert result.returncode == 143, result.stderr
+    outcomes = slurm.parse_submission_output(result.stdout.decode(), 8)
+    assert outcomes[1].job_id == "1001" and outcomes[3].job_id == "1003"
+    claimed = sorted(int(path.name.split("-")[0], 16) for path in journal.iterdir())
+    assert 5 not in claimed and 7 not in claimed
+    for i in claimed:  # every intent has its answer: nothing was left in doubt
+        assert (journal / f"{i:016x}-0.0").read_text().endswith(f"answer\t0\t{1000 + i}\n")
+        assert outcomes[i].job_id == str(1000 + i)
+    assert all(outcomes[i].unknown for i in range(8) if i not in claimed)
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_submission_argv_takes_one_to_eight_workers() -> None:
+    assert slurm.submission_argv()[3:] == ["aif-submit", "1"]
+    assert slurm.submission_argv(8)[4] == "8"
+    for bad in (0, 9):
+        with pytest.raises(ValueError):
+            slurm.submission_argv(bad)
+
+
 @pytest.mark.skipif(not shutil.which("bash"), reason="needs bash")
 def test_submission_program_setup_failure(tmp_path: Path) -> None:
     env = dict(os.environ, TMPDIR=str(tmp_path))
@@ -904,6 +996,7 @@ def test_scancel_by_name_checks_each_jobs_name_at_the_controller(tmp_path: Path)
         slurm.scancel_by_name_argv([("12", "a,b")])
 
 
+SENT_WITHOUT_COMMENTS = {"submit.sh"}
 SHIPPED_PROGRAMS = {
     "scancel_by_name.sh": lambda: slurm.scancel_by_name_argv([("12", "a")]),
     "submit.sh": slurm.submission_argv,
@@ -914,8 +1007,17 @@ SHIPPED_PROGRAMS = {
 @pytest.mark.skipif(not shutil.which("bash"), reason="needs bash")
 @pytest.mark.parametrize("name", sorted(SHIPPED_PROGRAMS))
 def test_shipped_bash_programs_are_what_runs_and_parse(name: str) -> None:
-    """The bash programs aif runs at a site are files in the package; bash -n accepts them."""
+    """The bash programs aif runs at a site are files in the package (submit.sh is sent
+    without its comment lines); bash -n accepts the file and what is sent."""
     path = Path(slurm.__file__).resolve().parent / name
-    assert SHIPPED_PROGRAMS[name]()[2] == path.read_text(encoding="utf-8")
-    result = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+    text = path.read_text(encoding="utf-8")
+    sent = SHIPPED_PROGRAMS[name]()[2]
+    if name in SENT_WITHOUT_COMMENTS:
+        lines = text.splitlines(keepends=True)
+        assert sent == "".join(line for line in lines if not line.lstrip().startswith("#"))
+        assert len(sent) < len(text)
+    else:
+        assert sent == text
+    for check in (["bash", "-n", str(path)], ["bash", "-n", "-c", sent]):
+        result = subprocess.run(check, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
