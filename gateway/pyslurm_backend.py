@@ -196,6 +196,9 @@ class PyslurmBackend:
 
         fetch_path(LocalTransport(self.site), remote, local, progress)
 
+    def prepare(self) -> None:
+        return None  # the login node's own Slurm: nothing to reach
+
     def close(self) -> None:
         return None
 

@@ -131,6 +131,11 @@ class SiteBackend(Protocol):
 
     def fetch(self, remote: str, local: Path, progress: Progress | None = None) -> None: ...
 
+    def prepare(self) -> None:
+        """Start reaching the site in the background (logging in), so the first command
+        finds it ready; a failure is that command's to report. Runs nothing there."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -141,6 +146,7 @@ class SlurmCliBackend:
     transport: FileTransport
     accounting: slurm.SacctSource  # where finished jobs are looked up
     timeout: float = DEFAULT_TIMEOUT  # for every query (a submission gets SUBMIT_TIMEOUT)
+    submit_concurrency: int = 1  # sbatch at a time at the site (the profile's [slurm])
 
     @property
     def site(self) -> str:
@@ -159,7 +165,7 @@ class SlurmCliBackend:
         if not items:
             return []
         result = self._run(
-            slurm.submission_argv(),
+            slurm.submission_argv(self.submit_concurrency),
             stdin=slurm.build_submission_bundle(items, journal_dir),
             timeout=max(SUBMIT_TIMEOUT, self.timeout),
         )
@@ -332,6 +338,11 @@ class SlurmCliBackend:
 
     def fetch(self, remote: str, local: Path, progress: Progress | None = None) -> None:
         fetch_path(self.transport, remote, local, progress)
+
+    def prepare(self) -> None:
+        connect_soon = getattr(self.transport, "connect_soon", None)
+        if connect_soon is not None:  # an SSH login to overlap; a local transport has none
+            connect_soon()
 
     def close(self) -> None:
         self.transport.close()
@@ -506,7 +517,12 @@ def open_backend(
 
         env = {"SLURM_CONF": access.slurm_conf} if access.slurm_conf else None
         local = LocalTransport(profile.name, env=env, on_command=on_command)
-        return SlurmCliBackend(transport=local, accounting=sacct_source(profile), timeout=timeout)
+        return SlurmCliBackend(
+            transport=local,
+            accounting=sacct_source(profile),
+            timeout=timeout,
+            submit_concurrency=profile.slurm.submit_concurrency,
+        )
     if access.share_connection:
         # Through the site's holder process (no paramiko here while it answers).
         from gateway.transports.mux import SharedTarget, shared_connection_for
@@ -525,6 +541,7 @@ def open_backend(
             transport=shared_connection_for(shared, persist_s=access.persist_s, on_command=on_command),
             accounting=sacct_source(profile),
             timeout=timeout,
+            submit_concurrency=profile.slurm.submit_concurrency,
         )
     from gateway.transports.ssh import SshTarget, connection_for
 
@@ -542,6 +559,7 @@ def open_backend(
         transport=connection_for(target, on_command=on_command),
         accounting=sacct_source(profile),
         timeout=timeout,
+        submit_concurrency=profile.slurm.submit_concurrency,
     )
 
 
