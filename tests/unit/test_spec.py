@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -53,6 +55,37 @@ def test_every_example_is_valid() -> None:
     assert examples
     for path in examples:
         load_spec(path)
+
+
+ARRAY_AND_DATA_SPEC = """
+[job]
+name = "sweep"
+command = ["python", "train.py", "--lr", "0.1"]
+sector = "health"
+[resources]
+nodes = 2
+gpus_per_node = 4
+walltime = "01:00:00"
+[environment]
+variables = { A = "1", B = "two" }
+[data]
+inputs = ["news-corpus"]
+[array]
+size = 8
+parallel = 2
+"""
+
+
+def test_the_content_digest_is_that_of_the_spec_as_dataclasses_sees_it(tmp_path: Path) -> None:
+    """The digest names items in the sites' records: it must never change for one spec."""
+    (tmp_path / "sweep.toml").write_text(ARRAY_AND_DATA_SPEC)
+    paths = [*sorted((REPO / "examples").glob("*.toml")), REPO / "tests/data/specs/gpu-example.toml"]
+    paths.append(tmp_path / "sweep.toml")
+    for path in paths:
+        spec = load_spec(path)
+        content = {k: v for k, v in dataclasses.asdict(spec).items() if k not in ("source", "sha256")}
+        canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        assert spec.content_digest() == hashlib.sha256(canonical.encode("utf-8")).hexdigest(), path
 
 
 def test_full_issue_example(tmp_path: Path) -> None:
