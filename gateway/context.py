@@ -14,7 +14,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Generic, Protocol, TypeVar
@@ -151,6 +151,19 @@ class Context:
             if site not in self._open:
                 self._open[site] = self.backend_factory(site, self.timing.site_timeout_s)
             return self._open[site]
+
+    def prepare(self, sites: Iterable[str]) -> None:
+        """Start reaching ``sites`` now, each in a background thread (opening its backend,
+        logging in), so that it overlaps what the caller does next. Errors are left for
+        the first real command at the site, which meets and reports them."""
+        for site in sites:
+            threading.Thread(
+                target=self._prepare, args=(site,), name=f"aif-prepare-{site}", daemon=True
+            ).start()
+
+    def _prepare(self, site: str) -> None:
+        with contextlib.suppress(Exception):  # the first real command meets it and says so
+            self.backend(site).prepare()
 
     def per_site(
         self,

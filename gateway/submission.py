@@ -187,6 +187,8 @@ def submit(
     key = key if key is not None else journal.new_key()
     if not journal.is_valid_key(key):
         raise UsageError(f"--key {key!r}: a key is {journal.KEY_ALLOWED}")
+    if site is not None:
+        ctx.prepare([site])  # the login overlaps reading, placing and recording the specs
     federation = federation_for(ctx, refresh=refresh)
     planned = plan_submissions(ctx, spec_paths, site, federation=federation)
     dependency = _dependency(ctx, after, {p.site for p in planned})

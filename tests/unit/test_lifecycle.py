@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import io
 import tarfile
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -328,3 +330,42 @@ def test_an_unreachable_site_is_reported_not_raised(tmp_path: Path) -> None:
     report = refresh(ctx, [job.id])
     assert SITE in report.unreachable and "scripted failure" in report.unreachable[SITE]
     assert isinstance(SiteUnreachable("x"), SiteUnreachable)
+
+
+class _Preparing:
+    """A backend that only notes being prepared (``prepare`` runs in the context's thread)."""
+
+    def __init__(self, site: str, prepared: list[str], done: threading.Event) -> None:
+        self.site, self._prepared, self._done = site, prepared, done
+
+    def prepare(self) -> None:
+        self._prepared.append(self.site)
+        if len(self._prepared) == 2:
+            self._done.set()
+
+    def close(self) -> None:
+        return None
+
+
+def test_prepare_opens_each_sites_backend_in_the_background_and_keeps_it(tmp_path: Path) -> None:
+    prepared: list[str] = []
+    done = threading.Event()
+    made: list[str] = []
+
+    def factory(site: str, _timeout: float) -> Any:
+        made.append(site)
+        if site == "broken":
+            raise SiteUnreachable("no profile")  # left for the first real command
+        return _Preparing(site, prepared, done)
+
+    ctx = Context(
+        profiles={},
+        config=UserConfig(sites={}),
+        ledger_opener=lambda: Ledger(tmp_path / "ledger.db"),
+        backend_factory=factory,
+    )
+    ctx.prepare(["a", "broken", "b"])
+    assert done.wait(5)
+    assert sorted(prepared) == ["a", "b"]
+    assert ctx.backend("a") is ctx.backend("a") and sorted(made).count("a") == 1
+    ctx.close()

@@ -851,6 +851,66 @@ def test_run_writes_stdin_then_eof(connections: list[_FakeConnection]) -> None:
     assert bytes(channel.stdin) == payload
 
 
+# -- connect_soon: the login overlaps the caller's work ------------------------------------
+
+
+def _slow_route(mocker: MockerFixture, outcomes: list[Any], release: threading.Event) -> list[int]:
+    """_connect_route waits for ``release``, then hands out (or raises) the next outcome."""
+    calls: list[int] = []
+
+    def connect(*_args: object) -> Any:
+        calls.append(1)
+        release.wait(5)
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    mocker.patch.object(ssh_transport, "_connect_route", side_effect=connect)
+    return calls
+
+
+def test_connect_soon_logs_in_once_and_the_first_command_uses_it(mocker: MockerFixture) -> None:
+    release = threading.Event()
+    connection = _FakeConnection([_answer(b"ok")])
+    calls = _slow_route(mocker, [connection], release)
+    transport = SshTransport(_target())
+    transport.connect_soon()
+    transport.connect_soon()  # one login at a time
+    release.set()
+    assert transport.run(["true"]).stdout == "ok"
+    assert (len(calls), transport.connect_count) == (1, 1)
+
+
+def test_a_failed_early_login_is_the_first_commands_answer_not_a_second_try(mocker: MockerFixture) -> None:
+    release = threading.Event()
+    release.set()
+    down = SiteUnreachable("site leonardo unreachable: connection refused")
+    calls = _slow_route(mocker, [down, _FakeConnection([_answer(b"later")])], release)
+    transport = SshTransport(_target())
+    transport.connect_soon()
+    with pytest.raises(SiteUnreachable, match="connection refused"):
+        transport.run(["true"])
+    assert len(calls) == 1
+    assert transport.run(["true"]).stdout == "later"  # the next command logs in again
+
+
+def test_close_does_not_wait_for_a_login_nobody_used(mocker: MockerFixture) -> None:
+    release = threading.Event()
+    connection = _FakeConnection([])
+    _slow_route(mocker, [connection], release)
+    transport = SshTransport(_target())
+    transport.connect_soon()
+    time.sleep(0.05)  # the login is under way, waiting for the server
+    started = time.monotonic()
+    transport.close()
+    assert time.monotonic() - started < 1
+    release.set()
+    assert transport._early is not None
+    transport._early.join(5)
+    assert not connection.alive  # dropped by the login itself once it ended
+
+
 def test_run_rejects_nul_and_empty_argv(connections: list[_FakeConnection]) -> None:
     transport = SshTransport(_target())
     with pytest.raises(ValueError, match="NUL"):

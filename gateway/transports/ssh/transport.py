@@ -70,6 +70,11 @@ class SshTransport:
         # Guards opening and replacing the connection; commands themselves
         # run concurrently on separate channels.
         self._lock = threading.Lock()
+        # connect_soon's login: its thread, what it failed with (for the first command),
+        # and whether close() came while it was still logging in.
+        self._early: threading.Thread | None = None
+        self._early_failure: Exception | None = None
+        self._closed_early = False
 
     def __enter__(self) -> SshTransport:
         return self
@@ -94,7 +99,42 @@ class SshTransport:
         with self._lock:
             self._live_connection()
 
+    def connect_soon(self) -> None:
+        """Start logging in now, in a background thread, so that the handshake overlaps the
+        caller's own work. The first command waits for it; if it failed, that command fails
+        with the same error (not a second attempt at once). Nothing runs at the site."""
+        with self._lock:
+            if (self._connection is not None and self._connection.is_alive()) or (
+                self._early is not None and self._early.is_alive()
+            ):
+                return
+            self._closed_early = False
+            self._early = threading.Thread(
+                target=self._log_in_early, name=f"aif-login-{self.site}", daemon=True
+            )
+            self._early.start()
+
+    def _log_in_early(self) -> None:
+        with self._lock:
+            if self._closed_early:
+                return
+            try:
+                self._live_connection()
+            except Exception as exc:  # kept for the first command, which raises it
+                self._early_failure = exc
+            if self._closed_early:  # closed while logging in: nobody will use it
+                self._early_failure = None
+                self._drop_connection()
+
     def close(self) -> None:
+        early = self._early
+        if early is not None and early.is_alive():
+            # Never wait for a login nobody used (a slow site would hold the exit up):
+            # it drops its connection itself once it is done; its thread is a daemon.
+            self._closed_early = True
+            if not self._lock.acquire(blocking=False):
+                return
+            self._lock.release()
         with self._lock:
             self._drop_connection()
 
@@ -298,6 +338,9 @@ class SshTransport:
         connection = self._connection
         if connection is not None and connection.is_alive():
             return connection
+        failure, self._early_failure = self._early_failure, None
+        if failure is not None:
+            raise failure  # connect_soon's login failed a moment ago: that is the answer
         self._drop_connection()
         connection = _connect_route(self.site, self.route, self.target.connect_timeout, self.tcp_nodelay)
         self._connection = connection
