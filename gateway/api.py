@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import getpass
-from dataclasses import dataclass
 
 from gateway.config import UserConfig
 from gateway.errors import AifError, InvalidInput
 from gateway.preview import render as render  # `aif render`'s call, in a module of its own
 from gateway.profiles import SiteProfile, load_profile, load_sites, resolve_account, stray_config_entries
+from gateway.record import Record
 
 
-@dataclass(frozen=True)
-class SiteSummary:
+class SiteSummary(Record):
     """One site as ``aif sites`` shows it, and whether this user can use it now (if not, why)."""
 
     name: str
@@ -118,8 +117,7 @@ def _unusable_summary(name: str, problem: str) -> SiteSummary:
     )
 
 
-@dataclass(frozen=True)
-class ProfileCheck:
+class ProfileCheck(Record):
     """One profile file checked by ``aif profile validate``: ok with a summary, or its error."""
 
     path: str

@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
 
 from gateway import __version__
 from gateway.profiles import SiteProfile
+from gateway.record import Record
 from gateway.rendering import (
     choose_partition,
     comment_safe,
@@ -99,8 +99,7 @@ def group_by_key(keys: Sequence[Hashable | None], max_tasks: int) -> list[list[i
     return order
 
 
-@dataclass(frozen=True)
-class ArrayTask:
+class ArrayTask(Record):
     """One spec as one task of an array."""
 
     job_id: str  # the aif id
@@ -109,8 +108,7 @@ class ArrayTask:
     stdout_path: str  # where Slurm writes this task's output (%A_%a left for Slurm)
 
 
-@dataclass(frozen=True)
-class RenderedArray:
+class RenderedArray(Record):
     site: str
     script: str
     partition: str
@@ -203,8 +201,7 @@ def render_array_script(
     )
 
 
-@dataclass(frozen=True)
-class Batch:
+class Batch(Record):
     """What one sbatch sends: the job at ``positions[0]`` on its own (``array`` None), or the
     jobs at ``positions`` as the tasks of one array, in that order."""
 

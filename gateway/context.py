@@ -25,6 +25,7 @@ from gateway.home import aif_home
 from gateway.ledger import Ledger
 from gateway.polling import FilePollStore, PollRules, PollStore, polls_directory
 from gateway.profiles import SiteProfile, get_profile, load_sites
+from gateway.record import Record
 from gateway.site import SiteBackend, open_backend
 from gateway.transports.base import CommandHook
 
@@ -61,8 +62,7 @@ _TIMING_ENV = {
 }
 
 
-@dataclass(frozen=True)
-class Timing:
+class Timing(Record):
     """How long aif waits before it concludes something.
 
     ``just_submitted_grace_s``: a job may not show in squeue for a moment
@@ -107,8 +107,7 @@ class Timing:
         return cls(**values)
 
 
-@dataclass(frozen=True)
-class SiteResult(Generic[R]):
+class SiteResult(Record, Generic[R]):
     """One site's answer, or its problem (one line) and how long it took.
 
     ``nothing_ran``: the problem came before anything ran at the site (no

@@ -32,9 +32,9 @@ import re
 import secrets
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from enum import Enum
 
+from gateway.record import Record
 from gateway.slurm import Outcome, SubmissionOutcome, classify_sbatch
 
 RECORD_SUBDIR = ".aif/submissions"
@@ -104,8 +104,7 @@ echo "end"
 """
 
 
-@dataclass(frozen=True)
-class Fence:
+class Fence(Record):
     """Claim ``claim`` in ``directory`` for ``token`` unless it is claimed already."""
 
     directory: str
@@ -136,8 +135,7 @@ class ClaimStatus(str, Enum):
     IN_DOUBT = "in doubt"  # an intent with no answer (or an answer that may mean queued)
 
 
-@dataclass(frozen=True)
-class Claim:
+class Claim(Record):
     """One claim file of the record."""
 
     name: str  # ITEM.GEN
@@ -171,8 +169,7 @@ class Claim:
         return self.answer.job_id if self.answer is not None else None
 
 
-@dataclass(frozen=True)
-class RecordRead:
+class RecordRead(Record):
     """What one read of the record gave: the claims per directory, and the fences that took."""
 
     claims: tuple[dict[str, Claim], ...]  # per directory asked, claim name -> claim

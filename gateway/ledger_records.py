@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from gateway.home import aif_home
+from gateway.record import Record
 from gateway.states import (
     JobState,
     is_terminal,
@@ -61,8 +61,7 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
-@dataclass(frozen=True)
-class LedgerJob:
+class LedgerJob(Record):
     """One submission (or attempted submission), as the ledger holds it.
 
     Times are UTC ISO-8601 strings (``2025-01-31T12:00:00.000000+00:00``).
@@ -123,8 +122,7 @@ class LedgerJob:
         )
 
 
-@dataclass(frozen=True)
-class StateChange:
+class StateChange(Record):
     """One entry of a job's history: it entered ``state`` (for ``reason``) at ``at``."""
 
     job_id: str

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway.errors import AifError, SiteUnreachable, UsageError
 from gateway.ledger import Ledger, LedgerJob
+from gateway.record import Record
 from gateway.states import JobState, is_terminal
 
 if TYPE_CHECKING:
@@ -135,8 +135,7 @@ def follow_log(
             ctx.clock.sleep(poll_interval)
 
 
-@dataclass(frozen=True)
-class CancelResult:
+class CancelResult(Record):
     """What ``cancel`` did for one job: whether scancel was sent for it, and if not, why."""
 
     job: LedgerJob

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from gateway.api import site_problem
@@ -18,6 +17,7 @@ from gateway.federation.ranking import Ranking
 from gateway.federation.snapshot import Snapshot
 from gateway.ledger import Ledger, LedgerJob
 from gateway.profiles import check_spec_against_profiles, get_profile
+from gateway.record import Record
 from gateway.spec import JobSpec, load_spec
 from gateway.submission import federation_for
 
@@ -31,8 +31,7 @@ def rank_spec(ctx: Context, spec_path: str, *, refresh: bool = False) -> tuple[J
     return spec, federation_for(ctx, refresh=refresh).rank(spec)
 
 
-@dataclass(frozen=True)
-class SiteLoad:
+class SiteLoad(Record):
     """One line of `aif load` (capacity: the site's largest partition; pending: all partitions asked)."""
 
     site: str
@@ -94,8 +93,7 @@ def _load_of(site: str, snapshot: Snapshot) -> SiteLoad:
     )
 
 
-@dataclass(frozen=True)
-class Explanation:
+class Explanation(Record):
     job: LedgerJob
     placement: dict[str, Any]  # the ranking as it was ({} for jobs placed before the federation)
     attempts: list[tuple[str, str, str, str]]  # (site, at, outcome, detail)

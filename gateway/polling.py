@@ -44,6 +44,7 @@ from typing import Any, Protocol
 from gateway import slurm
 from gateway.errors import ConnectionLost, HomeUnusable, SiteUnreachable
 from gateway.home import ensure_home
+from gateway.record import Record
 from gateway.site import FileTransport
 from gateway.transports.base import DEFAULT_TIMEOUT, CommandResult, Progress
 
@@ -55,8 +56,7 @@ _KEEP_ANSWERS_S = 120.0
 _CLOCK_SLACK_S = 1.0
 
 
-@dataclass(frozen=True)
-class PollRules:
+class PollRules(Record):
     """How often a site may be asked: the base interval, its growth and its cap."""
 
     interval_s: float = 1.0
@@ -64,8 +64,7 @@ class PollRules:
     growth: float = 1.5
 
 
-@dataclass(frozen=True)
-class Budget:
+class Budget(Record):
     """A site's poll budget: its current interval, when its queue was last asked, what it said."""
 
     interval_s: float
@@ -91,8 +90,7 @@ def next_budget(budget: Budget, rules: PollRules, *, asked_at: float, digest: st
     return Budget(interval_s=interval, asked_at=asked_at, digest=digest or "")
 
 
-@dataclass(frozen=True)
-class Answer:
+class Answer(Record):
     """What one status query gave, and when it was asked (the clock's epoch seconds).
 
     ``problem`` is set when the site could not be asked at all (then there is
@@ -117,8 +115,7 @@ class Answer:
         return CommandResult(tuple(argv), self.returncode, self.stdout, self.stderr)
 
 
-@dataclass(frozen=True)
-class SitePolls:
+class SitePolls(Record):
     """Everything kept for one site: its budget and its latest answers by query."""
 
     budget: Budget

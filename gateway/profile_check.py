@@ -11,12 +11,13 @@ this module only puts them together.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from gateway.api import login_user
 from gateway.context import Context
 from gateway.errors import AifError, UsageError
 from gateway.profiles import Partition, QosRule, SiteProfile, get_profile, resolve_account
+from gateway.record import Record
 from gateway.rendering import render_batch_script
 from gateway.site import SlurmCliBackend
 from gateway.slurm.partitions import TestOnly, read_test_only
@@ -29,8 +30,7 @@ TEST_JOB_ID = "aif-check"  # fills {id} in the (never created) workdir
 TEST_WALLTIME_S = 600
 
 
-@dataclass(frozen=True)
-class TestJob:
+class TestJob(Record):
     """The test job of one partition: its script, or why none could be rendered."""
 
     partition: str
@@ -79,8 +79,7 @@ def _test_spec(partition: Partition, rules: tuple[QosRule, ...]) -> JobSpec:
     )
 
 
-@dataclass(frozen=True)
-class ProfileCheckReport:
+class ProfileCheckReport(Record):
     """Where a profile and its site disagree (``mismatches``), what else is worth knowing
     (``notes``), and whether a small job could run in each partition (``test_only``)."""
 

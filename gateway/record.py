@@ -18,10 +18,11 @@ assigned after ``__init__`` set it (nor anything else be assigned or deleted:
 :class:`dataclasses.FrozenInstanceError`, with the same message), instances
 compare, hash and show their fields (``tests/unit/test_record.py`` holds every
 class to a twin declared with ``@dataclass(frozen=True)``). Type checkers see
-a frozen dataclass (``dataclass_transform``). ``dataclasses.fields``,
-``replace`` and ``asdict`` work as on any dataclass; only
-``__dataclass_params__`` tells the difference. The other dataclasses of aif
-are plain ``@dataclass(frozen=True)``.
+a frozen dataclass (``dataclass_transform``, with ``dataclasses.field`` as
+its field specifier). ``dataclasses.fields``, ``replace`` and ``asdict`` work
+as on any dataclass; only ``__dataclass_params__`` tells the difference. Every
+frozen dataclass of aif is a Record (the CLI's site commands create some
+eighty); the mutable ones are plain ``@dataclass``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from __future__ import annotations
 import reprlib
 import sys
 from collections.abc import Callable
-from dataclasses import FrozenInstanceError, dataclass, fields
+from dataclasses import Field, FrozenInstanceError, dataclass, field, fields
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
@@ -75,7 +76,7 @@ def _layout(cls: type) -> _Layout:
     return layout
 
 
-@dataclass_transform(frozen_default=True)
+@dataclass_transform(frozen_default=True, field_specifiers=(field, Field))
 class Record:
     """Base of a frozen dataclass: each subclass is made one as it is defined (see the module)."""
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import re
 import shlex
-from dataclasses import dataclass
 
 from gateway import __version__
 from gateway.errors import NoFit, ProfileError, SpecError
 from gateway.profiles import Partition, QosRule, SiteProfile
+from gateway.record import Record
 from gateway.spec import JobSpec
 from gateway.tomlcheck import format_walltime, show_value
 
@@ -31,15 +31,13 @@ def fill_site_path(template: str, *, user: str, account: str | None, site: str) 
     return template.replace("{user}", user).replace("{account}", account or "").replace("{site}", site)
 
 
-@dataclass(frozen=True)
-class PartitionChoice:
+class PartitionChoice(Record):
     partition: Partition
     qos: str | None
     cpus_per_task: int | None
 
 
-@dataclass(frozen=True)
-class RenderedJob:
+class RenderedJob(Record):
     """A batch script and the facts about it that submission and fetch need."""
 
     site: str
@@ -132,8 +130,7 @@ def _partition_misfit(spec: JobSpec, profile: SiteProfile, p: Partition) -> str 
     return None
 
 
-@dataclass(frozen=True)
-class _NoQos:
+class _NoQos(Record):
     reason: str
 
 

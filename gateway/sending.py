@@ -22,14 +22,14 @@ from gateway.federation.placer import Federation
 from gateway.federation.ranking import Ranking
 from gateway.ledger import LedgerJob, new_submission_token
 from gateway.profiles import SiteProfile, resolve_account
+from gateway.record import Record
 from gateway.rendering import RenderedJob, fill_site_path, render_batch_script
 from gateway.settlement import claimed_by, settle_unresolved
 from gateway.spec import JobSpec
 from gateway.states import JobState
 
 
-@dataclass(frozen=True)
-class Planned:
+class Planned(Record):
     """A spec validated and placed: where it goes, why, and its label in the submission."""
 
     spec: JobSpec

@@ -14,12 +14,13 @@ its claim in the site's record was made for, before the array was sent.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from datetime import datetime
 
 from gateway import journal, slurm
 from gateway.context import Context
 from gateway.ledger import LedgerJob
+from gateway.record import Record
 from gateway.site import SiteBackend
 from gateway.states import JobState
 
@@ -54,8 +55,7 @@ def settle_unresolved(ctx: Context, site: str, jobs: list[LedgerJob], *, fence_n
     apply_evidence(ctx, plan, gather_evidence(ctx.backend(site), plan))
 
 
-@dataclass(frozen=True)
-class SettlePlan:
+class SettlePlan(Record):
     """What to ask a site to settle its unresolved jobs (decided on the main thread)."""
 
     jobs: list[LedgerJob]
@@ -65,8 +65,7 @@ class SettlePlan:
     old_enough: frozenset[str]  # ids of jobs past the grace period
 
 
-@dataclass(frozen=True)
-class Evidence:
+class Evidence(Record):
     record: journal.RecordRead | None
     tokens_found: dict[str, str]  # in squeue, by token (an array's token: the array's id)
     names_found: dict[str, str]  # finished, by Slurm name (the second proof)

@@ -20,6 +20,7 @@ from gateway import journal, slurm
 from gateway.config import SiteAccess
 from gateway.errors import AifError, SiteUnreachable
 from gateway.profiles import SiteProfile
+from gateway.record import Record
 from gateway.slurm import jobcomp
 from gateway.states import JobState
 from gateway.transports.base import DEFAULT_TIMEOUT, CommandHook, CommandResult, Progress, Transport
@@ -45,8 +46,7 @@ class FileTransport(Transport, Protocol):
     def get_file(self, remote_path: str, local_path: Path, progress: Progress | None = None) -> object: ...
 
 
-@dataclass(frozen=True)
-class JobQuery:
+class JobQuery(Record):
     """One job to look for at a site, with what proves a record is this job.
 
     While the job is in squeue, its ``token`` (Slurm keeps it as the job's
@@ -78,8 +78,7 @@ class JobQuery:
         return slurm.COMMENT_PREFIX + (self.array_token or self.token)
 
 
-@dataclass(frozen=True)
-class Sighting:
+class Sighting(Record):
     """What a site says of one job: its record once its identity is confirmed, else why not."""
 
     record: slurm.JobRecord | None

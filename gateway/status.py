@@ -11,35 +11,33 @@ the ledger is read and written in a few statements whatever the number of jobs.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime
 
 from gateway.context import Context
 from gateway.ledger import LedgerJob
 from gateway.polling import Budget, MemoryPollStore, PollStore, SharedAnswers, next_budget
+from gateway.record import Record
 from gateway.settlement import Evidence, SettlePlan, age_seconds, apply_evidence, gather_evidence, settle_plan
 from gateway.site import JobQuery, Sighting, SiteBackend, SlurmCliBackend
 from gateway.states import JobState, is_terminal
 
 
-@dataclass(frozen=True)
-class StatusReport:
+class StatusReport(Record):
     jobs: list[LedgerJob]
     unreachable: dict[str, str]  # site -> why
     # aif ids confirmed in squeue by their token, in the answer used (asked now with max_age=0)
     in_queue: frozenset[str] = frozenset()
 
 
-@dataclass(frozen=True)
-class _SiteQuery:
+class _SiteQuery(Record):
     settle: SettlePlan | None
     queries: list[JobQuery]
     newest_change: float  # the newest ledger change of the jobs asked (epoch seconds)
     max_age: float | None  # the freshness wanted of a shared answer (None: the site's interval)
 
 
-@dataclass(frozen=True)
-class _SiteAnswer:
+class _SiteAnswer(Record):
     evidence: Evidence | None
     sightings: dict[str, Sighting]
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import shlex
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from gateway import journal
@@ -30,6 +30,7 @@ from gateway.federation.placer import Federation, pinned_ranking
 from gateway.federation.ranking import Ranking, site_misfit
 from gateway.ledger import LedgerJob, spec_sha256
 from gateway.profiles import SiteProfile, check_spec_against_profiles, get_profile
+from gateway.record import Record
 from gateway.rendering import RenderedJob
 from gateway.sending import Planned, Sending, render, render_for, work_area
 from gateway.spec import JobSpec, load_spec
@@ -37,21 +38,18 @@ from gateway.states import JobState, is_terminal
 from gateway.status import refresh
 
 
-@dataclass(frozen=True)
-class SubmittedJob:
+class SubmittedJob(Record):
     job: LedgerJob
     why: str  # why this site
     how: str  # "submitted", "sent before", "adopted", "in doubt", or why it was not sent
 
 
-@dataclass(frozen=True)
-class SubmitReport:
+class SubmitReport(Record):
     key: str
     jobs: list[SubmittedJob]
 
 
-@dataclass(frozen=True)
-class DryRun:
+class DryRun(Record):
     spec: str
     site: str
     why: str

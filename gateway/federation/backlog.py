@@ -36,6 +36,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from gateway.record import Record
 from gateway.slurm.backlog import NodeSlots, QueuedJob
 
 # Read GPU by GPU up to this many jobs (running, queued, placed) on this many nodes;
@@ -47,8 +48,7 @@ _BAD_STATES = ("down", "drain", "fail", "unknown", "inval", "future", "maint", "
 _FOREVER = float("inf")
 
 
-@dataclass(frozen=True)
-class Ask:
+class Ask(Record):
     """What one job asks: nodes, and per node GPUs and CPUs, for its time limit (None: unlimited)."""
 
     partition: str

@@ -32,7 +32,7 @@ site's name: the rule is written into every explanation.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from gateway import slurm
 from gateway.config import PlacementWeights, UserConfig
@@ -40,6 +40,7 @@ from gateway.errors import AifError
 from gateway.federation.backlog import Ask, earliest_start
 from gateway.federation.snapshot import Placed, Snapshot
 from gateway.profiles import SiteProfile, resolve_account
+from gateway.record import Record
 from gateway.rendering import choose_partition
 from gateway.slurm.probe import PartitionDemand, StartEstimate
 from gateway.spec import JobSpec
@@ -47,8 +48,7 @@ from gateway.spec import JobSpec
 TIE_RULE = "ties go to the site with the larger share of the partition free, then by name"
 
 
-@dataclass(frozen=True)
-class Excluded:
+class Excluded(Record):
     site: str
     reasons: tuple[str, ...]
     transient: bool  # every reason is a site being down, unreachable or in maintenance
@@ -58,8 +58,7 @@ class Excluded:
         return {"site": self.site, "reasons": list(self.reasons)}
 
 
-@dataclass(frozen=True)
-class Scored:
+class Scored(Record):
     site: str
     score: float
     terms: Mapping[str, float]
@@ -78,8 +77,7 @@ class Scored:
         }
 
 
-@dataclass(frozen=True)
-class Ranking:
+class Ranking(Record):
     ranked: tuple[Scored, ...]
     excluded: tuple[Excluded, ...]
     tie_rule: str = TIE_RULE
@@ -113,8 +111,7 @@ class Ranking:
         }
 
 
-@dataclass(frozen=True)
-class SiteView:
+class SiteView(Record):
     """What ranking knows of one site: its profile and, unless pinned, its load."""
 
     profile: SiteProfile

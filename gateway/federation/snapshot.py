@@ -18,18 +18,18 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
 from gateway import slurm
 from gateway.home import ensure_home
+from gateway.record import Record
 from gateway.slurm.backlog import NodeSlots, QueuedJob
 from gateway.slurm.probe import PartitionDemand, ProbeResult, Reservation, StartEstimate
 
 
-@dataclass(frozen=True)
-class Placed:
+class Placed(Record):
     """A job placed at the site since its probe: what it takes from the free capacity."""
 
     at: float  # this machine's clock (time.time)
@@ -40,8 +40,7 @@ class Placed:
     walltime_s: int = 0  # 0: not recorded (snapshots written before it was)
 
 
-@dataclass(frozen=True)
-class Snapshot:
+class Snapshot(Record):
     """One site's load as last probed (``problem`` set if it could not be)."""
 
     site: str

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.record import Record
 from gateway.sandbox.sites import (
     FAKE_GPU_MODEL,
     GPU_MAX_WALLTIME,
@@ -51,8 +51,7 @@ DATASETS_AREA = "/home/{user}/datasets"
 GENERATED_HEADER = "Written by `aif sandbox up`, rewritten on every start: do not edit."
 
 
-@dataclass(frozen=True)
-class SandboxLayout:
+class SandboxLayout(Record):
     """Where every sandbox file lives, given the aif home (all state under ``home/sandbox``)."""
 
     home: Path
@@ -176,8 +175,7 @@ class SandboxLayout:
         return self.home / "config.d" / "sandbox.toml"
 
 
-@dataclass(frozen=True)
-class SandboxBinaries:
+class SandboxBinaries(Record):
     """Absolute paths of the daemons the supervisor starts."""
 
     munged: str = "/usr/sbin/munged"
@@ -434,8 +432,7 @@ def _toml_bool(value: bool) -> str:
     return "true" if value else "false"
 
 
-@dataclass(frozen=True)
-class ProfilePartition:
+class ProfilePartition(Record):
     """One [[partitions]] entry of a sandbox profile."""
 
     name: str

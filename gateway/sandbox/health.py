@@ -16,11 +16,12 @@ import subprocess
 import time
 from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, field
 from pathlib import Path
 from typing import Any
 
 from gateway.errors import SandboxError
+from gateway.record import Record
 from gateway.sandbox.configs import (
     MESSAGE_TIMEOUT_S,
     MUNGED_DAEMON,
@@ -56,8 +57,7 @@ ANSWERING_NODE_STATES = frozenset({"idle", "mix", "alloc", "comp", "resv", "plnd
 # --- Public results -----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class SiteStatus:
+class SiteStatus(Record):
     """Health of one sandbox site."""
 
     name: str
@@ -74,8 +74,7 @@ class SiteStatus:
         return self.controller and self.nodes and self.sshd
 
 
-@dataclass(frozen=True)
-class SandboxStatus:
+class SandboxStatus(Record):
     """Health of the whole sandbox; ``up`` is true only when every part answers."""
 
     up: bool

@@ -19,10 +19,10 @@ import shutil
 import stat
 import subprocess
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.home import aif_home, ensure_home
+from gateway.record import Record
 from gateway.sandbox.configs import SandboxLayout
 from gateway.sandbox.sites import SANDBOX_USER
 
@@ -221,8 +221,7 @@ def _sandbox_processes(root: Path) -> list[int]:
 # --- Supervisor state ---------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _SupervisorState:
+class _SupervisorState(Record):
     pid: int
     ready: bool
     children: dict[str, int]

@@ -31,11 +31,11 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.errors import SandboxError
 from gateway.home import ensure_home
+from gateway.record import Record
 from gateway.sandbox.configs import SandboxLayout
 from gateway.sandbox.faults import (
     CONTROL_TIMEOUT_S,
@@ -144,8 +144,7 @@ _OUR_SUPERVISORS: dict[int, subprocess.Popen[bytes]] = {}
 # --- Public results -----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class SiteAccess:
+class SiteAccess(Record):
     """How to reach one sandbox site, over SSH or locally."""
 
     name: str
@@ -158,8 +157,7 @@ class SiteAccess:
     slurm_conf: Path
 
 
-@dataclass(frozen=True)
-class SandboxFacts:
+class SandboxFacts(Record):
     """Where the sandbox lives and how to reach each site (independent of whether it runs)."""
 
     aif_home: Path

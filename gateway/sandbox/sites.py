@@ -8,7 +8,7 @@ user config) is rendered from these definitions by ``gateway.sandbox.configs``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from gateway.record import Record
 
 SANDBOX_USER = "aifuser"
 # The login user's group for the files it must write: the jobcomp files (`sacct -c`).
@@ -30,16 +30,14 @@ GPU_MAX_WALLTIME = "1-00:00:00"
 FAKE_GPU_MODEL = "fake"
 
 
-@dataclass(frozen=True)
-class SandboxNode:
+class SandboxNode(Record):
     """One slurmd of a sandbox cluster (all run on this host, each on its own port)."""
 
     name: str
     slurmd_port: int
 
 
-@dataclass(frozen=True)
-class SandboxDataset:
+class SandboxDataset(Record):
     """A dataset the site's profile advertises; an empty placeholder directory in the sandbox."""
 
     name: str
@@ -47,8 +45,7 @@ class SandboxDataset:
     sensitivity: str
 
 
-@dataclass(frozen=True)
-class SandboxSite:
+class SandboxSite(Record):
     """One sandbox site: its own Slurm cluster plus its own sshd port on loopback."""
 
     name: str  # the site name, e.g. "sandbox-north" (also the profile's file name)

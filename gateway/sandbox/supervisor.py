@@ -36,10 +36,11 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
+
+from gateway.record import Record
 
 PR_SET_CHILD_SUBREAPER = 36
 STATE_FILE = "supervisor.json"
@@ -61,8 +62,7 @@ TERM_GRACE_S = 2.0
 KILL_GRACE_S = 2.0
 
 
-@dataclass(frozen=True)
-class DaemonSpec:
+class DaemonSpec(Record):
     """One daemon of the plan."""
 
     name: str

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 
+from gateway.record import Record
 from gateway.slurm.jobs import count_array_tasks
 from gateway.slurm.load import gres_count, parse_slurm_duration
 
@@ -47,8 +47,7 @@ _NODE_FIELDS_BEFORE_USE = 5  # probes before GresUsed was asked for
 COMPETING_REASONS = frozenset({"Priority", "Resources", "None", ""})
 
 
-@dataclass(frozen=True)
-class QueuedJob:
+class QueuedJob(Record):
     """One pending or running job (a pending array: one per task) as the probe saw it."""
 
     partitions: tuple[str, ...]
@@ -67,8 +66,7 @@ class QueuedJob:
         return self.running or self.reason in COMPETING_REASONS
 
 
-@dataclass(frozen=True)
-class NodeSlots:
+class NodeSlots(Record):
     """One node of the queried partitions: its state and what it has."""
 
     name: str

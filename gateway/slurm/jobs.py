@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 
 from gateway.errors import AifError
+from gateway.record import Record
 from gateway.states import JobState
 
 
@@ -193,8 +193,7 @@ def _text_or_none(value: str) -> str | None:
 # ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class JobRecord:
+class JobRecord(Record):
     """One job (or array task, or a pending array's unstarted tasks) at a site.
 
     ``job_id`` is how users and ``--parsable`` name it: ``"12"``, ``"12_3"``,

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from types import MappingProxyType
 
+from gateway.record import Record
 from gateway.slurm.jobs import SlurmOutputError, _text_or_none, count_array_tasks
 
 SINFO_FIELDS: tuple[str, ...] = (
@@ -27,8 +28,7 @@ SINFO_FIELDS: tuple[str, ...] = (
 )
 
 
-@dataclass(frozen=True)
-class PartitionLoad:
+class PartitionLoad(Record):
     """What one partition has and uses right now, summed over sinfo's node groups.
 
     ``available`` is sinfo's word (up/down/drain/inact). ``nodes_by_state``
@@ -185,8 +185,7 @@ def parse_slurm_duration(text: str) -> int | None:
     return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
 
 
-@dataclass(frozen=True)
-class QueueDepth:
+class QueueDepth(Record):
     """Pending work waiting for one partition (all users), array tasks counted one by one."""
 
     partition: str

@@ -16,9 +16,10 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from types import MappingProxyType
 
+from gateway.record import Record
 from gateway.slurm.jobs import SlurmOutputError
 from gateway.slurm.load import parse_slurm_duration
 from gateway.slurm.probe import TEST_ONLY_START_RE
@@ -66,8 +67,7 @@ def check_argv(test_scripts: Sequence[str]) -> list[str]:
 # -- what the site says ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class GresItem:
+class GresItem(Record):
     """One generic resource of a node: ``gpu:a100:4(S:0-1)`` is ("gpu", "a100", 4)."""
 
     name: str
@@ -75,8 +75,7 @@ class GresItem:
     count: int
 
 
-@dataclass(frozen=True)
-class SiteNode:
+class SiteNode(Record):
     """One node as one of its partitions sees it (``sinfo -N``: a node in two partitions is two)."""
 
     partition: str
@@ -109,8 +108,7 @@ class SiteNode:
         return base in ("idle", "mixed", "allocated", "completing", "planned", "reserved")
 
 
-@dataclass(frozen=True)
-class SitePartition:
+class SitePartition(Record):
     """One partition as ``scontrol show partition -o`` prints it (limits None: UNLIMITED)."""
 
     name: str
@@ -131,8 +129,7 @@ class SitePartition:
     fields: Mapping[str, str] = field(hash=False, compare=False, repr=False)
 
 
-@dataclass(frozen=True)
-class TestOnly:
+class TestOnly(Record):
     """What ``sbatch --test-only`` said of one partition's test job.
 
     ``ok``: it could run. ``start``: when Slurm expects it to start (ISO time,
@@ -145,8 +142,7 @@ class TestOnly:
     message: str
 
 
-@dataclass(frozen=True)
-class SiteSnapshot:
+class SiteSnapshot(Record):
     """Everything one `aif profile check` command brought back."""
 
     partitions: tuple[SitePartition, ...]

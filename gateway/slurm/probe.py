@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from datetime import datetime
 from pathlib import Path
 
+from gateway.record import Record
 from gateway.slurm.backlog import (
     BASIC_QUEUE_FIELDS,
     QUEUE_FIELDS,
@@ -62,8 +63,7 @@ def probe_argv(partitions: Sequence[str], with_test: bool) -> list[str]:
 TEST_ONLY_SHELL = 'sbatch --test-only 2>&1; echo "@rc $?"'
 
 
-@dataclass(frozen=True)
-class PartitionDemand:
+class PartitionDemand(Record):
     """Pending and running work in one partition, all users (array tasks counted one by one)."""
 
     pending_jobs: int = 0
@@ -74,8 +74,7 @@ class PartitionDemand:
     running_gpus: int = 0
 
 
-@dataclass(frozen=True)
-class StartEstimate:
+class StartEstimate(Record):
     """Slurm's answer to ``sbatch --test-only``: when and where, or why it cannot run."""
 
     ok: bool
@@ -84,8 +83,7 @@ class StartEstimate:
     message: str  # Slurm's words
 
 
-@dataclass(frozen=True)
-class Reservation:
+class Reservation(Record):
     """A reservation at the site (times in the site's local time, as Slurm prints them)."""
 
     name: str
@@ -99,8 +97,7 @@ class Reservation:
         return "MAINT" in self.flags
 
 
-@dataclass(frozen=True)
-class ProbeResult:
+class ProbeResult(Record):
     """What one probe of one site found."""
 
     site_epoch: int

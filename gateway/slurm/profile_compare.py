@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 from gateway.profiles import Partition, SiteProfile
+from gateway.record import Record
 from gateway.slurm.partitions import SiteNode, SitePartition, SiteSnapshot
 from gateway.tomlcheck import format_walltime
 
 # -- the comparison --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Mismatch:
+class Mismatch(Record):
     """One place where the profile says something the site contradicts.
 
     ``key`` is the profile key to change (``partitions[1].cpus_per_node``);
@@ -48,8 +47,7 @@ class Mismatch:
         }
 
 
-@dataclass(frozen=True)
-class Comparison:
+class Comparison(Record):
     mismatches: tuple[Mismatch, ...]
     notes: tuple[str, ...]  # informational: nothing in the profile is wrong
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gateway.record import Record
 from gateway.slurm.jobs import is_controller_unreachable
 from gateway.slurm.queue import _TOKEN_RE
 
@@ -49,8 +49,7 @@ RECORD_FAILED_RC = -3  # the site's record could not be written: not sent
 TOO_LARGE_RC = -4  # the array has more tasks than the site's MaxArraySize: not claimed, not sent
 
 
-@dataclass(frozen=True)
-class SubmissionItem:
+class SubmissionItem(Record):
     """One job script to submit, with what sbatch needs around it.
 
     ``workdir``: absolute directory to ``mkdir -p`` before sbatch ('' for none).
@@ -70,8 +69,7 @@ class SubmissionItem:
     aif_id: str = ""
 
 
-@dataclass(frozen=True)
-class ArrayMember:
+class ArrayMember(Record):
     """One spec of an array: its claim in the site's record (``ITEM.GEN``, with its own
     ``token`` and ``aif_id``; '' for no record) and its own directory (``mkdir -p``)."""
 
@@ -81,8 +79,7 @@ class ArrayMember:
     workdir: str
 
 
-@dataclass(frozen=True)
-class ArraySubmission:
+class ArraySubmission(Record):
     """ONE array job standing for several specs: task ``i`` is ``members[i]``.
 
     The program claims every member in the site's record (``intent TOKEN
@@ -119,8 +116,7 @@ class Outcome(str, Enum):
     TOO_LARGE = "too large"  # an array over the site's MaxArraySize: not sent, send it in smaller ones
 
 
-@dataclass(frozen=True)
-class SubmissionOutcome:
+class SubmissionOutcome(Record):
     """What became of one SubmissionItem (``kind`` says which case; see Outcome).
 
     ``job_id`` is set for ACCEPTED; ``error`` is sbatch's (or the program's)

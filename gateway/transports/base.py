@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Protocol
+
+from gateway.record import Record
 
 DEFAULT_TIMEOUT = 60.0
 
 
-@dataclass(frozen=True)
-class CommandResult:
+class CommandResult(Record):
     """What one command at a site gave back."""
 
     argv: tuple[str, ...]

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.errors import ConnectionLost, SiteUnreachable
+from gateway.record import Record
 from gateway.transports.base import DEFAULT_TIMEOUT, CommandHook, CommandResult, Progress, start_command
 from gateway.transports.local import (
     TreeEntry,
@@ -32,8 +33,7 @@ class UnexpectedCommand(AssertionError):
     """The code under test ran a command the test did not script."""
 
 
-@dataclass(frozen=True)
-class FakeCall:
+class FakeCall(Record):
     """One call the code under test made, in order."""
 
     argv: tuple[str, ...]
@@ -47,8 +47,7 @@ class FakeCall:
 Handler = Callable[[FakeCall], CommandResult]
 
 
-@dataclass(frozen=True)
-class _Scripted:
+class _Scripted(Record):
     """What to answer to one call: a fixed result or a handler."""
 
     returncode: int = 0

@@ -21,8 +21,10 @@ import socket
 import struct
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
+
+from gateway.record import Record
 
 VERSION = 1
 _LENGTH = struct.Struct(">I")
@@ -41,8 +43,7 @@ class ProtocolError(Exception):
     """The other end broke off or sent something that is not a message."""
 
 
-@dataclass(frozen=True)
-class SharedTarget:
+class SharedTarget(Record):
     """An ``SshTarget``'s fields, as plain data: the client must not import paramiko.
 
     The holder builds its ``SshTarget`` from these; :attr:`key` tells a holder
@@ -157,8 +158,7 @@ def receive_body(sock: socket.socket, header: dict[str, object], field: str) -> 
 # -- requests ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ExecRequest:
+class ExecRequest(Record):
     target: str
     argv: tuple[str, ...]
     stdin: bytes | None

@@ -16,13 +16,14 @@ import glob
 import os
 import re
 import shlex
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import paramiko
 
 from gateway.errors import ConfigError
+from gateway.record import Record
 from gateway.transports.ssh.paramiko_import import MATCH_EXEC, give_paramiko_invoke
 
 DEFAULT_PORT = 22
@@ -36,8 +37,7 @@ _MAX_INCLUDE_DEPTH = 16
 _INCLUDE_LINE = re.compile(r"^\s*include(?:\s*=\s*|\s+)(.+)$", re.IGNORECASE)
 
 
-@dataclass(frozen=True)
-class SshTarget:
+class SshTarget(Record):
     """Where one site's login node is and how to log in.
 
     ``None`` means "not set here": ``~/.ssh/config`` (when ``use_ssh_config``)
@@ -70,8 +70,7 @@ class SshTarget:
                 object.__setattr__(self, name, Path(value))
 
 
-@dataclass(frozen=True)
-class ResolvedEndpoint:
+class ResolvedEndpoint(Record):
     """One SSH server to log in to, after ~/.ssh/config has been applied."""
 
     name: str  # as written by the user (alias or jump spec), for messages
