@@ -8,6 +8,9 @@ noise hits them alike. Prints one table of seconds, ms per job and the ratio
 to the local loop. The row "shared connection (warm)" is the same CLI process with
 `[ssh] share_connection` on and the site's holder already logged in (like OpenSSH's
 ControlMaster): no handshake in the process, so it is shown apart from the cold figure.
+aif's submission program runs the site profile's `submit_concurrency` sbatch at a time (2 for
+the sandbox); the row "one sbatch at a time" is the same CLI process with a profile saying 1,
+beside the floor's one-by-one loop.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from gateway.transports.ssh import SshTarget, SshTransport
 
 SITE = "sandbox-east"
 SHARED_ROW = "aif submit, CLI, shared connection (warm)"
+SERIAL_ROW = "aif submit, CLI, one sbatch at a time"
 SPEC_RESOURCES = '[resources]\nwalltime = "00:01:00"\n'
 SCRIPT = "#!/bin/bash\n#SBATCH --time=00:01:00\n#SBATCH --output=/dev/null\ntrue\n"
 
@@ -69,6 +73,11 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="aif-bench-"))
     private_home(facts, work / "home")
     os.environ["AIF_HOME"] = str(work / "home")
+    # Another whose profile of the site says one sbatch at a time: what the workers bring.
+    serial_home = private_home(facts, work / "home-serial")
+    profile = serial_home / "profiles" / f"{SITE}.toml"
+    profile.write_text(profile.read_text().replace("submit_concurrency = 2", "submit_concurrency = 1"))
+    assert "submit_concurrency = 1" in profile.read_text(), profile
     specs, scripts = write_jobs(work, args.jobs, spec_text, SCRIPT)
 
     target = SshTarget(
@@ -92,13 +101,17 @@ def main() -> int:
             jobs = lifecycle.submit(ctx, specs, site=SITE, coalesce=False).jobs
         assert all(j.job.slurm_job_id for j in jobs), [j.job.message for j in jobs if not j.job.slurm_job_id]
 
-    def aif_cli() -> None:
+    def aif_cli(home: Path | None = None) -> None:
         aif = Path(sys.executable).parent / "aif"
         subprocess.run(
             [str(aif), "submit", "--site", SITE, "--no-coalesce", "--json", *specs],
             check=True,
             capture_output=True,
+            env={**os.environ, "AIF_HOME": str(home)} if home else None,
         )
+
+    def aif_cli_serial() -> None:
+        aif_cli(serial_home)
 
     shared = SharedConnection(work / "home", [SITE])
 
@@ -145,6 +158,7 @@ def main() -> int:
         "local sbatch loop (login node)": local_loop,
         "aif submit, library (1 SSH exec)": aif_library,
         "aif submit, CLI process (1 SSH exec)": aif_cli,
+        SERIAL_ROW: aif_cli_serial,
         SHARED_ROW: aif_cli_shared,
         "paramiko, one exec per job": ssh_exec_per_job,
         "ssh: one process streaming to sbatch (floor)": ssh_stream,
@@ -192,9 +206,11 @@ def main() -> int:
     cli = statistics.median(times["aif submit, CLI process (1 SSH exec)"])
     verdict = "met" if cli / floor <= 1.1 else "NOT met"
     warm = statistics.median(times[SHARED_ROW])
+    serial = statistics.median(times[SERIAL_ROW])
     print(
         f"\nratio: aif CLI (its own SSH handshake) / ssh floor {cli / floor:.2f} [goal <= 1.1: {verdict}]; "
-        f"with a warm shared connection (no handshake in the process): {warm / floor:.2f}"
+        f"with a warm shared connection (no handshake in the process): {warm / floor:.2f}; "
+        f"one sbatch at a time at the site (submit_concurrency = 1): {serial / floor:.2f}"
     )
     status_ms = statistics.median(status_times) * 1000
     print(f"\naif status of every job in the bench ledger (one squeue per site): {status_ms:.0f} ms")
