@@ -56,11 +56,10 @@ def _values_of(names: list[str]) -> Values:
 
 
 class _Layout:
-    """Which fields a record class has, compares, hashes and shows, as dataclasses chooses them."""
+    """Which fields a record class compares, hashes and shows, as dataclasses chooses them."""
 
     def __init__(self, cls: type) -> None:
         own = fields(cls)
-        self.names = frozenset(f.name for f in own)
         self.compared = _values_of([f.name for f in own if f.compare])
         self.hashed = _values_of([f.name for f in own if (f.compare if f.hash is None else f.hash)])
         self.shown = [f.name for f in own if f.repr]
@@ -86,14 +85,18 @@ class Record:
         super().__init_subclass__(**kwargs)
         # Not frozen=True: that would compile __setattr__ and __delattr__ for the class.
         dataclass(eq=False, repr=False)(cls)
+        # What __setattr__ checks, on the class itself: it runs once per field of every
+        # instance made (a ledger job has 25), so it stays a set lookup and a dict store.
+        cls._record_fields_ = frozenset(f.name for f in fields(cls))  # type: ignore[attr-defined,arg-type]
 
     if not TYPE_CHECKING:  # type checkers know the fields are read-only (dataclass_transform)
 
         def __setattr__(self, name: str, value: object) -> None:
             # __init__ assigns each field once; nothing is assigned after it.
-            if name in self.__dict__ or name not in _layout(self.__class__).names:
+            values = self.__dict__
+            if name in values or name not in self._record_fields_:
                 raise FrozenInstanceError(f"cannot assign to field {name!r}")
-            object.__setattr__(self, name, value)
+            values[name] = value
 
         def __delattr__(self, name: str) -> None:
             raise FrozenInstanceError(f"cannot delete field {name!r}")
