@@ -70,9 +70,22 @@ def new_table(title: str, columns: Sequence[str]) -> Any:
 
 
 def print_json(data: object) -> None:
+    """``data`` as JSON: a list one item a line, a dict one key a line (a list under a key
+    one item a line), each item compact. json's C encoder writes every line; ``indent=``
+    would send all of it through the pure-Python encoder (slow for hundreds of jobs)."""
     import json  # only --json output needs it: `aif --help` does not load it
 
-    click.echo(json.dumps(data, indent=2, sort_keys=False))
+    def lines(value: object, margin: str) -> str:
+        if isinstance(value, list) and value:
+            inner = margin + "  "
+            return "[\n" + ",\n".join(inner + json.dumps(item) for item in value) + "\n" + margin + "]"
+        return json.dumps(value)
+
+    if isinstance(data, dict) and data:
+        members = (f"  {json.dumps(key)}: {lines(value, '  ')}" for key, value in data.items())
+        click.echo("{\n" + ",\n".join(members) + "\n}")
+    else:
+        click.echo(lines(data, ""))
 
 
 def fail(message: str, code: int) -> NoReturn:

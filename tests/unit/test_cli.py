@@ -372,3 +372,27 @@ def test_sandbox_status_exits_1_when_nothing_runs(aif_home: Path) -> None:
     result = aif("sandbox", "status")
     assert result.exit_code == 1
     assert result.stderr == "problem: sandbox is not running\naif: error: the sandbox is not up\n"
+
+
+def test_print_json_lays_out_one_item_a_line_and_reads_back_the_same(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from gateway.cli.app import print_json
+
+    data = {"key": "k1", "jobs": [{"id": "a", "placement": {"ranking": [1, 2]}}, {"id": "é"}], "none": []}
+    print_json(data)
+    out = capsys.readouterr().out
+    assert json.loads(out) == data
+    assert out.splitlines() == [
+        "{",
+        '  "key": "k1",',
+        '  "jobs": [',
+        '    {"id": "a", "placement": {"ranking": [1, 2]}},',
+        '    {"id": "\\u00e9"}',
+        "  ],",
+        '  "none": []',
+        "}",
+    ]
+    for value in ([{"a": 1}, 2], [], {}, "x", None):
+        print_json(value)
+        assert json.loads(capsys.readouterr().out) == value
