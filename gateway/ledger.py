@@ -347,7 +347,8 @@ class Ledger(LedgerReads):
             _check_intent(intent)
         with self._write():
             ids = [self._insert(state=JobState.SUBMITTING, message="", **intent) for intent in intents]
-            return [self._require(job_id) for job_id in ids]
+            made = self._require_many(ids)
+            return [made[job_id] for job_id in ids]
 
     def record_paths(self, paths: Iterable[tuple[Any, ...]]) -> None:
         """Set ``(job_id, workdir, stdout_path[, slurm_name[, array_token, array_task]])`` of jobs
@@ -357,9 +358,11 @@ class Ledger(LedgerReads):
         only after :meth:`record_intents` gave the id, and before anything is sent.
         A job sent on its own (no array token given) is no array's task.
         """
+        rows = list(paths)
         with self._write():
-            for job_id, workdir, stdout_path, *rest in paths:
-                job = self._require(job_id)
+            jobs = self._require_many([row[0] for row in rows])
+            for job_id, workdir, stdout_path, *rest in rows:
+                job = jobs[job_id]
                 if job.state != JobState.SUBMITTING:
                     raise ValueError(f"job {job_id} is {job.state}; its paths are fixed")
                 array_token = str(rest[1]) if len(rest) > 1 else ""
@@ -374,14 +377,16 @@ class Ledger(LedgerReads):
         """:meth:`mark_submitted` for ``(job_id, slurm_job_id)`` pairs, in one transaction."""
         pairs = list(submitted)
         with self._write():
+            jobs = self._require_many([job_id for job_id, _ in pairs])
             for job_id, slurm_job_id in pairs:
-                job = self._require(job_id)
+                job = jobs.pop(job_id, None) or self._require(job_id)  # a job given twice: as it is now
                 if job.slurm_job_id == slurm_job_id:
                     continue
                 if not job.unresolved:
                     raise ValueError(f"job {job_id} is {job.state}, not Slurm job {slurm_job_id}")
                 self._set_state(job, JobState.PENDING, "", slurm_job_id=slurm_job_id)
-            return [self._require(job_id) for job_id, _ in pairs]
+            after = self._require_many([job_id for job_id, _ in pairs])
+            return [after[job_id] for job_id, _ in pairs]
 
     def record_invalid(
         self,
@@ -546,9 +551,10 @@ class Ledger(LedgerReads):
     def record_attempts(self, attempts: Iterable[tuple[str, str, str, str]]) -> None:
         """``(job_id, site, outcome, detail)`` of submission attempts, in one transaction (one fsync
         for a batch), for ``aif explain``."""
+        rows = list(attempts)
         with self._write():
-            for job_id, site, outcome, detail in attempts:
-                self._require(job_id)
+            self._require_many([row[0] for row in rows])
+            for job_id, site, outcome, detail in rows:
                 self._conn.execute(
                     "INSERT INTO attempts (job_id, site, at, outcome, detail) VALUES (?, ?, ?, ?, ?)",
                     (job_id, site, _now(), outcome, detail),
