@@ -220,3 +220,40 @@ def test_help_lists_the_commands_as_click_would_list_them_loaded() -> None:
         group.format_commands(ctx, lazy)
         click.Group.format_commands(group, ctx, loaded_listing)
     assert lazy.getvalue() == loaded_listing.getvalue() != ""
+
+
+# -- importlib.metadata: paramiko's version without it ----------------------------------------
+
+PARAMIKO_VERSION = """
+import json, sys
+import gateway.transports.ssh
+import paramiko
+from paramiko.transport import Transport
+without = "importlib.metadata" not in sys.modules and "email" not in sys.modules
+from importlib import metadata
+print(json.dumps([without, paramiko.__version__, metadata.version("paramiko"), Transport._CLIENT_ID]))
+"""
+
+
+def test_paramiko_is_imported_without_importlib_metadata_and_names_its_real_version() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", PARAMIKO_VERSION], capture_output=True, text=True, check=True
+    ).stdout
+    without, version, real, client_id = json.loads(out)
+    assert without
+    assert version == real and client_id == f"paramiko_{real}"
+
+
+def test_the_stand_in_finds_installed_versions_and_hands_the_rest_to_the_real_module() -> None:
+    from importlib import metadata
+
+    from gateway.transports.ssh.paramiko_import import _MetadataStandIn, installed_version
+
+    assert installed_version("paramiko") == metadata.version("paramiko")
+    assert installed_version("typing-extensions") in (None, metadata.version("typing_extensions"))
+    assert installed_version("aif-no-such-distribution") is None
+    stand_in = _MetadataStandIn()
+    assert stand_in.version("click") == metadata.version("click")
+    assert stand_in.PackageNotFoundError is metadata.PackageNotFoundError  # the real module answers
+    with pytest.raises(metadata.PackageNotFoundError):
+        stand_in.version("aif-no-such-distribution")
