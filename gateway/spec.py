@@ -195,15 +195,25 @@ def sha256_hex(data: bytes) -> str:
     costs ``aif render`` about a tenth of importing click; hashlib falls back
     to this same module when OpenSSL lacks sha256.
     """
-    for name in ("_sha2", "_sha256"):  # Python 3.12+, 3.11
-        try:
-            builtin: Any = importlib.import_module(name)
-        except ImportError:
-            continue
-        return str(builtin.sha256(data).hexdigest())
-    import hashlib  # an interpreter built without it
+    return str(_sha256()(data).hexdigest())
 
-    return hashlib.sha256(data).hexdigest()
+
+_SHA256: list[Any] = []  # the constructor, once found: a failed import costs a search of sys.path
+
+
+def _sha256() -> Any:
+    if not _SHA256:
+        for name in ("_sha2", "_sha256"):  # Python 3.12+, 3.11
+            try:
+                _SHA256.append(importlib.import_module(name).sha256)
+                break
+            except ImportError:
+                continue
+        else:
+            import hashlib  # an interpreter built without it
+
+            _SHA256.append(hashlib.sha256)
+    return _SHA256[0]
 
 
 def _read(path: str) -> bytes:
