@@ -10,7 +10,10 @@ start-up, the SSH handshake, validation, placement, the ledger, the site's recor
 one remote command included) at most 1.3x the plain `ssh site sbatch --array=0-199` process.
 The row "shared connection (warm)" is the same CLI process with `[ssh] share_connection`
 on and the site's holder already logged in (like OpenSSH's ControlMaster): no handshake
-in the process, so it is shown apart from the cold figure the goal is about.
+in the process, so it is shown apart from the cold figure the goal is about. The row
+"only the imports" is a Python process that imports what `aif submit` imports (click, the
+lifecycle, the SSH transport with paramiko) and does nothing: the part of the CLI process
+that is Python's start-up alone.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ from gateway.sandbox import manager
 
 SITE = "sandbox-east"
 SHARED_ROW = "aif submit, CLI, shared connection (warm)"
+IMPORTS_ROW = "python: only the imports of aif submit (no work)"
+IMPORTS_OF_SUBMIT = "import gateway.cli.jobs, gateway.lifecycle, gateway.submission, gateway.transports.ssh"
 SCRIPT = "#!/bin/bash\n#SBATCH --time=00:01:00\n#SBATCH --output=/dev/null\ntrue\n"
 
 
@@ -105,9 +110,14 @@ def main() -> int:
         assert all(j.job.slurm_job_id for j in jobs)
         assert len({j.job.slurm_job_id.split("_")[0] for j in jobs if j.job.slurm_job_id}) == 1
 
+    def imports_only() -> None:
+        # What `aif submit` imports before it does anything: its floor as a Python process.
+        subprocess.run([sys.executable, "-c", IMPORTS_OF_SUBMIT], check=True)
+
     methods: dict[str, Callable[[], None]] = {
         f"ssh site sbatch --array=0-{args.jobs - 1}": ssh_array,
         "aif submit, CLI process (one array)": aif_cli(),
+        IMPORTS_ROW: imports_only,
         SHARED_ROW: aif_cli_shared,
         "aif submit, library call (one array)": aif_library,
         "aif submit --no-coalesce, CLI process": aif_cli("--no-coalesce"),
