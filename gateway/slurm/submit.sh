@@ -32,40 +32,69 @@ one_line() {
 }
 journal=
 [ -f "$workspace/journal" ] && IFS= read -r -d '' journal <"$workspace/journal"
-# Every workdir (and the record's directory) first, in ONE mkdir: a fork per job
-# would cost more than its sbatch. An array brings its members' workdirs too; its
-# fields (token, then claim, token, aif id, workdir per member) are kept in one
-# flat list, from arrays[ITEM] to ends[ITEM], read in order (bash indexes lists
-# sequentially fast, but slices of them slowly).
+# The items, read in order from two files (a few files to unpack, not a few per job:
+# creating files is what a slow /tmp makes expensive). `items` holds per item, each
+# NUL-terminated: S or A, its workdir, the count of its sbatch arguments and each
+# argument; then a job's claim, token and aif id (all empty without a claim), or an
+# array's token, its member count and each member's claim, token, aif id and workdir.
+# `scripts` holds each item's script, NUL-terminated (sbatch reads it on stdin).
+# Every workdir (and the record's directory) is made first, in ONE mkdir: a fork per
+# job would cost more than its sbatch. Lists are flat and read in order (bash indexes
+# lists sequentially fast, but slices of them slowly).
 workdirs=()
 wanted=()
 [ -n "$journal" ] && [ ! -d "$journal" ] && wanted+=("$journal")
+scripts=()
+args=()
+args_from=()
+args_to=()
+claims=()
+tokens=()
+aif_ids=()
 fields=()
 arrays=()
 ends=()
 slots=() # the item's first answer slot (an array takes one per member)
 answers_total=0
 count=0
-while :; do
-    printf -v item '%s/%06d' "$workspace" "$count"
-    [ -d "$item" ] || break
-    workdir=
-    IFS= read -r -d '' workdir <"$item/workdir"
+exec 3<"$workspace/items" 4<"$workspace/scripts"
+while IFS= read -r -d '' kind <&3; do
+    IFS= read -r -d '' workdir <&3
     workdirs[count]=$workdir
     [ -n "$workdir" ] && [ ! -d "$workdir" ] && wanted+=("$workdir")
+    IFS= read -r -d '' n <&3
+    args_from[count]=${#args[@]}
+    for ((a = 0; a < n; a++)); do
+        IFS= read -r -d '' arg <&3
+        args+=("$arg")
+    done
+    args_to[count]=${#args[@]}
+    IFS= read -r -d '' script <&4
+    scripts[count]=$script
     slots[count]=$answers_total
-    answers_total=$((answers_total + 1))
-    if [ -f "$item/array" ]; then
+    if [ "$kind" = A ]; then
+        IFS= read -r -d '' field <&3
         arrays[count]=${#fields[@]}
-        while IFS= read -r -d '' field; do fields+=("$field"); done <"$item/array"
+        fields+=("$field")
+        IFS= read -r -d '' members <&3
+        for ((m = 0; m < 4 * members; m++)); do
+            IFS= read -r -d '' field <&3
+            fields+=("$field")
+        done
         ends[count]=${#fields[@]}
         for ((m = arrays[count] + 4; m < ends[count]; m += 4)); do
             [ -d "${fields[m]}" ] || wanted+=("${fields[m]}")
         done
-        answers_total=$((answers_total - 1 + (ends[count] - arrays[count] - 1) / 4))
+        answers_total=$((answers_total + members))
+    else
+        IFS= read -r -d '' claims[count] <&3
+        IFS= read -r -d '' tokens[count] <&3
+        IFS= read -r -d '' aif_ids[count] <&3
+        answers_total=$((answers_total + 1))
     fi
     count=$((count + 1))
 done
+exec 3<&- 4<&-
 # The site's MaxArraySize, asked while the directories are made (only with an array).
 max_array=0
 asked=
@@ -97,10 +126,10 @@ claim() {
     fi
     return 1
 }
-# Runs sbatch with "$@" and sets rc and message (its answer, on one line).
-# Not cd-ing anywhere: sbatch's working directory becomes the job's submit
-# directory, and the temporary directory is about to vanish. Files instead
-# of $(...) for the answers: one fork less per item.
+# Runs sbatch with "$@" and the item's script on stdin (a here-string: bash 5.1 and
+# later pass it through a pipe, no file), and sets rc and message (its answer, on
+# one line). Not cd-ing anywhere: sbatch's working directory becomes the job's
+# submit directory. Files instead of $(...) for the answers: one fork less per item.
 run_sbatch() {
     rc=0
     if [ -n "$workdir" ] && [ ! -d "$workdir" ]; then
@@ -108,7 +137,8 @@ run_sbatch() {
         mkdir -p -- "$workdir" 2>|"$workspace/errors$worker" </dev/null || rc=$?
     fi
     if [ "$rc" -eq 0 ]; then
-        sbatch --parsable "$@" >|"$workspace/output$worker" 2>|"$workspace/errors$worker" </dev/null || rc=$?
+        sbatch --parsable "$@" <<<"${scripts[index]}" >|"$workspace/output$worker" \
+            2>|"$workspace/errors$worker" || rc=$?
     fi
     output=
     if [ "$rc" -eq 0 ]; then
@@ -150,7 +180,7 @@ submit_array() {
         tasks+=("$m")
     done
     [ -n "$list" ] || return
-    run_sbatch --array="$list" ${sbatch_args[@]+"${sbatch_args[@]}"} "$item/aif-job.sh"
+    run_sbatch --array="$list" ${sbatch_args[@]+"${sbatch_args[@]}"}
     base=${message%%;*}
     answers=
     for m in "${tasks[@]}"; do
@@ -167,24 +197,22 @@ submit_array() {
 run_items() {
     for ((index = $1; index < count; index += $2)); do
         [ -z "$stop" ] && [ ! -e "$workspace/stop" ] || break
-        printf -v item '%s/%06d' "$workspace" "$index"
         workdir=${workdirs[index]}
         sbatch_args=()
-        while IFS= read -r -d '' arg; do
-            sbatch_args+=("$arg")
-        done <"$item/args"
-        if [ -f "$item/array" ]; then
+        for ((a = args_from[index]; a < args_to[index]; a++)); do
+            sbatch_args+=("${args[a]}")
+        done
+        if [ -n "${arrays[index]+set}" ]; then
             submit_array
             continue
         fi
         this=${slots[index]}
         record=
-        if [ -f "$item/claim" ]; then
-            { IFS= read -r -d '' claimed; IFS= read -r -d '' token; IFS= read -r -d '' aif_id; } <"$item/claim"
+        if [ -n "${claims[index]}" ]; then
             # An item with no intent was provably never sent.
-            claim "$claimed" "$token" "$aif_id" "" "" "$this" || continue
+            claim "${claims[index]}" "${tokens[index]}" "${aif_ids[index]}" "" "" "$this" || continue
         fi
-        run_sbatch ${sbatch_args[@]+"${sbatch_args[@]}"} "$item/aif-job.sh"
+        run_sbatch ${sbatch_args[@]+"${sbatch_args[@]}"}
         # The answer goes to the site's record first, then to us.
         [ -z "$record" ] || printf 'answer\t%d\t%s\n' "$rc" "$message" >>"$record"
         printf '%d\t%d\t%s\n' "$this" "$rc" "$message"

@@ -327,7 +327,7 @@ def test_the_program_claims_each_member_and_sends_one_array_of_those_claimed(tmp
     assert [o.job_id for o in outcomes] == ["77", "77_0", None, "77_2", "77_3", "77_4"]
     assert outcomes[2].kind is slurm.Outcome.CLAIMED
     calls = (tmp_path / "sbatch.log").read_text().splitlines()
-    assert len(calls) == 2 and calls[1].startswith("--parsable --array=0,2-4 --dependency=afterok:5 ")
+    assert len(calls) == 2 and calls[1] == "--parsable --array=0,2-4 --dependency=afterok:5"  # script: stdin
     assert (journal / f"{3:016x}-0.0").read_text() == (
         f"intent\taif-tok-m3\taif-m3\t{TOKEN}\t3\nanswer\t0\t77_3\n"
     )

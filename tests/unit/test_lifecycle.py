@@ -72,20 +72,27 @@ class SimulatedSite:
         with tarfile.open(fileobj=io.BytesIO(call.stdin or b"")) as bundle:
             files = {m.name: bundle.extractfile(m).read() for m in bundle.getmembers() if m.isfile()}  # type: ignore[union-attr]
         journal = files.get("journal", b"").rstrip(b"\0").decode()
+        items = files["items"].decode().split("\0")[:-1]
+        scripts = files["scripts"].decode().split("\0")[:-1]
         lines: list[str] = []
         index = 0
         slot = 0
-        while f"{index:06d}/aif-job.sh" in files:
+        at = 0
+        while at < len(items):
             if self.stop_after is not None and index >= self.stop_after:
                 return CommandResult(call.argv, 129, "\n".join(lines) + "\n", "")
-            if f"{index:06d}/array" in files:
-                fields = files[f"{index:06d}/array"].decode().split("\0")[:-1]
+            kind, at = items[at], at + 3 + int(items[at + 2])  # past S/A, workdir, the extra args
+            if kind == "A":
+                members = int(items[at + 1])
+                fields = [items[at], *items[at + 2 : at + 2 + 4 * members]]
+                at += 2 + 4 * members
                 if not self._array(journal, fields, slot, lines):
                     return CommandResult(call.argv, 129, "\n".join(lines) + "\n", "")
-                slot += (len(fields) - 1) // 4
+                slot += members
                 index += 1
                 continue
-            claim, token, aif_id = files[f"{index:06d}/claim"].decode().split("\0")[:3]
+            claim, token, aif_id = items[at : at + 3]
+            at += 3
             path = f"{journal}/{claim}"
             if path in self.claims:
                 lines.append(f"{slot}\t-2\t{self.claims[path][0]}")
@@ -98,8 +105,7 @@ class SimulatedSite:
                 else:
                     self.next_id += 1
                     self.sbatch_calls += 1
-                    script = files[f"{index:06d}/aif-job.sh"].decode()
-                    name = script.split("--job-name=")[1].split("\n")[0]
+                    name = scripts[index].split("--job-name=")[1].split("\n")[0]
                     self.queue.append((str(self.next_id), token, name))
                     answer = f"0\t{self.next_id}"
                 self.claims[path].append(f"answer\t{answer}")

@@ -618,34 +618,36 @@ SCRIPT = "#!/bin/bash\n#SBATCH --job-name=t\ntrue\n"
 def test_bundle_is_deterministic_and_carries_values_as_data() -> None:
     items = [
         SubmissionItem(SCRIPT, "/scratch/a b;touch x"),
-        SubmissionItem(SCRIPT + "# é\n", "", ("--dependency=afterok:12", "--comment=$(x)")),
+        SubmissionItem(SCRIPT + "# é", "", ("--dependency=afterok:12", "--comment=$(x)")),
+        SubmissionItem(SCRIPT, "/w", (), "f" * 16 + "-0.0", "aif-tok-1", "aif-1"),
     ]
-    bundle = slurm.build_submission_bundle(items)
-    assert bundle == slurm.build_submission_bundle(items)
+    bundle = slurm.build_submission_bundle(items, "/record")
+    assert bundle == slurm.build_submission_bundle(items, "/record")
     with tarfile.open(fileobj=io.BytesIO(bundle)) as tar:
         members = {m.name: m for m in tar.getmembers()}
-        assert list(members) == [
-            "000000",
-            "000000/aif-job.sh",
-            "000000/workdir",
-            "000000/args",
-            "000001",
-            "000001/aif-job.sh",
-            "000001/workdir",
-            "000001/args",
-        ]
-        assert all(m.mtime == 0 and m.uid == 0 and m.uname == "" for m in members.values())
+        # Three files whatever the number of jobs: creating files is what a slow /tmp charges for.
+        assert list(members) == ["journal", "items", "scripts"]
+        assert all(m.mtime == 0 and m.uid == 0 and m.uname == "" and m.isfile() for m in members.values())
 
         def content(name: str) -> bytes:
             extracted = tar.extractfile(members[name])
             assert extracted is not None
             return extracted.read()
 
-        assert content("000000/workdir") == b"/scratch/a b;touch x\0"
-        assert content("000000/args") == b""
-        assert content("000001/workdir") == b"\0"
-        assert content("000001/args") == b"--dependency=afterok:12\0--comment=$(x)\0"
-        assert content("000001/aif-job.sh") == (SCRIPT + "# é\n").encode()
+        assert content("journal") == b"/record\0"
+        assert content("items").split(b"\0") == [
+            *(b"S", b"/scratch/a b;touch x", b"0", b"", b"", b""),
+            *(b"S", b"", b"2", b"--dependency=afterok:12", b"--comment=$(x)", b"", b"", b""),
+            *(b"S", b"/w", b"0", b"f" * 16 + b"-0.0", b"aif-tok-1", b"aif-1"),
+            b"",
+        ]
+        # Each script without its last newline (the program's here-string adds it back).
+        assert content("scripts").split(b"\0") == [
+            SCRIPT[:-1].encode(),
+            (SCRIPT + "# é").encode(),
+            SCRIPT[:-1].encode(),
+            b"",
+        ]
     # No value ever becomes program text.
     assert "touch" not in slurm.submission_program()
 
@@ -766,13 +768,12 @@ def test_controller_down_recording_is_site_down() -> None:
 
 
 FAKE_SBATCH = r"""#!/bin/bash
-# Stand-in for sbatch: logs its argv (NUL-separated), its cwd and its script.
+# Stand-in for sbatch: logs its argv (NUL-separated), its cwd and its script (stdin).
 log=$AIF_FAKE_LOG
 printf '%s\0' "$@" >>"$log/argv"
 printf '\n' >>"$log/argv"
 pwd >>"$log/cwd"
-script=${@: -1}
-cat -- "$script" >>"$log/scripts"
+cat >>"$log/scripts"
 for arg in "$@"; do
     if [ "$arg" = "--partition=nosuch" ]; then
         echo "sbatch: error: invalid partition specified: nosuch" >&2
@@ -836,7 +837,7 @@ def test_submission_program_runs_with_a_fake_sbatch(tmp_path: Path) -> None:
     ]
     # sbatch ran in the caller's directory (the job's submit dir), never the temp dir...
     assert set((log / "cwd").read_text().split()) == {str(cwd)}
-    # ...read each script while it existed, and the temp dir is gone afterwards.
+    # ...read each script on its stdin, and the temp dir is gone afterwards.
     assert "# zero\n" in (log / "scripts").read_text()
     assert list(tmp.iterdir()) == []
 
@@ -845,8 +846,7 @@ def test_submission_program_runs_with_a_fake_sbatch(tmp_path: Path) -> None:
 # and it notes how many stand-ins were running at once (each stays 0.2 s).
 CONCURRENT_SBATCH = r"""#!/bin/bash
 log=$AIF_FAKE_LOG
-script=${@: -1}
-item=$(sed -n 's/^# item //p' "$script")
+item=$(sed -n 's/^# item //p')  # the script, on stdin
 : >"$log/running.$$"
 ls "$log" | grep -c '^running\.' >>"$log/together"
 sleep 0.2
