@@ -152,17 +152,13 @@ class Context:
             return self._open[site]
 
     def prepare(self, sites: Iterable[str]) -> None:
-        """Start reaching ``sites`` now, each in a background thread (opening its backend,
-        logging in), so that it overlaps what the caller does next. Errors are left for
-        the first real command at the site, which meets and reports them."""
+        """Start reaching ``sites`` now: each backend is opened here (paramiko imported on this
+        thread: importing it on another would only contend for the interpreter), and each logs
+        in on a background thread, so that the handshake overlaps what the caller does next.
+        Errors are left for the first real command at the site, which meets and reports them."""
         for site in sites:
-            threading.Thread(
-                target=self._prepare, args=(site,), name=f"aif-prepare-{site}", daemon=True
-            ).start()
-
-    def _prepare(self, site: str) -> None:
-        with contextlib.suppress(Exception):  # the first real command meets it and says so
-            self.backend(site).prepare()
+            with contextlib.suppress(Exception):  # the first real command meets it and says so
+                self.backend(site).prepare()
 
     def per_site(
         self,

@@ -339,7 +339,7 @@ def test_an_unreachable_site_is_reported_not_raised(tmp_path: Path) -> None:
 
 
 class _Preparing:
-    """A backend that only notes being prepared (``prepare`` runs in the context's thread)."""
+    """A backend that only notes being prepared."""
 
     def __init__(self, site: str, prepared: list[str], done: threading.Event) -> None:
         self.site, self._prepared, self._done = site, prepared, done
@@ -353,7 +353,7 @@ class _Preparing:
         return None
 
 
-def test_prepare_opens_each_sites_backend_in_the_background_and_keeps_it(tmp_path: Path) -> None:
+def test_prepare_opens_each_sites_backend_and_keeps_it(tmp_path: Path) -> None:
     prepared: list[str] = []
     done = threading.Event()
     made: list[str] = []
