@@ -63,8 +63,8 @@ class LedgerReads:
             raise UsageError(f"no job {job_id} in the ledger")
         return job
 
-    def _require_many(self, job_ids: Sequence[str]) -> dict[str, LedgerJob]:
-        """:meth:`_require` for many exact ids, in a few queries (a batch's jobs, read once)."""
+    def _rows_by_id(self, job_ids: Sequence[str]) -> dict[str, LedgerJob]:
+        """The jobs with exactly these ids (those found), in a few queries."""
         rows: dict[str, LedgerJob] = {}
         for chunk in _chunks(list(dict.fromkeys(job_ids))):
             for row in self._conn.execute(
@@ -72,6 +72,11 @@ class LedgerReads:
             ):
                 job = _job_from_row(row)
                 rows[job.id] = job
+        return rows
+
+    def _require_many(self, job_ids: Sequence[str]) -> dict[str, LedgerJob]:
+        """:meth:`_require` for many exact ids, in a few queries (a batch's jobs, read once)."""
+        rows = self._rows_by_id(job_ids)
         missing = [job_id for job_id in job_ids if job_id not in rows]
         if missing:
             raise UsageError(f"no job {missing[0]} in the ledger")
@@ -100,13 +105,7 @@ class LedgerReads:
     def get_many(self, job_ids: Sequence[str]) -> list[LedgerJob]:
         """The jobs with these ids, in the order given, in a few queries (a prefix or an
         unknown id is looked up as :meth:`get` does, with its errors)."""
-        rows: dict[str, LedgerJob] = {}
-        for chunk in _chunks(list(dict.fromkeys(job_ids))):
-            for row in self._conn.execute(
-                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id IN ({', '.join('?' for _ in chunk)})", chunk
-            ):
-                job = _job_from_row(row)
-                rows[job.id] = job
+        rows = self._rows_by_id(job_ids)
         return [rows[job_id] if job_id in rows else self.get(job_id) for job_id in job_ids]
 
     @_sqlite_errors_mapped
