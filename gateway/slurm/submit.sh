@@ -57,12 +57,24 @@ ends=()
 slots=() # the item's first answer slot (an array takes one per member)
 answers_total=0
 count=0
+# Counts are checked to be numbers before bash computes with them (arithmetic on a
+# string could run it), all before anything is claimed.
+malformed() {
+    echo "aif-submit: the submission bundle is malformed: $1" >&2
+    exit 97
+}
+number() {
+    case $1 in '' | *[!0-9]*) malformed "$2 is not a count" ;; esac
+}
+[ -f "$workspace/items" ] && [ -f "$workspace/scripts" ] || malformed "no items or no scripts"
 exec 3<"$workspace/items" 4<"$workspace/scripts"
 while IFS= read -r -d '' kind <&3; do
+    case $kind in S | A) ;; *) malformed "item $count is neither S nor A" ;; esac
     IFS= read -r -d '' workdir <&3
     workdirs[count]=$workdir
     [ -n "$workdir" ] && [ ! -d "$workdir" ] && wanted+=("$workdir")
     IFS= read -r -d '' n <&3
+    number "$n" "item $count's argument count"
     args_from[count]=${#args[@]}
     for ((a = 0; a < n; a++)); do
         IFS= read -r -d '' arg <&3
@@ -77,6 +89,7 @@ while IFS= read -r -d '' kind <&3; do
         arrays[count]=${#fields[@]}
         fields+=("$field")
         IFS= read -r -d '' members <&3
+        number "$members" "item $count's member count"
         for ((m = 0; m < 4 * members; m++)); do
             IFS= read -r -d '' field <&3
             fields+=("$field")

@@ -933,6 +933,45 @@ def test_submission_argv_takes_one_to_eight_workers() -> None:
             slurm.submission_argv(bad)
 
 
+def hand_made_bundle(items: bytes, scripts: bytes) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in (("items", items), ("scripts", scripts)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@pytest.mark.skipif(not (shutil.which("bash") and shutil.which("tar")), reason="needs bash and tar")
+@pytest.mark.parametrize(
+    "items",
+    [
+        b"S\0\0a[$(touch PWNED)]\0\0\0\0",  # a count bash would evaluate, and so run
+        b"A\0/w\00\0aif-tok-x\01+1\0",
+        b"X\0\00\0\0\0\0",
+    ],
+)
+def test_a_malformed_bundle_is_refused_before_anything_runs(tmp_path: Path, items: bytes) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f"#!/bin/bash\ntouch {tmp_path}/SENT\n")
+    (bin_dir / "sbatch").chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", TMPDIR=str(tmp_path))
+    result = subprocess.run(
+        slurm.submission_argv(),
+        input=hand_made_bundle(items, b"#!/bin/bash\0"),
+        capture_output=True,
+        cwd=tmp_path,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == slurm.SUBMISSION_SETUP_FAILED, result.stderr
+    assert b"malformed" in result.stderr and result.stdout == b""
+    assert not (tmp_path / "PWNED").exists() and not (tmp_path / "SENT").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["bin"]  # the temp dir is gone too
+
+
 @pytest.mark.skipif(not shutil.which("bash"), reason="needs bash")
 def test_submission_program_setup_failure(tmp_path: Path) -> None:
     env = dict(os.environ, TMPDIR=str(tmp_path))
