@@ -546,7 +546,7 @@ class Ledger(LedgerReads):
                 found[job_id] = (_STATE_BY_VALUE[state], reason, bool(has_slurm_id), updated_at)
         return found
 
-    # -- reads -------------------------------------------------------------
+    # -- attempts and failover ----------------------------------------------
 
     def record_attempts(self, attempts: Iterable[tuple[str, str, str, str]]) -> None:
         """``(job_id, site, outcome, detail)`` of submission attempts, in one transaction (one fsync
