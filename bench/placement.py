@@ -442,6 +442,7 @@ class Submitted:
     error: str = ""
     start: float | None = None
     censored: bool = False
+    placement: dict[str, Any] | None = None  # aif's own answer (aif policy only), for --trace
 
     @property
     def wait(self) -> float | None:
@@ -491,6 +492,7 @@ class Bench:
     say: Callable[[str], None]
     seed: int
     deadline_s: float
+    trace: bool = False
 
     def spec_file(self, job: Job) -> Path:
         path = self.specs_dir / f"{job.name}.toml"
@@ -582,6 +584,8 @@ class Bench:
                     [answer] = json.loads(out)
                     entry.site = str(answer["site"])
                     entry.slurm_job_id = int(answer["slurm_job_id"])
+                    if isinstance(answer.get("placement"), dict):
+                        entry.placement = answer["placement"]
                 except (ValueError, KeyError, TypeError):
                     entry.error = f"rc {proc.returncode}: {(err or out).strip()[-300:]}"
             submitted = [e for e, _ in procs if not e.error]
@@ -613,6 +617,9 @@ class Bench:
             if entry.error:
                 self.say(f"{policy}: {entry.job.name}: {entry.error}")
         result = RunResult(policy, [e for e, _ in procs], snapshot, time.monotonic() - started)
+        if self.trace:
+            for line in trace_lines(result):
+                self.say(line)
         s = result.summary()
         self.say(
             f"{policy}: mean {s['mean_wait_s']:.1f} s, p90 {s['p90_wait_s']:.1f} s, placed {s['placed']},"
@@ -622,6 +629,24 @@ class Bench:
 
 
 # --- Output --------------------------------------------------------------------------------
+
+
+def trace_lines(result: RunResult) -> list[str]:
+    """One line per job, in arrival order: where it went, its wait, and (aif) each site's score and why."""
+    lines = []
+    for e in sorted(result.jobs, key=lambda e: e.job.offset_s):
+        j = e.job
+        wait = "-" if e.wait is None else f"{'>=' if e.censored else ''}{e.wait:.1f}"
+        head = (
+            f"trace {result.policy} {j.name} t={j.offset_s:5.1f} gpus={j.gpus} run={j.runtime_s}s"
+            f" wall={j.walltime_min}m -> {e.site.removeprefix('sandbox-') or '?'} wait={wait}"
+        )
+        lines.append(head + (f" ERROR {e.error}" if e.error else ""))
+        for scored in (e.placement or {}).get("ranking", []):
+            reasons = " | ".join(scored.get("reasons", []))
+            lines.append(f"    {scored['site'].removeprefix('sandbox-')}: {scored['score']} s: {reasons}")
+    return lines
+
 
 
 def fmt(value: float, censored: bool) -> str:
@@ -710,6 +735,11 @@ def main() -> int:
     parser.add_argument(
         "--snapshot-ttl", type=int, default=None, help="aif's [federation] snapshot_ttl_s (default: shipped)"
     )
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="print (stderr) each job's site and wait, and for aif each site's score and reasons",
+    )
     args = parser.parse_args()
     policies = [p for p in args.policies.split(",") if p in POLICIES]
     if os.geteuid() != 0:
@@ -761,6 +791,7 @@ def main() -> int:
         say=say,
         seed=args.seed,
         deadline_s=120.0 if args.quick else 240.0,
+        trace=args.trace,
     )
     if args.quick:
         burst = draw_burst(12, 6.0, 2.0, 12.0, args.seed)

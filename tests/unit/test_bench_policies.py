@@ -145,3 +145,24 @@ def test_spec_text_is_a_valid_spec(tmp_path: Path) -> None:
     assert spec.resources.walltime == "00:02:00"
     assert spec.job.command == ("sleep", "12")
     assert spec.data.inputs == () and spec.job.sector is None
+
+
+def test_trace_lines_say_where_each_job_went_and_why() -> None:
+    job = bp.Job("burst-00", 2, 6, 1, 0.0)
+    placement = {
+        "ranking": [
+            {"site": "sandbox-south", "score": 0.0, "reasons": ["Slurm's estimate: starts in 0 s"]},
+            {"site": "sandbox-north", "score": 60.0, "reasons": ["read GPU by GPU", "focuses on health"]},
+        ]
+    }
+    aif = bp.Submitted(job, None, 100.0, site="sandbox-south", start=101.5, placement=placement)
+    lines = bp.trace_lines(bp.RunResult("aif", [aif]))
+    assert lines[0].startswith("trace aif burst-00 t=  0.0 gpus=2 run=6s wall=1m -> south wait=1.5")
+    assert lines[1:] == [
+        "    south: 0.0 s: Slurm's estimate: starts in 0 s",
+        "    north: 60.0 s: read GPU by GPU | focuses on health",
+    ]
+    pinned = bp.Submitted(job, "sandbox-north", 100.0, site="sandbox-north", start=None, error="rc 1: boom")
+    assert bp.trace_lines(bp.RunResult("random", [pinned])) == [
+        "trace random burst-00 t=  0.0 gpus=2 run=6s wall=1m -> north wait=- ERROR rc 1: boom"
+    ]
