@@ -648,7 +648,6 @@ def trace_lines(result: RunResult) -> list[str]:
     return lines
 
 
-
 def fmt(value: float, censored: bool) -> str:
     if math.isnan(value):
         return "-"
