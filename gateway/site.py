@@ -159,8 +159,10 @@ class SlurmCliBackend:
     def submit(
         self, items: Sequence[slurm.Submission], journal_dir: str = ""
     ) -> list[slurm.SubmissionOutcome]:
-        """All items in ONE command: a tar of scripts on stdin, one sbatch per script at the site
-        (an array of specs is one script, one sbatch); one outcome per job or member."""
+        """All items in ONE command: a bundle of three files on stdin (the items' fields, their
+        scripts, the record's directory), one sbatch per item at the site, the profile's
+        ``submit_concurrency`` at a time (an array of specs is one item, one sbatch); one
+        outcome per job or member."""
         if not items:
             return []
         result = self._run(
