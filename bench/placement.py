@@ -750,7 +750,7 @@ def main() -> int:
         print(f"[placement] {line}", file=sys.stderr, flush=True)
 
     from gateway.federation.ranking import site_misfit
-    from gateway.profiles import load_sites
+    from gateway.profile_rules import load_sites
     from gateway.sandbox import manager
     from gateway.spec import load_spec
 

@@ -7,7 +7,8 @@ import getpass
 from gateway.config import UserConfig
 from gateway.errors import AifError, InvalidInput
 from gateway.preview import render as render  # `aif render`'s call, in a module of its own
-from gateway.profiles import SiteProfile, load_profile, load_sites, resolve_account, stray_config_entries
+from gateway.profile_rules import load_sites, resolve_account, stray_config_entries
+from gateway.profiles import SiteProfile, load_profile
 from gateway.record import Record
 
 

@@ -24,7 +24,8 @@ from gateway.errors import AifError, ConfigError, ConnectionLost, SiteUnreachabl
 from gateway.home import aif_home
 from gateway.ledger import Ledger
 from gateway.polling import FilePollStore, PollRules, PollStore, polls_directory
-from gateway.profiles import SiteProfile, get_profile, load_sites
+from gateway.profile_rules import load_sites
+from gateway.profiles import SiteProfile, get_profile
 from gateway.record import Record
 from gateway.site import SiteBackend, open_backend
 from gateway.transports.base import CommandHook

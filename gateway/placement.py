@@ -16,7 +16,8 @@ from gateway.federation.placer import pinned_ranking
 from gateway.federation.ranking import Ranking
 from gateway.federation.snapshot import Snapshot
 from gateway.ledger import Ledger, LedgerJob
-from gateway.profiles import check_spec_against_profiles, get_profile
+from gateway.profile_rules import check_spec_against_profiles
+from gateway.profiles import get_profile
 from gateway.record import Record
 from gateway.spec import JobSpec, load_spec
 from gateway.submission import federation_for

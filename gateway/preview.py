@@ -11,7 +11,8 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from gateway.home import local_user
-from gateway.profiles import check_spec_against_profiles, get_profile, load_sites, resolve_account
+from gateway.profile_rules import check_spec_against_profiles, load_sites, resolve_account
+from gateway.profiles import get_profile
 from gateway.rendering import RenderedJob, render_batch_script
 from gateway.spec import load_spec
 

@@ -16,7 +16,8 @@ from dataclasses import replace
 from gateway.api import login_user
 from gateway.context import Context
 from gateway.errors import AifError, UsageError
-from gateway.profiles import Partition, QosRule, SiteProfile, get_profile, resolve_account
+from gateway.profile_rules import resolve_account
+from gateway.profiles import Partition, QosRule, SiteProfile, get_profile
 from gateway.record import Record
 from gateway.rendering import render_batch_script
 from gateway.site import SlurmCliBackend

@@ -21,7 +21,8 @@ from gateway.errors import AifError
 from gateway.federation.placer import Federation
 from gateway.federation.ranking import Ranking
 from gateway.ledger import LedgerJob, new_submission_token
-from gateway.profiles import SiteProfile, resolve_account
+from gateway.profile_rules import resolve_account
+from gateway.profiles import SiteProfile
 from gateway.record import Record
 from gateway.rendering import RenderedJob, fill_site_path, render_batch_script
 from gateway.settlement import claimed_by, settle_unresolved

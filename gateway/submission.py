@@ -29,7 +29,8 @@ from gateway.errors import AifError, Interrupted, InvalidInput, NoFit, SiteUnrea
 from gateway.federation.placer import Federation, pinned_ranking
 from gateway.federation.ranking import Ranking, site_misfit
 from gateway.ledger import LedgerJob, spec_sha256
-from gateway.profiles import SiteProfile, check_spec_against_profiles, get_profile
+from gateway.profile_rules import check_spec_against_profiles
+from gateway.profiles import SiteProfile, get_profile
 from gateway.record import Record
 from gateway.rendering import RenderedJob
 from gateway.sending import Planned, Sending, render, render_for, work_area

@@ -39,7 +39,8 @@ from gateway.config import PlacementWeights, UserConfig
 from gateway.errors import AifError
 from gateway.federation.backlog import Ask, earliest_start
 from gateway.federation.snapshot import Placed, Snapshot
-from gateway.profiles import SiteProfile, resolve_account
+from gateway.profile_rules import resolve_account
+from gateway.profiles import SiteProfile
 from gateway.record import Record
 from gateway.rendering import choose_partition
 from gateway.slurm.probe import PartitionDemand, StartEstimate

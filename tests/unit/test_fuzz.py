@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 from gateway.cli import main
 from gateway.config import load_config
 from gateway.errors import ConfigError, InvalidInput, ProfileError, SpecError
-from gateway.profiles import check_config_sites, load_profile, load_profiles, stray_config_entries
+from gateway.profile_rules import check_config_sites, stray_config_entries
+from gateway.profiles import load_profile, load_profiles
 from gateway.spec import load_spec
 from tests.unit.fuzzing import (
     CONFIG_FILES,

@@ -20,7 +20,7 @@ LAYERS: list[set[str]] = [
     },
     {"gateway.spec"},
     {"gateway.config"},
-    {"gateway.profiles", "gateway.profile_cache"},
+    {"gateway.profiles", "gateway.profile_cache", "gateway.profile_rules"},
     {"gateway.rendering", "gateway.arrays", "gateway.slurm", "gateway.journal"},
     {"gateway.transports"},
     {"gateway.site", "gateway.pyslurm_backend"},

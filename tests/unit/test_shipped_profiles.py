@@ -8,12 +8,8 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import ProfileError
-from gateway.profiles import (
-    SiteProfile,
-    load_profile,
-    load_profiles,
-    sector_vocabulary,
-)
+from gateway.profile_rules import sector_vocabulary
+from gateway.profiles import SiteProfile, load_profile, load_profiles
 from gateway.tomlcheck import parse_toml_bytes
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
