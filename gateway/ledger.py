@@ -39,7 +39,6 @@ from gateway.ledger_errors import ledger_error
 from gateway.ledger_reads import LedgerReads, _chunks
 from gateway.ledger_records import (
     _JOB_COLUMNS,
-    _SHA256_HEX,
     _STATE_BY_VALUE,
     BUSY_TIMEOUT_SECONDS,
     ID_PREFIX,
@@ -49,7 +48,11 @@ from gateway.ledger_records import (
     TOKEN_BYTES,
     LedgerJob,
     StateChange,
+    _check_hash,
+    _check_intent,
     _now,
+    _slurm_state,
+    _unresolved,
     default_ledger_path,
     new_job_id,
     new_submission_token,
@@ -58,7 +61,6 @@ from gateway.ledger_records import (
 from gateway.ledger_schema import _MIGRATIONS, SCHEMA_VERSION, Migration
 from gateway.states import (
     NOT_SUBMITTED_STATES,
-    SLURM_STATES,
     JobState,
     is_terminal,
 )
@@ -583,30 +585,3 @@ class Ledger(LedgerReads):
             )
             self._set_state(self._require(job_id), JobState.SUBMITTING, f"failed over to {site}")
             return self._require(job_id)
-
-
-def _slurm_state(state: str) -> JobState:
-    if state not in SLURM_STATES:
-        raise ValueError(f"{state!r} is not a Slurm job state")
-    return JobState(state)
-
-
-def _check_intent(intent: dict[str, Any]) -> None:
-    if not intent.get("site"):
-        raise ValueError("record_intent needs a site")
-    _check_hash(str(intent.get("spec_hash", "")))
-    array_size = intent.get("array_size")
-    if array_size is not None and array_size < 1:
-        raise ValueError(f"array_size must be at least 1, not {array_size}")
-    if isinstance(intent.get("outputs"), str):
-        raise TypeError("outputs must be a sequence of paths, not one string")
-
-
-def _check_hash(spec_hash: str) -> None:
-    if not _SHA256_HEX.fullmatch(spec_hash):
-        raise ValueError(f"spec_hash must be a lower-case sha256 hex digest, not {spec_hash!r}")
-
-
-def _unresolved(state: JobState, has_slurm_id: bool) -> bool:
-    """:attr:`LedgerJob.unresolved` from a row's state and whether it has a Slurm id."""
-    return state == JobState.SUBMITTING or (state == JobState.UNKNOWN and not has_slurm_id)

@@ -1,5 +1,6 @@
 """The ledger's records: job ids and submission tokens, one job's row (``LedgerJob``), its
-state changes, and how a row of the ``jobs`` table is read (columns, summary fields)."""
+state changes, how a row of the ``jobs`` table is read (columns, summary fields), and the
+checks of what the ledger's writes are given."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 from gateway.home import aif_home
 from gateway.record import Record
 from gateway.states import (
+    SLURM_STATES,
     JobState,
     is_terminal,
 )
@@ -216,3 +218,33 @@ def _job_from_row(row: Sequence[Any]) -> LedgerJob:
         array_token=array_token,
         array_task=array_task,
     )
+
+
+# -- checks of what the ledger is given (its writes call them) ----------------------
+
+
+def _slurm_state(state: str) -> JobState:
+    if state not in SLURM_STATES:
+        raise ValueError(f"{state!r} is not a Slurm job state")
+    return JobState(state)
+
+
+def _check_intent(intent: dict[str, Any]) -> None:
+    if not intent.get("site"):
+        raise ValueError("record_intent needs a site")
+    _check_hash(str(intent.get("spec_hash", "")))
+    array_size = intent.get("array_size")
+    if array_size is not None and array_size < 1:
+        raise ValueError(f"array_size must be at least 1, not {array_size}")
+    if isinstance(intent.get("outputs"), str):
+        raise TypeError("outputs must be a sequence of paths, not one string")
+
+
+def _check_hash(spec_hash: str) -> None:
+    if not _SHA256_HEX.fullmatch(spec_hash):
+        raise ValueError(f"spec_hash must be a lower-case sha256 hex digest, not {spec_hash!r}")
+
+
+def _unresolved(state: JobState, has_slurm_id: bool) -> bool:
+    """:attr:`LedgerJob.unresolved` from a row's state and whether it has a Slurm id."""
+    return state == JobState.SUBMITTING or (state == JobState.UNKNOWN and not has_slurm_id)
