@@ -134,9 +134,12 @@ class SshTransport:
             self._closed_early = True
             if not self._lock.acquire(blocking=False):
                 return
-            self._lock.release()
-        with self._lock:
+        else:
+            self._lock.acquire()
+        try:
             self._drop_connection()
+        finally:
+            self._lock.release()
 
     # -- commands --------------------------------------------------------------
 
