@@ -130,7 +130,21 @@ class LedgerReads:
             active = sorted(s.value for s in ACTIVE_STATES)
             where.append(f"state IN ({', '.join('?' for _ in active)})")
             params.extend(active)
-        sql = f"SELECT {_JOB_COLUMNS} FROM jobs"
+        return [_job_from_row(r) for r in self._newest_first(_JOB_COLUMNS, where, params, limit)]
+
+    @_sqlite_errors_mapped
+    def summaries(self, limit: int | None = None, *, include_invalid: bool = True) -> list[tuple[Any, ...]]:
+        """The newest jobs as plain rows of :data:`SUMMARY_FIELDS`, newest first: what
+        ``aif list --json`` prints, without building a :class:`LedgerJob` per row."""
+        where = [] if include_invalid else ["state != ?"]
+        params: list[Any] = [] if include_invalid else [JobState.INVALID.value]
+        return self._newest_first(_SUMMARY_COLUMNS, where, params, limit)
+
+    def _newest_first(
+        self, columns: str, where: list[str], params: list[Any], limit: int | None
+    ) -> list[tuple[Any, ...]]:
+        """``columns`` of the jobs matching every ``where`` clause, newest first, at most ``limit``."""
+        sql = f"SELECT {columns} FROM jobs"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY seq DESC"
@@ -138,24 +152,7 @@ class LedgerReads:
             if limit < 0:
                 raise ValueError(f"limit must not be negative, not {limit}")
             sql += " LIMIT ?"
-            params.append(limit)
-        return [_job_from_row(r) for r in self._conn.execute(sql, params).fetchall()]
-
-    @_sqlite_errors_mapped
-    def summaries(self, limit: int | None = None, *, include_invalid: bool = True) -> list[tuple[Any, ...]]:
-        """The newest jobs as plain rows of :data:`SUMMARY_FIELDS`, newest first: what
-        ``aif list --json`` prints, without building a :class:`LedgerJob` per row."""
-        sql = f"SELECT {_SUMMARY_COLUMNS} FROM jobs"
-        params: list[Any] = []
-        if not include_invalid:
-            sql += " WHERE state != ?"
-            params.append(JobState.INVALID.value)
-        sql += " ORDER BY seq DESC"
-        if limit is not None:
-            if limit < 0:
-                raise ValueError(f"limit must not be negative, not {limit}")
-            sql += " LIMIT ?"
-            params.append(limit)
+            params = [*params, limit]
         return self._conn.execute(sql, params).fetchall()
 
     @_sqlite_errors_mapped

@@ -119,9 +119,7 @@ class LedgerJob(Record):
     @property
     def unresolved(self) -> bool:
         """Maybe sent, no Slurm id known yet: SUBMITTING, or UNKNOWN without a Slurm id."""
-        return self.state == JobState.SUBMITTING or (
-            self.state == JobState.UNKNOWN and self.slurm_job_id is None
-        )
+        return _unresolved(self.state, self.slurm_job_id is not None)
 
 
 class StateChange(Record):
@@ -246,5 +244,6 @@ def _check_hash(spec_hash: str) -> None:
 
 
 def _unresolved(state: JobState, has_slurm_id: bool) -> bool:
-    """:attr:`LedgerJob.unresolved` from a row's state and whether it has a Slurm id."""
+    """Maybe sent, no Slurm id known yet (:attr:`LedgerJob.unresolved`, also for a row's
+    state and whether it has a Slurm id)."""
     return state == JobState.SUBMITTING or (state == JobState.UNKNOWN and not has_slurm_id)
