@@ -32,7 +32,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import Field, FrozenInstanceError, dataclass, field, fields
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING or sys.version_info >= (3, 11):
     from typing import dataclass_transform
@@ -80,14 +80,16 @@ class Record:
     """Base of a frozen dataclass: each subclass is made one as it is defined (see the module)."""
 
     __slots__ = ()
+    # The subclass's field names: what __setattr__ checks (set as each subclass is made).
+    _record_fields_: ClassVar[frozenset[str]]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         # Not frozen=True: that would compile __setattr__ and __delattr__ for the class.
         dataclass(eq=False, repr=False)(cls)
-        # What __setattr__ checks, on the class itself: it runs once per field of every
-        # instance made (a ledger job has 25), so it stays a set lookup and a dict store.
-        cls._record_fields_ = frozenset(f.name for f in fields(cls))  # type: ignore[attr-defined,arg-type]
+        # On the class itself: __setattr__ runs once per field of every instance made (a
+        # ledger job has 25), so it stays a set lookup and a dict store.
+        cls._record_fields_ = frozenset(f.name for f in fields(cls))  # type: ignore[arg-type]
 
     if not TYPE_CHECKING:  # type checkers know the fields are read-only (dataclass_transform)
 
