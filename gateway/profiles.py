@@ -51,6 +51,7 @@ AUTH_KINDS = ("ssh-key", "ssh-certificate", "ssh-key+otp", "password+otp")
 # Partition and QOS names reach #SBATCH lines: no quoting is possible there.
 SLURM_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
 WORK_AREA_PATTERN = r"/[A-Za-z0-9._+/{}-]*"
+MAX_SUBMIT_CONCURRENCY = 8  # [slurm] submit_concurrency: sbatch at a time at a site
 
 
 class Partition(Record):
@@ -441,7 +442,7 @@ def _parse_slurm(t: Table) -> SlurmRules:
             allowed="expected an absolute path; {user}, {account} and {site} are filled in",
             max_length=PATH_MAX_LENGTH,
         ),
-        submit_concurrency=t.integer("submit_concurrency", 2, minimum=1, maximum=8),
+        submit_concurrency=t.integer("submit_concurrency", 2, minimum=1, maximum=MAX_SUBMIT_CONCURRENCY),
     )
 
 

@@ -16,6 +16,7 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gateway.profiles import MAX_SUBMIT_CONCURRENCY
 from gateway.record import Record
 from gateway.slurm.jobs import is_controller_unreachable
 from gateway.slurm.queue import _TOKEN_RE
@@ -39,7 +40,6 @@ _SUBMISSION_PROGRAM = "".join(
     for line in Path(__file__).with_name("submit.sh").read_text(encoding="utf-8").splitlines(keepends=True)
     if not line.lstrip().startswith("#")
 )
-MAX_SUBMIT_WORKERS = 8
 
 # Answer codes the program uses besides sbatch's own exit status.
 CLAIMED_RC = -2  # the item is already claimed in the site's record: not sent by us
@@ -190,8 +190,8 @@ def submission_program() -> str:
 
 def submission_argv(workers: int = 1) -> list[str]:
     """argv for a transport: run ``submission_program()`` with bash, ``workers`` sbatch at a time."""
-    if not 1 <= workers <= MAX_SUBMIT_WORKERS:
-        raise ValueError(f"workers must be 1 to {MAX_SUBMIT_WORKERS}, not {workers}")
+    if not 1 <= workers <= MAX_SUBMIT_CONCURRENCY:
+        raise ValueError(f"workers must be 1 to {MAX_SUBMIT_CONCURRENCY}, not {workers}")
     return ["bash", "-c", _SUBMISSION_PROGRAM, "aif-submit", str(workers)]
 
 
