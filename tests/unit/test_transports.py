@@ -12,6 +12,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from gateway.transports.ssh import (
     connection_for,
     resolve_route,
 )
+from gateway.transports.ssh import connection as ssh_connection
 from gateway.transports.ssh import transport as ssh_transport
 
 HOSTILE = [
@@ -611,6 +613,8 @@ def test_socket_errors_become_site_unreachable(mocker: MockerFixture, raised: OS
 def fake_socket(mocker: MockerFixture) -> Any:
     sock = mocker.Mock(spec=socket.socket)
     mocker.patch.object(socket, "create_connection", return_value=sock)
+    # A mock has no file descriptor to re-wrap: quick ACKs are tested on a real socket below.
+    mocker.patch.object(ssh_connection, "_TCP_QUICKACK", None)
     return sock
 
 
@@ -622,6 +626,29 @@ def test_tcp_nodelay_is_set_on_our_socket(mocker: MockerFixture, fake_socket: An
     connect_kwargs = connect.call_args.kwargs
     assert connect_kwargs["sock"] is fake_socket
     assert connect_kwargs["allow_agent"] is False and connect_kwargs["look_for_keys"] is False
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_QUICKACK"), reason="TCP_QUICKACK is Linux's")
+def test_our_tcp_socket_acknowledges_at_once_and_still_reads() -> None:
+    """sshd's small answers wait for our ACK (it sends without TCP_NODELAY): ours ACKs at once."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        endpoint = replace(_endpoint(), hostname="127.0.0.1", port=server.getsockname()[1])
+        sock = ssh_connection._open_socket(endpoint, 5.0, tcp_nodelay=True)
+        try:
+            peer, _ = server.accept()
+            with peer:
+                peer.sendall(b"SSH-2.0-test\r\n")
+                assert isinstance(sock, ssh_connection._QuickAckSocket) and sock.gettimeout() == 5.0
+                assert sock.recv(64) == b"SSH-2.0-test\r\n"
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        finally:
+            sock.close()
+    # Measuring Nagle's cost (tcp_nodelay off) leaves the socket as it is.
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        endpoint = replace(_endpoint(), hostname="127.0.0.1", port=server.getsockname()[1])
+        plain = ssh_connection._open_socket(endpoint, 5.0, tcp_nodelay=False)
+        plain.close()
+    assert type(plain) is socket.socket
 
 
 def test_authentication_failure_names_user_and_keys(

@@ -1,7 +1,8 @@
 """One live SSH connection: the socket, the logins and the jump hosts of a route.
 
 ``_connect_route`` opens a socket to the route's first server (TCP with
-TCP_NODELAY and keepalive, or the ssh config's ProxyCommand), logs in, and
+TCP_NODELAY, quick acknowledgements and keepalive, or the ssh config's
+ProxyCommand), logs in, and
 reaches each further server (ProxyJump) through a direct-tcpip channel of the
 one before. ``_login`` checks the host key (``known_hosts``), offers the keys
 (``identities``) and turns every failure into ``SiteUnreachable`` or
@@ -134,8 +135,37 @@ def _open_socket(endpoint: ResolvedEndpoint, timeout: float, tcp_nodelay: bool) 
         # Without this, Nagle's algorithm meets delayed ACKs and every small
         # command pays ~40 ms (measured: bare exec 44 ms -> under 3 ms).
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if _TCP_QUICKACK is not None and isinstance(sock, socket.socket):
+            sock = _QuickAckSocket(fileno=sock.detach())
+            sock.settimeout(timeout)  # the new object's own timeout mode (the fd is non-blocking)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     return sock
+
+
+_TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
+
+
+class _QuickAckSocket(socket.socket):
+    """A TCP socket that acknowledges at once what it receives (Linux's TCP_QUICKACK).
+
+    The other half of the Nagle problem is on the server's side, out of our
+    reach: sshd sets TCP_NODELAY only for sessions with a terminal. Right
+    after the login it sends us a small message (its host keys); its answer
+    to our first channel open then waits until we acknowledge that one, and
+    Linux delays an acknowledgement by up to 40 ms when it has nothing to
+    send with it. Measured on the sandbox (tcpdump): the first session of a
+    connection opened in 41-44 ms in three runs of four, in under 1 ms with
+    this. TCP_QUICKACK does not stay set (the kernel may fall back to
+    delaying), so it is set again after every read: one cheap system call.
+    """
+
+    __slots__ = ()
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        data = super().recv(bufsize, flags)
+        with contextlib.suppress(OSError):  # a closed socket: the caller sees that itself
+            self.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK or 0, 1)
+        return data
 
 
 def _login(
