@@ -7,7 +7,8 @@ can share one array job, one sbatch and one controller RPC for all of them,
 while every spec stays its own aif job: task ``i`` of the array is spec ``i``.
 
 The array script holds one ``case`` arm per task. Each arm sets that spec's
-environment (``export`` of quoted values), its directory and its job, all
+environment (``export`` of quoted values), its directory (made by the task
+when it starts, not at submission) and its job, all
 rendered with the same quoting as a single job's script (``gateway.rendering``);
 the user's script is one quoted word given to ``eval``, never spliced into the
 program text, so nothing a spec holds can break out of its arm. Slurm writes
@@ -185,6 +186,10 @@ def render_array_script(
         "    exit 64",
         "    ;;",
         "esac",
+        # The task makes its own directory: a submission of many specs makes none per task
+        # (one mkdir each is what a site's file system pays most for, and the tasks that
+        # never run need none).
+        'mkdir -p -- "$aif_workdir"',
         'cd -- "$aif_workdir"',
     ]
     lines += setup_lines(first, profile)

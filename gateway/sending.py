@@ -187,8 +187,7 @@ class Sending:
             output_dir=rendered.output_dir,
             array_token=batch.array_token,
             members=tuple(
-                slurm.ArrayMember(self._claim(i), self.jobs[i].token, self.jobs[i].id, task.workdir)
-                for i, task in zip(members, rendered.tasks, strict=True)
+                slurm.ArrayMember(self._claim(i), self.jobs[i].token, self.jobs[i].id) for i in members
             ),
             extra_args=self.extra,
         )

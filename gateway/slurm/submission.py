@@ -69,12 +69,12 @@ class SubmissionItem(Record):
 
 class ArrayMember(Record):
     """One spec of an array: its claim in the site's record (``ITEM.GEN``, with its own
-    ``token`` and ``aif_id``; '' for no record) and its own directory (``mkdir -p``)."""
+    ``token`` and ``aif_id``; '' for no record). Its directory is made by its task when
+    it starts (the array's script), not here: a submission makes no directory per task."""
 
     claim: str
     token: str
     aif_id: str
-    workdir: str
 
 
 class ArraySubmission(Record):
@@ -147,7 +147,8 @@ def submission_program() -> str:
     """The bash program run as ``bash -c PROGRAM aif-submit WORKERS`` with the bundle on stdin.
 
     It unpacks the tar (three files) into ``mktemp -d`` (removed on exit),
-    makes every workdir in one ``mkdir``, then shares the items among WORKERS
+    makes every workdir in one ``mkdir`` (an array's own directory, not its
+    members': each task makes its own when it starts), then shares the items among WORKERS
     shells (item i to worker i mod WORKERS; 1 when not given), each running
     one sbatch at a time, and per item in its order: claims the item in the
     site's record (an ``intent`` line, created exclusively: an item someone
@@ -203,8 +204,8 @@ def build_submission_bundle(items: Sequence[Submission], journal_dir: str = "") 
     ``S`` or ``A``, its workdir (an array's: its own directory), the number
     of its extra sbatch arguments and each of them, then for a job its claim,
     token and aif id (all three empty without a claim), for an array its
-    token, its member count and each member's claim, token, aif id and
-    workdir; ``scripts``: each item's script, NUL-terminated, without its
+    token, its member count and each member's claim, token and aif id;
+    ``scripts``: each item's script, NUL-terminated, without its
     last newline (the program's here-string adds it back).
     """
     if len(items) >= _MAX_ITEMS or answer_count(items) >= _MAX_ITEMS:
@@ -223,7 +224,7 @@ def build_submission_bundle(items: Sequence[Submission], journal_dir: str = "") 
             fields += ["A", item.output_dir, str(len(item.extra_args)), *item.extra_args]
             fields += [item.array_token, str(len(item.members))]
             for m in item.members:
-                fields += [m.claim, m.token, m.aif_id, m.workdir]
+                fields += [m.claim, m.token, m.aif_id]
         else:
             _check_item(index, item)
             fields += ["S", item.workdir, str(len(item.extra_args)), *item.extra_args]
@@ -247,9 +248,7 @@ def _check_array(index: int, array: ArraySubmission) -> None:
     if not array.output_dir or not _TOKEN_RE.match(array.array_token):
         raise ValueError(f"item {index}: an array needs its directory and token")
     for member in array.members:
-        if not member.workdir:
-            raise ValueError(f"item {index}: every member of an array needs its directory")
-        _check_item(index, SubmissionItem(array.script, member.workdir, (), *_claim_of(member)))
+        _check_item(index, SubmissionItem(array.script, "", (), *_claim_of(member)))
 
 
 def _claim_of(member: ArrayMember) -> tuple[str, str, str]:

@@ -36,10 +36,11 @@ journal=
 # creating files is what a slow /tmp makes expensive). `items` holds per item, each
 # NUL-terminated: S or A, its workdir, the count of its sbatch arguments and each
 # argument; then a job's claim, token and aif id (all empty without a claim), or an
-# array's token, its member count and each member's claim, token, aif id and workdir.
+# array's token, its member count and each member's claim, token and aif id.
 # `scripts` holds each item's script, NUL-terminated (sbatch reads it on stdin).
 # Every workdir (and the record's directory) is made first, in ONE mkdir: a fork per
-# job would cost more than its sbatch. Lists are flat and read in order (bash indexes
+# job would cost more than its sbatch. An array's members make their own directories
+# when their tasks start: here only the array's own is made (one, not one per task). Lists are flat and read in order (bash indexes
 # lists sequentially fast, but slices of them slowly).
 workdirs=()
 wanted=()
@@ -90,14 +91,11 @@ while IFS= read -r -d '' kind <&3; do
         fields+=("$field")
         IFS= read -r -d '' members <&3
         number "$members" "item $count's member count"
-        for ((m = 0; m < 4 * members; m++)); do
+        for ((m = 0; m < 3 * members; m++)); do
             IFS= read -r -d '' field <&3
             fields+=("$field")
         done
         ends[count]=${#fields[@]}
-        for ((m = arrays[count] + 4; m < ends[count]; m += 4)); do
-            [ -d "${fields[m]}" ] || wanted+=("${fields[m]}")
-        done
         answers_total=$((answers_total + members))
     else
         IFS= read -r -d '' claims[count] <&3
@@ -169,7 +167,7 @@ run_sbatch() {
 submit_array() {
     at=${arrays[index]}
     array_token=${fields[at]}
-    members=$(((ends[index] - at - 1) / 4))
+    members=$(((ends[index] - at - 1) / 3))
     first=${slots[index]}
     if [ "$max_array" -gt 0 ] && [ "$members" -gt "$max_array" ]; then
         for ((m = 0; m < members; m++)); do
@@ -179,7 +177,7 @@ submit_array() {
     fi
     tasks=()
     list=
-    for ((m = 0, f = at + 1; m < members; m++, f += 4)); do
+    for ((m = 0, f = at + 1; m < members; m++, f += 3)); do
         if [ -n "${fields[f]}" ]; then
             claim "${fields[f]}" "${fields[f + 1]}" "${fields[f + 2]}" "$array_token" "$m" "$((first + m))" ||
                 continue
@@ -199,7 +197,7 @@ submit_array() {
     for m in "${tasks[@]}"; do
         answer=$message
         [ "$rc" -ne 0 ] || answer=${base}_$m
-        claim=${fields[at + 1 + 4 * m]}
+        claim=${fields[at + 1 + 3 * m]}
         [ -z "$claim" ] || printf 'answer\t%d\t%s\n' "$rc" "$answer" >>"$journal/$claim"
         answers=$answers$((first + m))$'\t'$rc$'\t'$answer$'\n'
     done

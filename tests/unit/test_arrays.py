@@ -145,7 +145,7 @@ def test_each_task_runs_its_own_spec_and_hostile_values_stay_data(tmp_path: Path
     listing = "".join(f'printf "{k}=%s\\n" "${k}"\n' for k in variables)
     runs = []
     for task in rendered.tasks:
-        Path(task.workdir).mkdir(parents=True)
+        assert not Path(task.workdir).exists()  # the task makes its own directory
         runs.append(run_task(rendered.script + listing, task.index, env, tmp_path))
     assert [r.returncode for r in runs] == [0, 0, 0, 2], [r.stderr for r in runs]
     # As in a single job's script: the commands before the error ran, then bash stopped.
@@ -177,7 +177,6 @@ def test_a_tasks_script_runs_as_a_single_jobs_would(tmp_path: Path) -> None:
     env = stubs(tmp_path / "bin")
     runs = []
     for task in rendered.tasks:
-        Path(task.workdir).mkdir(parents=True)
         runs.append(
             subprocess.run(
                 ["bash", "-c", rendered.script],
@@ -309,11 +308,10 @@ def run_program(
 
 
 def array_item(tmp_path: Path, count: int, *extra: str) -> slurm.ArraySubmission:
-    members = tuple(
-        slurm.ArrayMember(f"{i:016x}-0.0", f"aif-tok-m{i}", f"aif-m{i}", f"{tmp_path}/w {i};touch PWNED")
-        for i in range(count)
+    members = tuple(slurm.ArrayMember(f"{i:016x}-0.0", f"aif-tok-m{i}", f"aif-m{i}") for i in range(count))
+    return slurm.ArraySubmission(
+        "#!/bin/bash\ntrue\n", f"{tmp_path}/out;touch PWNED", TOKEN, members, tuple(extra)
     )
-    return slurm.ArraySubmission("#!/bin/bash\ntrue\n", f"{tmp_path}/out", TOKEN, members, tuple(extra))
 
 
 @pytest.mark.skipif(not (shutil.which("bash") and shutil.which("tar")), reason="needs bash and tar")
@@ -333,7 +331,8 @@ def test_the_program_claims_each_member_and_sends_one_array_of_those_claimed(tmp
     )
     claim = {c.name: c for c in slurm_claims(journal)}[f"{3:016x}-0.0"]
     assert (claim.array_token, claim.array_task, claim.slurm_job_id) == (TOKEN, 3, "77_3")
-    assert (tmp_path / "out").is_dir() and (tmp_path / "w 4;touch PWNED").is_dir()
+    # The array's own directory only: each task makes its own when it starts.
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["bin", "out;touch PWNED", "record"]
     assert not list(tmp_path.rglob("PWNED"))
 
 

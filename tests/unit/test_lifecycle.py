@@ -84,8 +84,8 @@ class SimulatedSite:
             kind, at = items[at], at + 3 + int(items[at + 2])  # past S/A, workdir, the extra args
             if kind == "A":
                 members = int(items[at + 1])
-                fields = [items[at], *items[at + 2 : at + 2 + 4 * members]]
-                at += 2 + 4 * members
+                fields = [items[at], *items[at + 2 : at + 2 + 3 * members]]
+                at += 2 + 3 * members
                 if not self._array(journal, fields, slot, lines):
                     return CommandResult(call.argv, 129, "\n".join(lines) + "\n", "")
                 slot += members
@@ -116,7 +116,7 @@ class SimulatedSite:
 
     def _array(self, journal: str, fields: list[str], slot: int, lines: list[str]) -> bool:
         """An array item as submit.sh handles it; False when the program "dies" after sbatch."""
-        array_token, members = fields[0], (len(fields) - 1) // 4
+        array_token, members = fields[0], (len(fields) - 1) // 3
         if members > self.max_array_size:
             lines += [
                 f"{slot + m}\t-4\t{members} tasks, over MaxArraySize={self.max_array_size}"
@@ -125,7 +125,7 @@ class SimulatedSite:
             return True
         tasks = []
         for m in range(members):
-            claim, token, aif_id = fields[1 + 4 * m : 4 + 4 * m]
+            claim, token, aif_id = fields[1 + 3 * m : 4 + 3 * m]
             path = f"{journal}/{claim}"
             if path in self.claims:
                 lines.append(f"{slot + m}\t-2\t{self.claims[path][0]}")
@@ -141,7 +141,7 @@ class SimulatedSite:
         if self.die_after_array_sbatch:
             return False
         for m in tasks:
-            claim = fields[1 + 4 * m]
+            claim = fields[1 + 3 * m]
             self.claims[f"{journal}/{claim}"].append(f"answer\t0\t{self.next_id}_{m}")
             lines.append(f"{slot + m}\t0\t{self.next_id}_{m}")
         return True

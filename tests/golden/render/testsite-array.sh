@@ -51,6 +51,7 @@ esac
     exit 64
     ;;
 esac
+mkdir -p -- "$aif_workdir"
 cd -- "$aif_workdir"
 if [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then export SRUN_CPUS_PER_TASK="$SLURM_CPUS_PER_TASK"; fi
 
