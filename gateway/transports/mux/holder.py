@@ -33,6 +33,7 @@ from gateway.transports.mux.protocol import (
     OTHER_TARGET,
     STOPPING,
     VERSION,
+    ExecRequest,
     ProtocolError,
     SharedTarget,
     encode,
@@ -199,22 +200,28 @@ class Holder:
             return _declined(STOPPING)
         conn.settimeout(None)
         try:
-            result = self.transport.run(request.argv, stdin=request.stdin, timeout=request.timeout)
-        except AifError as exc:
-            return {"status": "error", "kind": type(exc).__name__, "message": exc.message}
-        except ValueError as exc:
-            return {"status": "error", "kind": "ValueError", "message": str(exc)}
-        except Exception as exc:  # the command may have run: the client must not run it again
-            message = f"site {self.transport.site}: {type(exc).__name__}: {exc}; it may or may not have run"
-            return {"status": "error", "kind": ConnectionLost.__name__, "message": message}
+            return answer_exec(self.transport, request)
         finally:
             self.served += 1
-        return {
-            "status": "ok",
-            "returncode": result.returncode,
-            "stdout": result.stdout,
-            "stderr": result.stderr,
-        }
+
+
+def answer_exec(transport: Transport, request: ExecRequest) -> dict[str, object]:
+    """Run one request with ``transport``: the answer to send back, whatever happened."""
+    try:
+        result = transport.run(request.argv, stdin=request.stdin, timeout=request.timeout)
+    except AifError as exc:
+        return {"status": "error", "kind": type(exc).__name__, "message": exc.message}
+    except ValueError as exc:
+        return {"status": "error", "kind": "ValueError", "message": str(exc)}
+    except Exception as exc:  # the command may have run: the client must not run it again
+        message = f"site {transport.site}: {type(exc).__name__}: {exc}; it may or may not have run"
+        return {"status": "error", "kind": ConnectionLost.__name__, "message": message}
+    return {
+        "status": "ok",
+        "returncode": result.returncode,
+        "stdout": result.stdout,
+        "stderr": result.stderr,
+    }
 
 
 def _declined(reason: str) -> dict[str, object]:

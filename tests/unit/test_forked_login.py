@@ -1,0 +1,200 @@
+"""The forked login (gateway.transports.mux.forked) without a network: a real fork of this
+process, with a stand-in for the SSH transport that leaves its traces in files (the child is
+another process), and the rules that keep a command from running twice."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from gateway.errors import ConnectionLost, SiteUnreachable
+from gateway.transports.base import DEFAULT_TIMEOUT, CommandResult
+from gateway.transports.mux import SharedTarget
+from gateway.transports.mux import client as mux_client
+from gateway.transports.mux.forked import ForkedTransport
+
+TARGET = SharedTarget(site="alpha", host="login.alpha.example", port=2222, user="me")
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+
+
+class StandIn:
+    """What the child logs in with: answers with the pid that ran the command."""
+
+    def __init__(self, traces: Path, refuse_login: bool = False) -> None:
+        self.site = TARGET.site
+        self.traces = traces
+        self.refuse_login = refuse_login
+        self.soon = 0
+
+    def trace(self, name: str) -> None:
+        (self.traces / f"{name}.{os.getpid()}").touch()
+
+    def connect(self) -> None:
+        if self.refuse_login:
+            raise SiteUnreachable("cannot connect to site alpha at login.alpha.example:2222: refused")
+        self.trace("login")
+
+    def connect_soon(self) -> None:
+        self.soon += 1
+
+    def run(
+        self, argv: Sequence[str], stdin: bytes | None = None, timeout: float = DEFAULT_TIMEOUT
+    ) -> CommandResult:
+        self.trace("run")
+        if argv[0] == "block":
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not list(self.traces.glob("closed.*")):
+                time.sleep(0.01)
+        if argv[0] == "die":
+            os._exit(3)
+        out = f"{os.getpid()} {' '.join(argv)} {(stdin or b'').decode()}"
+        return CommandResult(argv=tuple(argv), returncode=0, stdout=out, stderr="")
+
+    def close(self) -> None:
+        self.trace("closed")
+
+
+@pytest.fixture
+def traces(tmp_path: Path) -> Path:
+    return tmp_path
+
+
+def forked(
+    monkeypatch: pytest.MonkeyPatch, traces: Path, refuse_login: bool = False
+) -> tuple[ForkedTransport, StandIn]:
+    stand_in = StandIn(traces, refuse_login)
+    monkeypatch.setattr(mux_client, "direct_transport", lambda target: stand_in)
+    return ForkedTransport(TARGET), stand_in
+
+
+@pytest.fixture
+def cleanup() -> Iterator[list[ForkedTransport]]:
+    made: list[ForkedTransport] = []
+    yield made
+    for transport in made:
+        transport.close()
+
+
+def child_pid(transport: ForkedTransport) -> int:
+    assert transport._child is not None, "no child was forked (does this process have threads?)"
+    return transport._child.pid
+
+
+def exited(pid: int, within: float = 10.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return True
+        if done:
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_commands_run_in_the_child_that_logged_in_with_their_stdin(
+    monkeypatch: pytest.MonkeyPatch, traces: Path, cleanup: list[ForkedTransport]
+) -> None:
+    transport, stand_in = forked(monkeypatch, traces)
+    cleanup.append(transport)
+    transport.connect_soon()
+    pid = child_pid(transport)
+    assert pid != os.getpid() and stand_in.soon == 0
+    first = transport.run(["sbatch", "--parsable"], stdin=b"#!/bin/bash\ntrue\n")
+    second = transport.run(["squeue"])
+    assert (
+        first.stdout == f"{pid} sbatch --parsable #!/bin/bash\ntrue\n" and second.stdout == f"{pid} squeue "
+    )
+    assert transport.child_runs == 2 and [p.name for p in traces.glob("login.*")] == [f"login.{pid}"]
+    transport.close()
+    assert exited(pid) and (traces / f"closed.{pid}").exists()
+
+
+def test_the_parent_going_away_mid_command_drops_the_childs_connection_at_once(
+    monkeypatch: pytest.MonkeyPatch, traces: Path, cleanup: list[ForkedTransport]
+) -> None:
+    """Ctrl-C (or a kill) of aif closes its end: the child closes the SSH connection at once, as
+    aif's own would have dropped, so the site's program stops as it would have."""
+    transport, _ = forked(monkeypatch, traces)
+    cleanup.append(transport)
+    transport.connect_soon()
+    pid = child_pid(transport)
+    errors: list[BaseException] = []
+
+    def wait_for_answer() -> None:
+        try:
+            transport.run(["block"])
+        except ConnectionLost as exc:
+            errors.append(exc)
+
+    waiting = threading.Thread(target=wait_for_answer)
+    waiting.start()
+    deadline = time.monotonic() + 10
+    while not (traces / f"run.{pid}").exists():
+        assert time.monotonic() < deadline, "the child never ran the command"
+        time.sleep(0.01)
+    transport.close()
+    waiting.join(10)
+    assert exited(pid, within=5.0) and (traces / f"closed.{pid}").exists()
+    assert len(errors) == 1 and "it may or may not have run" in str(errors[0])
+
+
+def test_a_child_gone_before_the_request_was_written_leaves_the_command_to_a_direct_connection(
+    monkeypatch: pytest.MonkeyPatch, traces: Path, cleanup: list[ForkedTransport]
+) -> None:
+    transport, _ = forked(monkeypatch, traces)
+    cleanup.append(transport)
+    transport.connect_soon()
+    pid = child_pid(transport)
+    os.kill(pid, signal.SIGKILL)
+    assert exited(pid)
+    result = transport.run(["squeue"])
+    assert result.stdout.startswith(f"{os.getpid()} squeue") and transport.child_runs == 0
+
+
+def test_an_answer_lost_with_the_child_is_connection_lost_and_never_sent_again(
+    monkeypatch: pytest.MonkeyPatch, traces: Path, cleanup: list[ForkedTransport]
+) -> None:
+    transport, _ = forked(monkeypatch, traces)
+    cleanup.append(transport)
+    transport.connect_soon()
+    pid = child_pid(transport)
+    with pytest.raises(ConnectionLost, match="it may or may not have run"):
+        transport.run(["die"])
+    assert [p.name for p in traces.glob("run.*")] == [f"run.{pid}"]  # ran once, in the child only
+
+
+def test_a_failed_login_is_the_commands_error_and_nothing_runs_anywhere(
+    monkeypatch: pytest.MonkeyPatch, traces: Path, cleanup: list[ForkedTransport]
+) -> None:
+    transport, _ = forked(monkeypatch, traces, refuse_login=True)
+    cleanup.append(transport)
+    transport.connect_soon()
+    with pytest.raises(SiteUnreachable, match="cannot connect to site alpha"):
+        transport.run(["sbatch"])
+    assert not list(traces.glob("run.*"))
+
+
+def test_a_process_with_threads_logs_in_on_a_thread_not_a_fork(
+    monkeypatch: pytest.MonkeyPatch, traces: Path, cleanup: list[ForkedTransport]
+) -> None:
+    transport, stand_in = forked(monkeypatch, traces)
+    cleanup.append(transport)
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        transport.connect_soon()
+    finally:
+        stop.set()
+        other.join()
+    assert transport._child is None and stand_in.soon == 1
+    assert transport.run(["squeue"]).stdout.startswith(f"{os.getpid()} squeue")
