@@ -153,9 +153,10 @@ class Context:
             return self._open[site]
 
     def prepare(self, sites: Iterable[str]) -> None:
-        """Start reaching ``sites`` now: each backend is opened here (paramiko imported on this
-        thread: importing it on another would only contend for the interpreter), and each logs
-        in on a background thread, so that the handshake overlaps what the caller does next.
+        """Start reaching ``sites`` now, so that the login overlaps what the caller does next:
+        each backend is opened here and logs in on a background thread (paramiko imported on
+        this thread: importing it on another would only contend for the interpreter), or in a
+        forked child that imports it on another core (``open_backend``'s ``login_in_child``).
         Errors are left for the first real command at the site, which meets and reports them."""
         for site in sites:
             with contextlib.suppress(Exception):  # the first real command meets it and says so
@@ -244,13 +245,20 @@ class Context:
         self.close()
 
 
-def open_context(on_command: CommandHook | None = None) -> Context:
+def open_context(on_command: CommandHook | None = None, *, login_in_child: bool = False) -> Context:
     """The real context: the user's profiles and config, the ledger, SSH/local/pyslurm backends,
-    status answers shared through ``$AIF_HOME/polls``."""
+    status answers shared through ``$AIF_HOME/polls``. ``login_in_child``: see ``open_backend``
+    (the CLI's choice; a library caller's process may have threads of its own)."""
     profiles, config = load_sites()
 
     def backend_for(site: str, timeout: float) -> SiteBackend:
-        return open_backend(get_profile(profiles, site), config.access(site), on_command, timeout=timeout)
+        return open_backend(
+            get_profile(profiles, site),
+            config.access(site),
+            on_command,
+            timeout=timeout,
+            login_in_child=login_in_child,
+        )
 
     timing = Timing.from_env()
     return Context(

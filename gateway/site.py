@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     # Loaded where used: `aif status` never probes nor surveys a site (about 20 ms of imports).
     import gateway.slurm.probe as load_probe
     from gateway.slurm import partitions as partition_info
+    from gateway.transports.mux import SharedTarget
 
 SUBMIT_TIMEOUT = 300.0
 # Exit statuses after which the submission program provably sent nothing: its own
@@ -504,63 +505,70 @@ def open_backend(
     on_command: CommandHook | None = None,
     *,
     timeout: float = DEFAULT_TIMEOUT,
+    login_in_child: bool = False,
 ) -> SiteBackend:
     """The backend for a site, as the user's config says to reach it (ssh by default).
 
     ``timeout`` bounds each query (connecting included); a submission gets longer.
+    ``login_in_child``: an SSH site's early login (``prepare``) runs in a forked
+    child process (``gateway.transports.mux.forked``), for a short-lived process
+    with no other thread, like the CLI's.
     """
     if access.transport == "pyslurm":
         from gateway.pyslurm_backend import PyslurmBackend
 
         return PyslurmBackend(site=profile.name, slurm_conf=access.slurm_conf, on_command=on_command)
+    transport: FileTransport
     if access.transport == "local":
         from gateway.transports.local import LocalTransport
 
         env = {"SLURM_CONF": access.slurm_conf} if access.slurm_conf else None
-        local = LocalTransport(profile.name, env=env, on_command=on_command)
-        return SlurmCliBackend(
-            transport=local,
-            accounting=sacct_source(profile),
-            timeout=timeout,
-            submit_concurrency=profile.slurm.submit_concurrency,
-        )
-    if access.share_connection:
+        transport = LocalTransport(profile.name, env=env, on_command=on_command)
+    elif access.share_connection:
         # Through the site's holder process (no paramiko here while it answers).
-        from gateway.transports.mux import SharedTarget, shared_connection_for
+        from gateway.transports.mux import shared_connection_for
 
-        shared = SharedTarget(
+        shared = _plain_target(profile, access, timeout)
+        transport = shared_connection_for(shared, persist_s=access.persist_s, on_command=on_command)
+    elif login_in_child:
+        from gateway.transports.mux.forked import ForkedTransport
+
+        transport = ForkedTransport(_plain_target(profile, access, timeout), on_command=on_command)
+    else:
+        from gateway.transports.ssh import SshTarget, connection_for
+
+        target = SshTarget(
             site=profile.name,
             host=access.host or profile.host,
             port=access.port or profile.port,
             user=access.user,
-            identity_file=str(Path(access.identity_file).expanduser()) if access.identity_file else None,
-            known_hosts=str(Path(access.known_hosts).expanduser()) if access.known_hosts else None,
+            identity_file=Path(access.identity_file).expanduser() if access.identity_file else None,
+            known_hosts=Path(access.known_hosts).expanduser() if access.known_hosts else None,
             proxy_jump=access.proxy_jump,
             connect_timeout=min(timeout, 15.0),
         )
-        return SlurmCliBackend(
-            transport=shared_connection_for(shared, persist_s=access.persist_s, on_command=on_command),
-            accounting=sacct_source(profile),
-            timeout=timeout,
-            submit_concurrency=profile.slurm.submit_concurrency,
-        )
-    from gateway.transports.ssh import SshTarget, connection_for
+        transport = connection_for(target, on_command=on_command)
+    return SlurmCliBackend(
+        transport=transport,
+        accounting=sacct_source(profile),
+        timeout=timeout,
+        submit_concurrency=profile.slurm.submit_concurrency,
+    )
 
-    target = SshTarget(
+
+def _plain_target(profile: SiteProfile, access: SiteAccess, timeout: float) -> SharedTarget:
+    """The site's SSH target as plain data, for a transport that must not import paramiko."""
+    from gateway.transports.mux import SharedTarget
+
+    return SharedTarget(
         site=profile.name,
         host=access.host or profile.host,
         port=access.port or profile.port,
         user=access.user,
-        identity_file=Path(access.identity_file).expanduser() if access.identity_file else None,
-        known_hosts=Path(access.known_hosts).expanduser() if access.known_hosts else None,
+        identity_file=str(Path(access.identity_file).expanduser()) if access.identity_file else None,
+        known_hosts=str(Path(access.known_hosts).expanduser()) if access.known_hosts else None,
         proxy_jump=access.proxy_jump,
         connect_timeout=min(timeout, 15.0),
-    )
-    return SlurmCliBackend(
-        transport=connection_for(target, on_command=on_command),
-        accounting=sacct_source(profile),
-        timeout=timeout,
-        submit_concurrency=profile.slurm.submit_concurrency,
     )
 
 

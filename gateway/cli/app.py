@@ -214,7 +214,8 @@ def open_context(ctx: click.Context) -> Any:
     """The lifecycle's context for this command: profiles, config, ledger, backends."""
     from gateway.context import open_context as open_lifecycle_context
 
-    return open_lifecycle_context(command_hook(ctx))
+    # A CLI process has no thread of its own: a site's early login may run in a forked child.
+    return open_lifecycle_context(command_hook(ctx), login_in_child=True)
 
 
 def job_json(job: Any) -> dict[str, object]:
