@@ -41,6 +41,7 @@ class _Aif:
         # start-up. It stays off through the commands that only read local files and end, and
         # is back on for every other (gateway.cli.app.AifGroup.resolve_command).
         collecting = gc.isenabled()
+        thresholds = gc.get_threshold()  # a command may raise them (gateway.cli.app)
         gc.disable()
         try:
             return self._group()(args, **extra)
@@ -51,6 +52,7 @@ class _Aif:
             # then go unfinalized, and aif needs none finalized: files, the ledger and SSH
             # connections are closed by context managers and atexit handlers, which still run.
             gc.freeze()
+            gc.set_threshold(*thresholds)
             if collecting:
                 gc.enable()  # as it was, should the caller go on
 
