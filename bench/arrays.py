@@ -12,8 +12,8 @@ The row "shared connection (warm)" is the same CLI process with `[ssh] share_con
 on and the site's holder already logged in (like OpenSSH's ControlMaster): no handshake
 in the process, so it is shown apart from the cold figure the goal is about. The row
 "only the imports" is a Python process that imports what `aif submit` imports (click, the
-lifecycle, the SSH transport with paramiko) and does nothing: the part of the CLI process
-that is Python's start-up alone.
+lifecycle, the transport whose forked child imports paramiko and logs in on the other core)
+and does nothing: the part of the CLI process that is Python's start-up alone.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from gateway.sandbox import manager
 SITE = "sandbox-east"
 SHARED_ROW = "aif submit, CLI, shared connection (warm)"
 IMPORTS_ROW = "python: only the imports of aif submit (no work)"
-IMPORTS_OF_SUBMIT = "import gateway.cli.jobs, gateway.lifecycle, gateway.submission, gateway.transports.ssh"
+IMPORTS_OF_SUBMIT = "import gateway.cli.jobs, gateway.lifecycle, gateway.submission, gateway.transports.mux.forked"
 SCRIPT = "#!/bin/bash\n#SBATCH --time=00:01:00\n#SBATCH --output=/dev/null\ntrue\n"
 
 
