@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import field, replace
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 from gateway.errors import ConfigError
@@ -105,9 +106,20 @@ class UserConfig(Record):
     ssh: SshSharing = field(default_factory=SshSharing)
 
     def access(self, site: str) -> SiteAccess:
-        access = self.sites.get(site, SiteAccess())
-        share = self.ssh.share_connection if access.share_connection is None else access.share_connection
-        return replace(access, share_connection=share, persist_s=self.ssh.persist_s)
+        known = self._accesses.get(site)
+        if known is None:
+            access = self.sites.get(site, SiteAccess())
+            share = self.ssh.share_connection if access.share_connection is None else access.share_connection
+            known = replace(access, share_connection=share, persist_s=self.ssh.persist_s)
+            self._accesses[site] = known
+        return known
+
+    @cached_property
+    def _accesses(self) -> dict[str, SiteAccess]:
+        # Asked once per job and more (a few hundred specs: a few hundred copies otherwise);
+        # the config never changes, so each site's answer is kept (cached_property writes
+        # the instance's dict directly: the record's fields stay as they are).
+        return {}
 
 
 def config_files(home: str | Path | None = None) -> list[str]:
