@@ -360,20 +360,24 @@ class Ledger(LedgerReads):
         only after :meth:`record_intents` gave the id, and before anything is sent.
         A job sent on its own (no array token given) is no array's task.
         """
-        rows = list(paths)
+        updates = []
+        for job_id, workdir, stdout_path, *rest in paths:
+            array_token = str(rest[1]) if len(rest) > 1 else ""
+            array_task = int(rest[2]) if len(rest) > 2 and array_token else None
+            updates.append((workdir, stdout_path, rest[0] if rest else None, array_token, array_task, job_id))
         with self._write():
-            jobs = self._require_many([row[0] for row in rows])
-            for job_id, workdir, stdout_path, *rest in rows:
-                job = jobs[job_id]
-                if job.state != JobState.SUBMITTING:
-                    raise ValueError(f"job {job_id} is {job.state}; its paths are fixed")
-                array_token = str(rest[1]) if len(rest) > 1 else ""
-                array_task = int(rest[2]) if len(rest) > 2 and array_token else None
-                self._conn.execute(
-                    "UPDATE jobs SET workdir = ?, stdout_path = ?, slurm_name = COALESCE(?, slurm_name), "
-                    "array_token = ?, array_task = ? WHERE id = ?",
-                    (workdir, stdout_path, rest[0] if rest else None, array_token, array_task, job_id),
-                )
+            before = self._conn.total_changes
+            self._conn.executemany(
+                "UPDATE jobs SET workdir = ?, stdout_path = ?, slurm_name = COALESCE(?, slurm_name), "
+                "array_token = ?, array_task = ? WHERE id = ? AND state = ?",
+                [(*update, JobState.SUBMITTING.value) for update in updates],
+            )
+            if self._conn.total_changes - before != len(updates):
+                # Some job is not there or not SUBMITTING any more: say which, change nothing.
+                jobs = self._require_many([update[-1] for update in updates])
+                stuck = next((job for job in jobs.values() if job.state != JobState.SUBMITTING), None)
+                what = f"job {stuck.id} is {stuck.state}" if stuck else "a job is listed twice"
+                raise ValueError(f"{what}; its paths are fixed")
 
     def mark_submitted_many(self, submitted: Iterable[tuple[str, str]]) -> list[LedgerJob]:
         """:meth:`mark_submitted` for ``(job_id, slurm_job_id)`` pairs, in one transaction."""
@@ -553,14 +557,13 @@ class Ledger(LedgerReads):
     def record_attempts(self, attempts: Iterable[tuple[str, str, str, str]]) -> None:
         """``(job_id, site, outcome, detail)`` of submission attempts, in one transaction (one fsync
         for a batch), for ``aif explain``."""
-        rows = list(attempts)
+        now = _now()
+        rows = [(job_id, site, now, outcome, detail) for job_id, site, outcome, detail in attempts]
         with self._write():
-            self._require_many([row[0] for row in rows])
-            for job_id, site, outcome, detail in rows:
-                self._conn.execute(
-                    "INSERT INTO attempts (job_id, site, at, outcome, detail) VALUES (?, ?, ?, ?, ?)",
-                    (job_id, site, _now(), outcome, detail),
-                )
+            # A job that is not in the ledger fails the foreign key: nothing of the batch is kept.
+            self._conn.executemany(
+                "INSERT INTO attempts (job_id, site, at, outcome, detail) VALUES (?, ?, ?, ?, ?)", rows
+            )
 
     def reassign(
         self, job_id: str, *, site: str, journal_dir: str, workdir: str, stdout_path: str

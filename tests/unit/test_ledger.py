@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from gateway import ledger as ledger_mod
-from gateway.errors import ConfigError, UsageError
+from gateway.errors import AifError, ConfigError, UsageError
 from gateway.ledger import (
     SCHEMA_VERSION,
     Ledger,
@@ -337,6 +337,30 @@ def test_mark_submitted_and_not_submitted(ledger: Ledger) -> None:
 # --------------------------------------------------------------------------
 # State updates
 # --------------------------------------------------------------------------
+
+
+def test_paths_are_set_only_while_every_job_is_submitting_and_then_all_at_once(ledger: Ledger) -> None:
+    a, b = intent(ledger), intent(ledger)
+    ledger.record_paths(
+        [(a.id, "/w/a", "/w/a/out", "name-a"), (b.id, "/w/b", "/w/b/out", "arr", "aif-tok-x", 1)]
+    )
+    got_a, got_b = ledger.get(a.id), ledger.get(b.id)
+    assert (got_a.workdir, got_a.stdout_path, got_a.slurm_name, got_a.array_token) == (
+        "/w/a",
+        "/w/a/out",
+        "name-a",
+        "",
+    )
+    assert (got_b.array_token, got_b.array_task, got_b.slurm_name) == ("aif-tok-x", 1, "arr")
+    ledger.mark_submitted(b.id, "5")
+    with pytest.raises(ValueError, match=f"job {b.id} is PENDING; its paths are fixed"):
+        ledger.record_paths([(a.id, "/w/a2", "/w/a2/out"), (b.id, "/w/b2", "/w/b2/out")])
+    assert ledger.get(a.id).workdir == "/w/a" and ledger.get(b.id).workdir == "/w/b"  # nothing changed
+    with pytest.raises(UsageError, match="no job aif-zzzzzzzzzz"):
+        ledger.record_paths([("aif-zzzzzzzzzz", "/w", "/w/out")])
+    with pytest.raises(AifError, match="FOREIGN KEY"):
+        ledger.record_attempts([(a.id, "s", "submitted", ""), ("aif-zzzzzzzzzz", "s", "submitted", "")])
+    assert ledger.attempts(a.id) == []  # the batch was one transaction
 
 
 def test_history_only_on_change(ledger: Ledger) -> None:
