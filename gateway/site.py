@@ -167,7 +167,7 @@ class SlurmCliBackend:
         if not items:
             return []
         result = self._run(
-            slurm.submission_argv(self.submit_concurrency),
+            slurm.submission_argv(self.submit_concurrency, items),
             stdin=slurm.build_submission_bundle(items, journal_dir),
             timeout=max(SUBMIT_TIMEOUT, self.timeout),
         )

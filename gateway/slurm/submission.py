@@ -162,7 +162,8 @@ def submission_program() -> str:
     ``index`` counting members: each is claimed, ONE ``sbatch --array=LIST``
     runs for the members claimed, and each answer is ``ARRAYID_TASK``; the
     site's ``MaxArraySize`` (``scontrol show config``, read once, only when
-    the bundle holds an array) is checked first, and a larger array is
+    the bundle holds an array: asked as the program starts when its second
+    argument is ``arrays``, else once the items are read) is checked first, and a larger array is
     answered ``TOO_LARGE_RC`` for every member, nothing claimed or sent.
     A failing item does not stop the batch; the program exits 0 after the
     last item, or SUBMISSION_SETUP_FAILED before the first. A signal (the
@@ -189,11 +190,13 @@ def submission_program() -> str:
     return _SUBMISSION_PROGRAM
 
 
-def submission_argv(workers: int = 1) -> list[str]:
-    """argv for a transport: run ``submission_program()`` with bash, ``workers`` sbatch at a time."""
+def submission_argv(workers: int = 1, items: Sequence[Submission] = ()) -> list[str]:
+    """argv for a transport: run ``submission_program()`` with bash, ``workers`` sbatch at a
+    time; when ``items`` hold an array, the program asks the site's MaxArraySize as it starts."""
     if not 1 <= workers <= MAX_SUBMIT_CONCURRENCY:
         raise ValueError(f"workers must be 1 to {MAX_SUBMIT_CONCURRENCY}, not {workers}")
-    return ["bash", "-c", _SUBMISSION_PROGRAM, "aif-submit", str(workers)]
+    arrays = ["arrays"] if any(isinstance(item, ArraySubmission) for item in items) else []
+    return ["bash", "-c", _SUBMISSION_PROGRAM, "aif-submit", str(workers), *arrays]
 
 
 def build_submission_bundle(items: Sequence[Submission], journal_dir: str = "") -> bytes:

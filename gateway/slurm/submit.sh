@@ -10,6 +10,16 @@ workspace=$(mktemp -d "${TMPDIR:-/tmp}/aif-submit.XXXXXXXXXX") || {
 }
 # Always remove the scripts, also when the connection drops.
 trap 'rm -rf -- "$workspace"' EXIT
+# The site's MaxArraySize, asked at once when the caller says the bundle holds an array
+# ($2): the controller answers while the bundle is unpacked and read.
+max_array=0
+asked=
+ask_max_array() {
+    { scontrol show config | sed -n 's/^MaxArraySize *= *\([0-9]*\).*/\1/p' >|"$workspace/max-array"; } \
+        2>/dev/null </dev/null &
+    asked=$!
+}
+[ "${2:-}" != arrays ] || ask_max_array
 # bash runs these only once the running command (sbatch) returns: they only note
 # the signal (and leave a mark for the other workers), so the answer of an sbatch
 # that ran is still written to the record. Each worker sets them in its own shell.
@@ -106,14 +116,8 @@ while IFS= read -r -d '' kind <&3; do
     count=$((count + 1))
 done
 exec 3<&- 4<&-
-# The site's MaxArraySize, asked while the directories are made (only with an array).
-max_array=0
-asked=
-if [ "${#arrays[@]}" -gt 0 ]; then
-    { scontrol show config | sed -n 's/^MaxArraySize *= *\([0-9]*\).*/\1/p' >|"$workspace/max-array"; } \
-        2>/dev/null </dev/null &
-    asked=$!
-fi
+# Only with an array: asked while the directories are made, if not asked yet.
+[ "${#arrays[@]}" -eq 0 ] || [ -n "$asked" ] || ask_max_array
 if [ "${#wanted[@]}" -gt 0 ]; then
     mkdir -p -- "${wanted[@]}" 2>|"$workspace/mkdir-errors" </dev/null || true
 fi

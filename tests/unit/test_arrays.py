@@ -282,8 +282,10 @@ echo 77
 
 
 def run_program(
-    tmp_path: Path, items: list[slurm.Submission], journal: Path, max_array: str = "1001"
+    tmp_path: Path, items: list[slurm.Submission], journal: Path, max_array: str = "1001", early: bool = True
 ) -> list[str]:
+    """The real program over a fake sbatch and scontrol; ``early``: told that the bundle holds an
+    array (it asks MaxArraySize as it starts), else it finds out once the items are read."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     (bin_dir / "sbatch").write_text(FAKE_SBATCH)
@@ -296,7 +298,7 @@ def run_program(
         "AIF_FAKE_LOG": str(tmp_path / "sbatch.log"),
     }
     result = subprocess.run(
-        slurm.submission_argv(),
+        slurm.submission_argv(1, items if early else ()),
         input=slurm.build_submission_bundle(items, str(journal)),
         capture_output=True,
         env=env,
@@ -368,10 +370,13 @@ def test_arrays_and_single_jobs_in_one_bundle_answer_in_order(tmp_path: Path) ->
 
 
 @pytest.mark.skipif(not (shutil.which("bash") and shutil.which("tar")), reason="needs bash and tar")
-def test_an_array_over_the_sites_max_array_size_is_neither_claimed_nor_sent(tmp_path: Path) -> None:
+@pytest.mark.parametrize("early", [True, False])
+def test_an_array_over_the_sites_max_array_size_is_neither_claimed_nor_sent(
+    tmp_path: Path, early: bool
+) -> None:
     journal = tmp_path / "record"
     journal.mkdir()
-    lines = run_program(tmp_path, [array_item(tmp_path, 5)], journal, max_array="4")
+    lines = run_program(tmp_path, [array_item(tmp_path, 5)], journal, max_array="4", early=early)
     outcomes = slurm.parse_submission_output("\n".join(lines), 5)
     assert {o.kind for o in outcomes} == {slurm.Outcome.TOO_LARGE}
     assert {slurm.max_array_size_of(o) for o in outcomes} == {4}

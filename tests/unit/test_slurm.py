@@ -928,6 +928,9 @@ def test_a_signal_to_one_worker_stops_every_worker_after_its_running_sbatch(tmp_
 def test_submission_argv_takes_one_to_eight_workers() -> None:
     assert slurm.submission_argv()[3:] == ["aif-submit", "1"]
     assert slurm.submission_argv(8)[4] == "8"
+    array = slurm.ArraySubmission(SCRIPT, "/w/a", "aif-tok-" + "0" * 32, (slurm.ArrayMember("", "", ""),))
+    assert slurm.submission_argv(2, [SubmissionItem(SCRIPT, ""), array])[3:] == ["aif-submit", "2", "arrays"]
+    assert slurm.submission_argv(2, [SubmissionItem(SCRIPT, "")])[3:] == ["aif-submit", "2"]
     for bad in (0, 9):
         with pytest.raises(ValueError):
             slurm.submission_argv(bad)
