@@ -198,3 +198,26 @@ def test_a_process_with_threads_logs_in_on_a_thread_not_a_fork(
         other.join()
     assert transport._child is None and stand_in.soon == 1
     assert transport.run(["squeue"]).stdout.startswith(f"{os.getpid()} squeue")
+
+
+def test_the_child_keeps_none_of_the_parents_files_open(
+    monkeypatch: pytest.MonkeyPatch, traces: Path, cleanup: list[ForkedTransport]
+) -> None:
+    """A lock the parent holds when it forks (flock: of the open file, shared by a fork) is
+    free once the parent lets go, while the child still serves it."""
+    import fcntl
+
+    lock_file = traces / "held.lock"
+    held = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    transport, _ = forked(monkeypatch, traces)
+    cleanup.append(transport)
+    transport.connect_soon()
+    pid = child_pid(transport)
+    assert transport.run(["squeue"]).stdout.startswith(f"{pid} ")  # the child is up and serving
+    os.close(held)
+    again = os.open(lock_file, os.O_RDWR)
+    try:
+        fcntl.flock(again, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError if the child held it
+    finally:
+        os.close(again)

@@ -25,6 +25,7 @@ thread. Files (SFTP) always go over the direct connection.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import select
 import signal
@@ -50,6 +51,7 @@ from gateway.transports.mux.protocol import (
 if TYPE_CHECKING:
     from gateway.transports.ssh import SshTransport
 
+_MAX_FD = os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 65536
 _ANSWER_MARGIN_S = 5.0  # the child's own deadline (the command's timeout) comes first
 _RAISED: dict[str, type[errors.AifError]] = {
     kind.__name__: kind for kind in (errors.SiteUnreachable, errors.HostKeyRejected, errors.ConnectionLost)
@@ -235,6 +237,14 @@ def _serve_in_child(target: SharedTarget, sock: socket.socket) -> NoReturn:
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
         os.close(devnull)
+        # None of the parent's other files stays open here: a lock it holds on one (flock
+        # belongs to the open file, which we share) is released when the parent closes it,
+        # not when we exit. And none of its objects is finalized here (frozen: the cycle
+        # collector leaves them), so nothing of the parent's closes a descriptor of ours.
+        gc.freeze()
+        keep = sock.fileno()
+        os.closerange(3, keep)
+        os.closerange(keep + 1, _MAX_FD)
         from gateway.transports.mux.client import direct_transport
 
         transport = direct_transport(target)
