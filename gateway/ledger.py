@@ -379,8 +379,9 @@ class Ledger(LedgerReads):
                 what = f"job {stuck.id} is {stuck.state}" if stuck else "a job is listed twice"
                 raise ValueError(f"{what}; its paths are fixed")
 
-    def mark_submitted_many(self, submitted: Iterable[tuple[str, str]]) -> list[LedgerJob]:
-        """:meth:`mark_submitted` for ``(job_id, slurm_job_id)`` pairs, in one transaction."""
+    def mark_submitted_many(self, submitted: Iterable[tuple[str, str]]) -> None:
+        """:meth:`mark_submitted` for ``(job_id, slurm_job_id)`` pairs, in one transaction (the jobs
+        are not read back: a batch's caller reads them once, when it needs them)."""
         pairs = list(submitted)
         with self._write():
             jobs = self._require_many([job_id for job_id, _ in pairs])
@@ -391,8 +392,6 @@ class Ledger(LedgerReads):
                 if not job.unresolved:
                     raise ValueError(f"job {job_id} is {job.state}, not Slurm job {slurm_job_id}")
                 self._set_state(job, JobState.PENDING, "", slurm_job_id=slurm_job_id)
-            after = self._require_many([job_id for job_id, _ in pairs])
-            return [after[job_id] for job_id, _ in pairs]
 
     def record_invalid(
         self,
