@@ -59,7 +59,7 @@ def spec_text(i: int) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=200)
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=9)
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench: run as root (it drains sandbox nodes)", file=sys.stderr)
