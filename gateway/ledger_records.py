@@ -5,6 +5,7 @@ checks of what the ledger's writes are given."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -46,19 +47,15 @@ def new_job_id() -> str:
 
     Uniqueness within a ledger is enforced by ``Ledger``, not by luck alone.
     """
-    import secrets  # here, not at the top: commands that only read the ledger start faster
-
-    # 32 letters, 5 bits each: one draw of 50 bits is exactly uniform (one read of the
-    # system's random source per id, not one per letter).
-    bits = secrets.randbits(5 * ID_TOKEN_LENGTH)
+    # 32 letters, 5 bits each: 50 bits of the system's random source (what `secrets` reads,
+    # without importing it and the modules it brings) are exactly uniform over the ids.
+    bits = int.from_bytes(os.urandom(8)) >> (64 - 5 * ID_TOKEN_LENGTH)
     return ID_PREFIX + "".join(_ID_ALPHABET[(bits >> (5 * i)) & 31] for i in range(ID_TOKEN_LENGTH))
 
 
 def new_submission_token() -> str:
     """A fresh random submission token (passed to Slurm as ``--comment``)."""
-    import secrets
-
-    return "aif-tok-" + secrets.token_hex(TOKEN_BYTES)
+    return "aif-tok-" + os.urandom(TOKEN_BYTES).hex()  # as secrets.token_hex
 
 
 def _now() -> str:
