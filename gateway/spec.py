@@ -150,12 +150,12 @@ class JobSpec(Record):
         Two files that differ only in layout, comments, key order or name
         resolve to the same digest; any change to what would run does not.
         """
-        import hashlib  # neither is needed to read or render a spec: not imported at start-up
-        import json
+        import json  # not needed to read or render a spec: not imported at start-up
 
         content = {k: v for k, v in _plain(self).items() if k not in ("source", "sha256")}
         canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+        digest: str = _sha256()(canonical.encode("utf-8")).hexdigest()  # CPython's own, without hashlib
+        return digest
 
 
 def _plain(value: Any) -> Any:
