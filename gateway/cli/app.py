@@ -120,6 +120,10 @@ class AifGroup(click.Group):
             raise
         except BrokenPipeError:
             sys.exit(EXIT_INTERNAL)
+        finally:
+            forked = sys.modules.get("gateway.transports.mux.forked")
+            if forked is not None:
+                forked.drop_ahead()  # a login child forked ahead that the command did not use
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
@@ -137,6 +141,12 @@ class AifGroup(click.Group):
             # An unknown name: click suggests the closest of the loaded commands, so load them all.
             load_all_commands()
         name, command, rest = super().resolve_command(ctx, args)
+        if name == "submit" and _names_a_site(rest):
+            # The site's login child is forked now: it imports paramiko on the other core while
+            # this process loads the command's modules and reads the specs (see open_context).
+            from gateway.transports.mux.forked import fork_ahead
+
+            fork_ahead()
         if name not in LOCAL_COMMANDS:
             # Back on (some of these wait for hours), over a heap that start-up left frozen and
             # with a young generation large enough that importing the command's modules and
@@ -152,6 +162,13 @@ class AifGroup(click.Group):
         # would the commands themselves, and no command's module is imported.
         stand_ins = click.Group(commands=[click.Command(n, help=e.summary) for n, e in COMMANDS.items()])
         stand_ins.format_commands(ctx, formatter)
+
+
+def _names_a_site(args: Sequence[str]) -> bool:
+    """A submission to a named site that will log in to it (not a dry run nor a help text)."""
+    words = set(args)
+    named = "--site" in words or any(a.startswith("--site=") for a in args)
+    return named and not words & {"--dry-run", "--help", "-h"}
 
 
 def load_all_commands() -> None:

@@ -17,6 +17,7 @@ from gateway.errors import ConnectionLost, SiteUnreachable
 from gateway.transports.base import DEFAULT_TIMEOUT, CommandResult
 from gateway.transports.mux import SharedTarget
 from gateway.transports.mux import client as mux_client
+from gateway.transports.mux import forked as forked_module
 from gateway.transports.mux.forked import ForkedTransport
 
 TARGET = SharedTarget(site="alpha", host="login.alpha.example", port=2222, user="me")
@@ -221,3 +222,35 @@ def test_the_child_keeps_none_of_the_parents_files_open(
         fcntl.flock(again, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError if the child held it
     finally:
         os.close(again)
+
+
+def test_a_child_forked_ahead_is_given_its_site_by_the_first_transport(
+    monkeypatch: pytest.MonkeyPatch, traces: Path, cleanup: list[ForkedTransport]
+) -> None:
+    """The CLI forks the child before it knows the site (paramiko loads meanwhile); the first
+    transport hands it the site; an unused one is dropped and exits; a dead one is replaced."""
+    transport, _ = forked(monkeypatch, traces)
+    cleanup.append(transport)
+    forked_module.fork_ahead()
+    ahead = forked_module._ahead
+    assert ahead is not None
+    transport.connect_soon()
+    assert child_pid(transport) == ahead.pid and forked_module._ahead is None
+    assert transport.run(["squeue"]).stdout.startswith(f"{ahead.pid} squeue")
+
+    forked_module.fork_ahead()
+    unused = forked_module._ahead
+    assert unused is not None
+    forked_module.drop_ahead()
+    assert exited(unused.pid) and not list(traces.glob(f"login.{unused.pid}"))
+
+    forked_module.fork_ahead()
+    dead = forked_module._ahead
+    assert dead is not None
+    os.kill(dead.pid, signal.SIGKILL)
+    assert exited(dead.pid)
+    other, _ = forked(monkeypatch, traces)
+    cleanup.append(other)
+    other.connect_soon()
+    assert child_pid(other) != dead.pid
+    assert other.run(["squeue"]).stdout.startswith(f"{child_pid(other)} squeue")

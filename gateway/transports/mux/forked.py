@@ -84,10 +84,15 @@ class ForkedTransport:
         with self._lock:
             if self._child is not None:
                 return
-            if self._direct is None and threading.active_count() == 1 and hasattr(os, "fork"):
-                with contextlib.suppress(OSError):  # no fork (limits): the thread serves
-                    self._child = _Child.start(self.target)
+            if self._direct is None:
+                ahead = _take_ahead()
+                if ahead is not None and ahead.log_in(self.target):
+                    self._child = ahead
                     return
+                if threading.active_count() == 1 and hasattr(os, "fork"):
+                    with contextlib.suppress(OSError):  # no fork (limits): the thread serves
+                        self._child = _Child.start(self.target)
+                        return
         self._direct_transport().connect_soon()
 
     # -- commands ------------------------------------------------------------------
@@ -170,6 +175,39 @@ class ForkedTransport:
             direct.close()
 
 
+# -- a child forked ahead ---------------------------------------------------------------
+
+_ahead: _Child | None = None
+_ahead_lock = threading.Lock()
+
+
+def fork_ahead() -> None:
+    """Fork the login child now, before this process knows the site: it imports paramiko while
+    this process loads its own modules and reads the user's config, then waits for the site
+    (the first :meth:`ForkedTransport.connect_soon` hands it over). For the CLI, which calls
+    :func:`drop_ahead` when its command ends, used or not. Only from a process with no other
+    thread; a failed fork is no error (the transport forks, or logs in on a thread, later)."""
+    global _ahead
+    with _ahead_lock:
+        if _ahead is None and threading.active_count() == 1 and hasattr(os, "fork"):
+            with contextlib.suppress(OSError):
+                _ahead = _Child.start(None)
+
+
+def drop_ahead() -> None:
+    """Stop a child forked ahead that nobody took (it exits at once, nothing ran)."""
+    ahead = _take_ahead()
+    if ahead is not None:
+        ahead.stop()
+
+
+def _take_ahead() -> _Child | None:
+    global _ahead
+    with _ahead_lock:
+        ahead, _ahead = _ahead, None
+    return ahead
+
+
 class _Child:
     """The forked login process and this process's end of the socket pair to it."""
 
@@ -179,7 +217,8 @@ class _Child:
         self.turn = threading.Lock()  # one request at a time on the pair
 
     @classmethod
-    def start(cls, target: SharedTarget) -> _Child:
+    def start(cls, target: SharedTarget | None) -> _Child:
+        """Fork the child; without a target it imports paramiko and waits for :meth:`log_in`."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             pid = os.fork()
@@ -192,6 +231,15 @@ class _Child:
             _serve_in_child(target, theirs)
         theirs.close()
         return cls(pid, ours)
+
+    def log_in(self, target: SharedTarget) -> bool:
+        """Give a child forked ahead its site; False (and it is stopped) when it is gone."""
+        try:
+            self.sock.sendall(encode({"v": VERSION, "op": "login", "target": target.key}))
+        except OSError:
+            self.stop()
+            return False
+        return True
 
     def ask(self, request: bytes, timeout: float) -> dict[str, Any]:
         """Send one request and wait for its answer; _NotSent when it provably never arrived."""
@@ -223,8 +271,9 @@ class _Child:
             os.waitpid(self.pid, os.WNOHANG)  # else init reaps it once this process exits
 
 
-def _serve_in_child(target: SharedTarget, sock: socket.socket) -> NoReturn:
-    """The child's whole life: log in, answer requests until the parent closes, exit.
+def _serve_in_child(target: SharedTarget | None, sock: socket.socket) -> NoReturn:
+    """The child's whole life: (forked ahead: import paramiko, then wait for the target) log in,
+    answer requests until the parent closes, exit.
 
     os._exit: none of the parent's cleanup (its ledger's connection, atexit) runs twice.
     """
@@ -245,30 +294,51 @@ def _serve_in_child(target: SharedTarget, sock: socket.socket) -> NoReturn:
         keep = sock.fileno()
         os.closerange(3, keep)
         os.closerange(keep + 1, _MAX_FD)
-        from gateway.transports.mux.client import direct_transport
+        import gateway.transports.ssh  # noqa: F401  paramiko, while the parent goes on
 
-        transport = direct_transport(target)
-        failure: dict[str, object] | None = None
-        try:
-            transport.connect()
-        except errors.AifError as exc:  # every request is answered with it: nothing ran
-            failure = {"status": "error", "kind": type(exc).__name__, "message": exc.message}
-        while True:
-            try:
-                header = receive_header(sock)
-                if header.get("v") != VERSION or header.get("op") != "exec":
-                    break
-                request = parse_exec(header, sock)
-            except (OSError, ProtocolError):
-                break  # the parent closed its end (or sent garbage): nothing more to run
-            answer = failure or _run_watching(sock, transport, request)
-            try:
-                sock.sendall(encode(answer))
-            except OSError:
-                break
-        transport.close()
+        target = target or _await_target(sock)
+        if target is not None:
+            _log_in_and_serve(target, sock)
     finally:
         os._exit(0)
+
+
+def _await_target(sock: socket.socket) -> SharedTarget | None:
+    """The site a child forked ahead is given, or None when the parent has no use for it."""
+    try:
+        header = receive_header(sock)
+        key = header.get("target")
+        if header.get("v") != VERSION or header.get("op") != "login" or not isinstance(key, str):
+            return None
+        return SharedTarget.from_key(key)
+    except (OSError, ProtocolError, ValueError, TypeError):
+        return None
+
+
+def _log_in_and_serve(target: SharedTarget, sock: socket.socket) -> None:
+    """Log in (a failure answers every request: nothing runs), then answer until the parent closes."""
+    from gateway.transports.mux.client import direct_transport
+
+    transport = direct_transport(target)
+    failure: dict[str, object] | None = None
+    try:
+        transport.connect()
+    except errors.AifError as exc:
+        failure = {"status": "error", "kind": type(exc).__name__, "message": exc.message}
+    while True:
+        try:
+            header = receive_header(sock)
+            if header.get("v") != VERSION or header.get("op") != "exec":
+                break
+            request = parse_exec(header, sock)
+        except (OSError, ProtocolError):
+            break  # the parent closed its end (or sent garbage): nothing more to run
+        answer = failure or _run_watching(sock, transport, request)
+        try:
+            sock.sendall(encode(answer))
+        except OSError:
+            break
+    transport.close()
 
 
 def _run_watching(sock: socket.socket, transport: SshTransport, request: ExecRequest) -> dict[str, object]:
