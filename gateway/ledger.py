@@ -96,6 +96,7 @@ class Ledger(LedgerReads):
 
     def __init__(self, path: Path | str | None = None) -> None:
         self.path = Path(path) if path is not None else default_ledger_path()
+        self._batched = False  # inside batch(): each write is a savepoint of its transaction
         ensure_home(self.path.parent)
         # sqlite creates the -wal and -shm files with the ledger's own mode.
         ensure_private_file(self.path)
@@ -183,9 +184,43 @@ class Ledger(LedgerReads):
                 raise ConfigError(f"the ledger {self.path} is inconsistent after migration: {problems[:5]}")
 
     @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Make the writes inside ONE transaction, committed (one fsync) when the block ends.
+
+        Each write inside is a savepoint: one that fails is undone alone, as if it had been a
+        transaction of its own, and the others stay; an exception out of the block undoes all.
+        For writes that are one step (the intents of a submission and the paths rendered with
+        their ids; the answers and the attempts): nothing may be sent inside the block, since
+        nothing in it is durable before it ends.
+        """
+        if self._batched:
+            yield
+            return
+        with self._write():
+            self._batched = True
+            try:
+                yield
+            finally:
+                self._batched = False
+
+    @contextmanager
     def _write(self, *, opening: bool = False) -> Iterator[sqlite3.Connection]:
-        """One write transaction holding the write lock from its first statement."""
+        """One write transaction holding the write lock from its first statement (a savepoint
+        of the batch's transaction inside :meth:`batch`)."""
         conn = self._conn
+        if self._batched:
+            try:
+                conn.execute("SAVEPOINT write")
+                try:
+                    yield conn
+                    conn.execute("RELEASE write")
+                except BaseException:
+                    conn.execute("ROLLBACK TO write")
+                    conn.execute("RELEASE write")
+                    raise
+            except sqlite3.Error as exc:
+                raise ledger_error(self.path, exc, opening=opening) from exc
+            return
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:

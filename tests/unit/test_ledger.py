@@ -363,6 +363,32 @@ def test_paths_are_set_only_while_every_job_is_submitting_and_then_all_at_once(l
     assert ledger.attempts(a.id) == []  # the batch was one transaction
 
 
+def test_a_batch_is_one_transaction_whose_failed_writes_are_undone_alone(ledger: Ledger) -> None:
+    other = Ledger(ledger.path)  # another process's view
+    try:
+        with ledger.batch():
+            a = intent(ledger)
+            b = intent(ledger)
+            ledger.record_paths([(a.id, "/w/a", "/w/a/out")])
+            assert {a.id, b.id}.isdisjoint(j.id for j in other.list_jobs())  # not committed yet
+            ledger.mark_submitted(b.id, "7")
+            with pytest.raises(ValueError, match="paths are fixed"):
+                ledger.record_paths([(b.id, "/w/b", "/w/b/out")])  # b is PENDING now: refused
+            ledger.record_attempts([(a.id, "s", "submitted", "")])
+            with pytest.raises(UsageError):
+                ledger.record_paths([(a.id, "/x", "/x/out"), ("aif-zzzzzzzzzz", "/y", "/y/out")])
+        seen = {j.id: j for j in other.list_jobs()}
+        assert seen[a.id].workdir == "/w/a"  # the failed write undone alone; the rest committed
+        assert seen[b.id].slurm_job_id == "7" and seen[b.id].workdir == "/scratch/u/train"
+        assert other.attempts(a.id) != []
+        with pytest.raises(RuntimeError), ledger.batch():
+            c = intent(ledger)
+            raise RuntimeError("out of the block")
+        assert all(j.id != c.id for j in other.list_jobs())  # all of it undone
+    finally:
+        other.close()
+
+
 def test_history_only_on_change(ledger: Ledger) -> None:
     job = submitted(ledger, "1")
     assert ledger.update_states([(job.id, "PENDING", "")]) == []
