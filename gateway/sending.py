@@ -68,6 +68,13 @@ def render_for(ctx: Context, p: Planned, job_id: str | None = None, token: str |
     return render(ctx, p.spec, ctx.profiles[p.site], job_id, token)
 
 
+class Prepared(Record):
+    """One round's submission items per site, rendered, their paths recorded: ready to send."""
+
+    batches: dict[str, list[slurm.Submission]]
+    order: dict[str, list[int]]  # per site, the jobs in the order of its answers
+
+
 @dataclass
 class Sending:
     """One submission's rounds: render, record the paths, send (one command per site), record
@@ -84,13 +91,26 @@ class Sending:
     federation: Federation
     max_array: dict[str, int] = field(default_factory=dict)  # the sites' MaxArraySize, once known
 
-    def round(self, pending: list[int]) -> None:
-        """Send ``pending`` to their sites; an array over a site's MaxArraySize (nothing was
-        claimed or sent) goes again, cut to the size the site named."""
-        attempts: list[tuple[str, str, str, str]] = []
+    def prepare(self, pending: list[int]) -> Prepared:
+        """Render ``pending`` for their sites and record their paths; nothing is sent."""
+        by_site: dict[str, list[int]] = {}
+        for i in pending:
+            by_site.setdefault(self.where[i], []).append(i)
+        plans = {site: self._batches(site, indexes) for site, indexes in by_site.items()}
+        self.ctx.ledger.record_paths(row for plan in plans.values() for row in plan[1])
+        return Prepared(
+            batches={site: plan[0] for site, plan in plans.items()},
+            order={site: plan[2] for site, plan in plans.items()},
+        )
+
+    def round(self, pending: list[int], prepared: Prepared | None = None) -> None:
+        """Send ``pending`` to their sites (``prepared``: as :meth:`prepare` left them); an array
+        over a site's MaxArraySize (nothing was claimed or sent) goes again, cut to the size the
+        site named."""
         left = list(pending)
         while left:
-            too_large = self._send(left, attempts)
+            too_large = self._send(prepared or self.prepare(left))
+            prepared = None
             left = [i for i in left if self.jobs[i].id in too_large]
             allowed: dict[str, int] = {}
             for i in left:
@@ -99,32 +119,41 @@ class Sending:
             for site, size in allowed.items():
                 # A site that refuses the size it named gets no arrays at all (no endless rounds).
                 self.max_array[site] = size if size < self.max_array.get(site, size + 1) else 1
-        self.ctx.ledger.record_attempts(attempts)
 
-    def _send(self, pending: list[int], attempts: list[tuple[str, str, str, str]]) -> dict[str, int]:
+    def _send(self, prepared: Prepared) -> dict[str, int]:
         ctx = self.ctx
-        by_site: dict[str, list[int]] = {}
-        for i in pending:
-            by_site.setdefault(self.where[i], []).append(i)
-        plans = {site: self._batches(site, indexes) for site, indexes in by_site.items()}
-        ctx.ledger.record_paths(row for plan in plans.values() for row in plan[1])
-        dirs = {s: journal.record_dir(work_area(ctx, s), self.key) for s in by_site}
-        batches = {site: plan[0] for site, plan in plans.items()}
-        order = {site: plan[2] for site, plan in plans.items()}
-        answers = ctx.per_site(batches, lambda backend, items: backend.submit(items, dirs[backend.site]))
+        dirs = {s: journal.record_dir(work_area(ctx, s), self.key) for s in prepared.batches}
+        answers = ctx.per_site(
+            prepared.batches, lambda backend, items: backend.submit(items, dirs[backend.site])
+        )
         too_large: dict[str, int] = {}
-        for site_name, indexes in order.items():
-            too_large.update(
-                record_answers(ctx, site_name, [self.jobs[i] for i in indexes], answers[site_name])
-            )
-        latest = {j.id: j for j in ctx.ledger.jobs_with_key(self.key)}  # one read, not one per job
+        lost: dict[str, list[LedgerJob]] = {}
+        with ctx.ledger.batch():  # the answers and the attempts: one commit
+            for site_name, indexes in prepared.order.items():
+                jobs = [self.jobs[i] for i in indexes]
+                found, lost[site_name] = record_answers(ctx, site_name, jobs, answers[site_name])
+                too_large.update(found)
+            if not any(lost.values()):
+                self._record_attempts(prepared.order, too_large)
+        if any(lost.values()):
+            # Settled from the sites' records, which may mean asking the sites: not while holding
+            # the ledger's lock. The attempts then say what that found.
+            for site_name, jobs in lost.items():
+                if jobs:
+                    settle_lost(ctx, site_name, jobs)
+            self._record_attempts(prepared.order, too_large)
+        return too_large
+
+    def _record_attempts(self, order: dict[str, list[int]], too_large: dict[str, int]) -> None:
+        latest = {j.id: j for j in self.ctx.ledger.jobs_with_key(self.key)}  # one read, not one per job
+        attempts = []
         for site_name, indexes in order.items():
             for i in indexes:
                 if self.jobs[i].id in too_large:
                     continue  # not sent: it goes again at once, in a smaller array
                 after = latest[self.jobs[i].id]
                 attempts.append((after.id, site_name, attempt_outcome(after), after.message or after.reason))
-        return too_large
+        self.ctx.ledger.record_attempts(attempts)
 
     def _batches(
         self, site: str, indexes: list[int]
@@ -218,11 +247,12 @@ def attempt_outcome(job: LedgerJob) -> str:
 
 def record_answers(
     ctx: Context, site: str, jobs: list[LedgerJob], answer: SiteResult[list[slurm.SubmissionOutcome]]
-) -> dict[str, int]:
-    """Write what the site answered; items whose answer was lost are settled from its record.
+) -> tuple[dict[str, int], list[LedgerJob]]:
+    """Write what the site answered.
 
     Returns the jobs of arrays over the site's MaxArraySize (nothing claimed, nothing sent:
-    they stay SUBMITTING) with the size the site allows.
+    they stay SUBMITTING) with the size the site allows, and the jobs whose answer was lost
+    (for :func:`settle_lost`).
     """
     ledger = ctx.ledger
     unknown: list[LedgerJob] = []
@@ -232,7 +262,7 @@ def record_answers(
             # Nothing was sent: the connection or the program never started.
             for job in jobs:
                 ledger.mark_not_submitted(job.id, JobState.UNREACHABLE, answer.problem)
-            return too_large
+            return too_large, []
         unknown = jobs
     else:
         accepted = []
@@ -250,10 +280,12 @@ def record_answers(
             else:
                 unknown.append(job)
         ledger.mark_submitted_many(accepted)
-    if unknown:
-        # The answer for these was lost: the site's record says what happened, and
-        # fencing the claims that have no intent proves those were never sent.
-        # If the site cannot be asked now, they stay SUBMITTING: `aif status` settles them.
-        with contextlib.suppress(AifError):
-            settle_unresolved(ctx, site, [ledger.get(j.id) for j in unknown], fence_now=True)
-    return too_large
+    return too_large, unknown
+
+
+def settle_lost(ctx: Context, site: str, jobs: list[LedgerJob]) -> None:
+    """Jobs whose answer was lost: the site's record says what happened, and fencing the
+    claims that have no intent proves those were never sent. If the site cannot be asked
+    now, they stay SUBMITTING: `aif status` settles them."""
+    with contextlib.suppress(AifError):
+        settle_unresolved(ctx, site, [ctx.ledger.get(j.id) for j in jobs], fence_now=True)

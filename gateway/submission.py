@@ -198,17 +198,20 @@ def submit(
         _intent(planned[i], key, journal_dirs[planned[i].site], dependency, next_gen.get(planned[i].item, 0))
         for i in to_send
     ]
-    jobs = dict(zip(to_send, ctx.ledger.record_intents(intents), strict=True))
     # A parent that already completed needs no Slurm dependency (and Slurm may have forgotten it).
     waits = dependency is not None and dependency.state != JobState.COMPLETED
     extra = (f"--dependency=afterok:{dependency.slurm_job_id}",) if dependency and waits else ()
     where = {i: planned[i].site for i in to_send}
     tried: dict[int, list[str]] = {i: [] for i in to_send}
     pending = list(to_send)
-    sending = Sending(ctx, key, planned, jobs, where, extra, next_gen, coalesce, federation)
+    with ctx.ledger.batch():  # the intents and the paths rendered with their ids: one commit, then the send
+        jobs = dict(zip(to_send, ctx.ledger.record_intents(intents), strict=True))
+        sending = Sending(ctx, key, planned, jobs, where, extra, next_gen, coalesce, federation)
+        prepared = sending.prepare(pending) if pending else None
     try:
         while pending:
-            sending.round(pending)
+            sending.round(pending, prepared)
+            prepared = None
             for i in pending:
                 tried[i].append(where[i])
             pending = (
