@@ -47,7 +47,9 @@ from gateway.sandbox import manager
 SITE = "sandbox-east"
 SHARED_ROW = "aif submit, CLI, shared connection (warm)"
 IMPORTS_ROW = "python: only the imports of aif submit (no work)"
-IMPORTS_OF_SUBMIT = "import gateway.cli.jobs, gateway.lifecycle, gateway.submission, gateway.transports.mux.forked"
+IMPORTS_OF_SUBMIT = (
+    "import gateway.cli.jobs, gateway.lifecycle, gateway.submission, gateway.transports.mux.forked"
+)
 SCRIPT = "#!/bin/bash\n#SBATCH --time=00:01:00\n#SBATCH --output=/dev/null\ntrue\n"
 
 
