@@ -49,7 +49,7 @@ def new_job_id() -> str:
     """
     # 32 letters, 5 bits each: 50 bits of the system's random source (what `secrets` reads,
     # without importing it and the modules it brings) are exactly uniform over the ids.
-    bits = int.from_bytes(os.urandom(8)) >> (64 - 5 * ID_TOKEN_LENGTH)
+    bits = int.from_bytes(os.urandom(8), "big") >> (64 - 5 * ID_TOKEN_LENGTH)
     return ID_PREFIX + "".join(_ID_ALPHABET[(bits >> (5 * i)) & 31] for i in range(ID_TOKEN_LENGTH))
 
 
