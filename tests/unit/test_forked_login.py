@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.errors import ConnectionLost, SiteUnreachable
+from gateway.errors import AifError, ConfigError, ConnectionLost, SiteUnreachable
 from gateway.transports.base import DEFAULT_TIMEOUT, CommandResult
 from gateway.transports.mux import SharedTarget
 from gateway.transports.mux import client as mux_client
@@ -28,10 +28,13 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 class StandIn:
     """What the child logs in with: answers with the pid that ran the command."""
 
-    def __init__(self, traces: Path, refuse_login: bool = False) -> None:
+    def __init__(
+        self, traces: Path, refuse_login: bool = False, login_error: type[AifError] = SiteUnreachable
+    ) -> None:
         self.site = TARGET.site
         self.traces = traces
         self.refuse_login = refuse_login
+        self.login_error = login_error
         self.soon = 0
 
     def trace(self, name: str) -> None:
@@ -39,7 +42,10 @@ class StandIn:
 
     def connect(self) -> None:
         if self.refuse_login:
-            raise SiteUnreachable("cannot connect to site alpha at login.alpha.example:2222: refused")
+            raise self.login_error("cannot connect to site alpha at login.alpha.example:2222: refused")
+        deadline = time.monotonic() + 30
+        while (self.traces / "slow-login").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)  # a slow site: the login lasts until the test removes the file
         self.trace("login")
 
     def connect_soon(self) -> None:
@@ -68,9 +74,12 @@ def traces(tmp_path: Path) -> Path:
 
 
 def forked(
-    monkeypatch: pytest.MonkeyPatch, traces: Path, refuse_login: bool = False
+    monkeypatch: pytest.MonkeyPatch,
+    traces: Path,
+    refuse_login: bool = False,
+    login_error: type[AifError] = SiteUnreachable,
 ) -> tuple[ForkedTransport, StandIn]:
-    stand_in = StandIn(traces, refuse_login)
+    stand_in = StandIn(traces, refuse_login, login_error)
     monkeypatch.setattr(mux_client, "direct_transport", lambda target: stand_in)
     return ForkedTransport(TARGET), stand_in
 
@@ -254,3 +263,61 @@ def test_a_child_forked_ahead_is_given_its_site_by_the_first_transport(
     other.connect_soon()
     assert child_pid(other) != dead.pid
     assert other.run(["squeue"]).stdout.startswith(f"{child_pid(other)} squeue")
+
+
+def test_a_request_the_parent_gave_up_on_during_the_login_is_not_run(
+    monkeypatch: pytest.MonkeyPatch, traces: Path, cleanup: list[ForkedTransport]
+) -> None:
+    """Ctrl-C while the child still logs in: the request is already in the pair, the parent
+    leaves; the child, logged in, reads it, sees the parent gone, and runs nothing."""
+    (traces / "slow-login").touch()
+    transport, _ = forked(monkeypatch, traces)
+    cleanup.append(transport)
+    transport.connect_soon()
+    pid = child_pid(transport)
+    outcome: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            transport.run(["sbatch"])
+        except ConnectionLost as exc:  # the parent's view: maybe sent
+            outcome.append(exc)
+
+    waiting = threading.Thread(target=send)
+    waiting.start()
+    time.sleep(0.3)  # the request is written; the child is still logging in
+    transport.close()
+    waiting.join(10)
+    assert len(outcome) == 1
+    (traces / "slow-login").unlink()
+    assert exited(pid) and (traces / f"login.{pid}").exists()
+    assert not list(traces.glob("run.*"))  # never run, anywhere
+
+
+def test_after_close_nothing_goes_over_a_new_connection(
+    monkeypatch: pytest.MonkeyPatch, traces: Path, cleanup: list[ForkedTransport]
+) -> None:
+    transport, _ = forked(monkeypatch, traces)
+    cleanup.append(transport)
+    transport.connect_soon()
+    child = transport._child
+    assert child is not None
+    transport.close()
+    # A thread that held the child from before close() writes into the closed pair: not sent.
+    transport._child = child
+    with pytest.raises(SiteUnreachable, match="closed before sbatch could be sent"):
+        transport.run(["sbatch"])
+    assert not list(traces.glob("run.*"))
+
+
+def test_a_config_error_at_login_is_that_error_and_the_next_command_logs_in_again(
+    monkeypatch: pytest.MonkeyPatch, traces: Path, cleanup: list[ForkedTransport]
+) -> None:
+    transport, stand_in = forked(monkeypatch, traces, refuse_login=True, login_error=ConfigError)
+    cleanup.append(transport)
+    transport.connect_soon()
+    with pytest.raises(ConfigError, match="cannot connect to site alpha"):
+        transport.run(["sbatch"])
+    assert transport._child is None and not list(traces.glob("run.*"))
+    stand_in.refuse_login = False  # fixed meanwhile: the next command logs in on its own
+    assert transport.run(["squeue"]).stdout.startswith(f"{os.getpid()} squeue")

@@ -4,18 +4,22 @@ A command-line ``aif submit`` to a named site spends most of its own time on
 three things in a row: importing paramiko (about 50 ms), reading and recording
 the specs, and waiting for the site. The SSH login itself already overlaps the
 second one (a background thread), but the import does not, and a thread cannot
-help there: both are Python code and hold the interpreter. So ``connect_soon``
-forks: the child, a copy of this process taken before paramiko was imported,
-imports it and logs in on another core while the parent goes on reading specs,
-then runs the parent's commands over a socket pair, one at a time, with the
-holder's wire format (``protocol``) and answers (``holder.answer_exec``).
+help there: both are Python code and hold the interpreter. So the process forks:
+the child, a copy of it taken before paramiko was imported, imports it and logs
+in on another core while the parent goes on reading specs, then runs the
+parent's commands over a socket pair, one at a time, with the holder's wire
+format (``protocol``) and answers (``holder.answer_exec``). The CLI forks it
+ahead (:func:`fork_ahead`, as soon as it knows the command will log in to a
+site) and ``connect_soon`` hands it the site; else ``connect_soon`` forks.
 
 It is the shared connection's holder (``holder``), private to one process and
 alive only as long as it: the child stops when the parent closes its end (or
 dies). Exactly once, as there: a request the child may have received and whose
 answer never comes raises ``ConnectionLost`` (it may or may not have run) and is
 never sent again; only a request that provably did not reach the child (the
-child was gone before it could be written) goes over a direct connection.
+child was gone before it could be written) goes over a direct connection, and
+none after :meth:`ForkedTransport.close`. A request the child reads after the
+parent went away (Ctrl-C during the login) is not run.
 
 Forking is opt-in (the CLI asks for it; a library caller gets the thread) and
 only from a process with no other thread; a failed fork falls back to the
@@ -51,10 +55,10 @@ from gateway.transports.mux.protocol import (
 if TYPE_CHECKING:
     from gateway.transports.ssh import SshTransport
 
-_MAX_FD = os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 65536
 _ANSWER_MARGIN_S = 5.0  # the child's own deadline (the command's timeout) comes first
 _RAISED: dict[str, type[errors.AifError]] = {
-    kind.__name__: kind for kind in (errors.SiteUnreachable, errors.HostKeyRejected, errors.ConnectionLost)
+    kind.__name__: kind
+    for kind in (errors.SiteUnreachable, errors.HostKeyRejected, errors.ConfigError, errors.ConnectionLost)
 }
 
 
@@ -76,6 +80,7 @@ class ForkedTransport:
         self.child_runs = 0  # commands the child ran, for tests and benches
         self._child: _Child | None = None
         self._direct: SshTransport | None = None
+        self._closed = False
         self._lock = threading.Lock()
 
     def connect_soon(self) -> None:
@@ -115,12 +120,22 @@ class ForkedTransport:
                     if self._child is child:
                         self._child = None
                 child.stop()
+                if self._closed:  # a thread still at work after close(): no new connection
+                    raise errors.SiteUnreachable(
+                        f"site {self.site}: its connection was closed before {command[0]} could be sent"
+                    ) from None
             except _Lost as lost:
                 raise errors.ConnectionLost(
                     f"site {self.site}: the process logged in to it gave no answer to {command[0]} "
                     f"({lost or 'it stopped'}): it may or may not have run"
                 ) from None
             else:
+                if answer.get("login_failed"):
+                    # Nothing ran; the next command tries a login of its own, as a thread's would.
+                    with self._lock:
+                        if self._child is child:
+                            self._child = None
+                    child.stop()
                 return self._result(command, answer)
         return self._direct_transport().run(command, stdin=stdin, timeout=timeout)
 
@@ -131,6 +146,9 @@ class ForkedTransport:
             kind = str(answer.get("kind", ""))
             if kind == "ValueError":
                 raise ValueError(message)
+            if answer.get("login_failed"):  # nothing ran: never "may or may not have run"
+                login_errors = (errors.HostKeyRejected, errors.ConfigError)
+                raise next((k for k in login_errors if k.__name__ == kind), errors.SiteUnreachable)(message)
             raise _RAISED.get(kind, errors.ConnectionLost)(message)
         returncode, stdout, stderr = answer.get("returncode"), answer.get("stdout"), answer.get("stderr")
         if status != "ok" or not (
@@ -167,6 +185,7 @@ class ForkedTransport:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             child, self._child = self._child, None
             direct = self._direct
         if child is not None:
@@ -248,7 +267,7 @@ class _Child:
 
     def _ask(self, request: bytes, timeout: float) -> dict[str, Any]:
         try:
-            self.sock.settimeout(timeout + _ANSWER_MARGIN_S)
+            self.sock.settimeout(timeout)
             self.sock.sendall(request)
         except OSError:
             # Not all of it was written: the child can never have read a whole request.
@@ -291,9 +310,7 @@ def _serve_in_child(target: SharedTarget | None, sock: socket.socket) -> NoRetur
         # not when we exit. And none of its objects is finalized here (frozen: the cycle
         # collector leaves them), so nothing of the parent's closes a descriptor of ours.
         gc.freeze()
-        keep = sock.fileno()
-        os.closerange(3, keep)
-        os.closerange(keep + 1, _MAX_FD)
+        _close_inherited(keep=sock.fileno())
         import gateway.transports.ssh  # noqa: F401  paramiko, while the parent goes on
 
         target = target or _await_target(sock)
@@ -301,6 +318,28 @@ def _serve_in_child(target: SharedTarget | None, sock: socket.socket) -> NoRetur
             _log_in_and_serve(target, sock)
     finally:
         os._exit(0)
+
+
+def _parent_gone(sock: socket.socket) -> bool:
+    """True when the parent closed its end: it sends nothing while it waits for an answer, so
+    anything to read (the end of the stream) means it is gone."""
+    watch = select.poll()
+    watch.register(sock, select.POLLIN)
+    return bool(watch.poll(0))
+
+
+def _close_inherited(keep: int) -> None:
+    """Close every descriptor but 0-2 and ``keep``: the ones open, as /proc lists them (one
+    close each, not one per possible number, where close_range is missing)."""
+    try:
+        opened = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:  # no /proc: every possible number
+        limit = os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else -1
+        opened = list(range(3, limit if limit > 0 else 65536))
+    for fd in opened:
+        if fd > 2 and fd != keep:
+            with contextlib.suppress(OSError):  # the listing's own descriptor is already closed
+                os.close(fd)
 
 
 def _await_target(sock: socket.socket) -> SharedTarget | None:
@@ -323,8 +362,13 @@ def _log_in_and_serve(target: SharedTarget, sock: socket.socket) -> None:
     failure: dict[str, object] | None = None
     try:
         transport.connect()
-    except errors.AifError as exc:
-        failure = {"status": "error", "kind": type(exc).__name__, "message": exc.message}
+    except errors.AifError as exc:  # nothing ran: every request is answered with it
+        failure = {
+            "status": "error",
+            "kind": type(exc).__name__,
+            "message": exc.message,
+            "login_failed": True,
+        }
     while True:
         try:
             header = receive_header(sock)
@@ -333,6 +377,8 @@ def _log_in_and_serve(target: SharedTarget, sock: socket.socket) -> None:
             request = parse_exec(header, sock)
         except (OSError, ProtocolError):
             break  # the parent closed its end (or sent garbage): nothing more to run
+        if _parent_gone(sock):
+            break  # it gave up on this request (Ctrl-C while we logged in): not run
         answer = failure or _run_watching(sock, transport, request)
         try:
             sock.sendall(encode(answer))
@@ -358,8 +404,11 @@ def _run_watching(sock: socket.socket, transport: SshTransport, request: ExecReq
             done_w.send(b"x")
 
     threading.Thread(target=work, daemon=True).start()
-    readable, _, _ = select.select([sock, done_r], [], [])
-    if done_r not in readable:
+    watch = select.poll()
+    watch.register(sock, select.POLLIN)
+    watch.register(done_r, select.POLLIN)
+    ready = {fd for fd, _ in watch.poll()}
+    if done_r.fileno() not in ready:
         # The parent sends nothing while it waits for an answer: its end closed.
         transport.close()
         os._exit(0)
