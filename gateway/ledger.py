@@ -5,13 +5,14 @@ may use it at once (a ``submit`` while a ``watch`` polls), so:
 
 * the database runs in WAL mode with a generous ``busy_timeout``: readers never
   block writers, and a writer waits for another one instead of failing;
-* every write runs in its own ``BEGIN IMMEDIATE`` transaction, which takes the
-  write lock up front; reads made inside it (is this id free? what is the
-  current state?) therefore cannot be invalidated by another process before
-  the transaction commits;
-* ids and submission tokens are random (``secrets``) and additionally checked
-  against the table inside that transaction, with ``UNIQUE`` constraints as
-  the last guard.
+* every write runs in its own ``BEGIN IMMEDIATE`` transaction (or, inside
+  :meth:`Ledger.batch`, as a savepoint of the batch's one transaction), which
+  takes the write lock up front; reads made inside it (is this id free? what
+  is the current state?) therefore cannot be invalidated by another process
+  before the transaction commits;
+* ids and submission tokens are random (``os.urandom``, what ``secrets``
+  reads) and additionally checked against the table inside that transaction,
+  with ``UNIQUE`` constraints as the last guard.
 
 The schema is versioned with ``PRAGMA user_version`` and an ordered list of
 migrations (``gateway.ledger_schema``, version N is the N-th entry). Opening an older
@@ -188,7 +189,8 @@ class Ledger(LedgerReads):
         """Make the writes inside ONE transaction, committed (one fsync) when the block ends.
 
         Each write inside is a savepoint: one that fails is undone alone, as if it had been a
-        transaction of its own, and the others stay; an exception out of the block undoes all.
+        transaction of its own, and the others stay if the caller catches its error inside the
+        block (the sender does, per site); an exception out of the block undoes all.
         For writes that are one step (the intents of a submission and the paths rendered with
         their ids; the answers and the attempts): nothing may be sent inside the block, since
         nothing in it is durable before it ends.

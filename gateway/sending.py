@@ -128,13 +128,20 @@ class Sending:
         )
         too_large: dict[str, int] = {}
         lost: dict[str, list[LedgerJob]] = {}
+        failures: list[Exception] = []
         with ctx.ledger.batch():  # the answers and the attempts: one commit
             for site_name, indexes in prepared.order.items():
                 jobs = [self.jobs[i] for i in indexes]
-                found, lost[site_name] = record_answers(ctx, site_name, jobs, answers[site_name])
+                try:
+                    found, lost[site_name] = record_answers(ctx, site_name, jobs, answers[site_name])
+                except Exception as exc:  # its failed write undone alone: the other sites' answers stay
+                    failures.append(exc)
+                    continue
                 too_large.update(found)
-            if not any(lost.values()):
+            if not failures and not any(lost.values()):
                 self._record_attempts(prepared.order, too_large)
+        if failures:
+            raise failures[0]
         if any(lost.values()):
             # Settled from the sites' records, which may mean asking the sites: not while holding
             # the ledger's lock. The attempts then say what that found.
