@@ -512,7 +512,9 @@ def open_backend(
     ``timeout`` bounds each query (connecting included); a submission gets longer.
     ``login_in_child``: an SSH site's early login (``prepare``) runs in a forked
     child process (``gateway.transports.mux.forked``), for a short-lived process
-    with no other thread, like the CLI's.
+    with no other thread, like the CLI's; commands that were not prepared go over
+    a direct connection that backend opens on first use (not the process-wide one
+    of ``connection_for``).
     """
     if access.transport == "pyslurm":
         from gateway.pyslurm_backend import PyslurmBackend

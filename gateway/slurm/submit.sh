@@ -15,8 +15,9 @@ trap 'rm -rf -- "$workspace"' EXIT
 max_array=0
 asked=
 ask_max_array() {
+    # Its own output to /dev/null: it must not hold the session open if the program ends first.
     { scontrol show config | sed -n 's/^MaxArraySize *= *\([0-9]*\).*/\1/p' >|"$workspace/max-array"; } \
-        2>/dev/null </dev/null &
+        2>/dev/null </dev/null >/dev/null &
     asked=$!
 }
 [ "${2:-}" != arrays ] || ask_max_array
@@ -50,8 +51,9 @@ journal=
 # `scripts` holds each item's script, NUL-terminated (sbatch reads it on stdin).
 # Every workdir (and the record's directory) is made first, in ONE mkdir: a fork per
 # job would cost more than its sbatch. An array's members make their own directories
-# when their tasks start: here only the array's own is made (one, not one per task). Lists are flat and read in order (bash indexes
-# lists sequentially fast, but slices of them slowly).
+# when their tasks start: here only the array's own is made (one, not one per task).
+# Lists are flat and read in order (bash indexes lists sequentially fast, but slices
+# of them slowly).
 workdirs=()
 wanted=()
 [ -n "$journal" ] && [ ! -d "$journal" ] && wanted+=("$journal")

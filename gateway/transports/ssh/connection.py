@@ -2,9 +2,8 @@
 
 ``_connect_route`` opens a socket to the route's first server (TCP with
 TCP_NODELAY, quick acknowledgements and keepalive, or the ssh config's
-ProxyCommand), logs in, and
-reaches each further server (ProxyJump) through a direct-tcpip channel of the
-one before. ``_login`` checks the host key (``known_hosts``), offers the keys
+ProxyCommand), logs in, and reaches each further server (ProxyJump) through a
+direct-tcpip channel of the one before. ``_login`` checks the host key (``known_hosts``), offers the keys
 (``identities``) and turns every failure into ``SiteUnreachable`` or
 ``HostKeyRejected``: failing to connect means nothing was sent.
 """
