@@ -17,6 +17,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -137,20 +138,19 @@ def test_same_key_with_different_content_is_refused(sandbox_home: Path, tmp_path
 def test_interrupted_submit_says_what_was_sent_and_how_to_finish(
     sandbox_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Ctrl-C after the site ran sbatch, before aif read its answers: counts and the exact command."""
-    from gateway.transports.ssh import SshTransport
+    """Ctrl-C after the site ran sbatch, before aif read its answers: counts and the exact command.
 
-    real_run = SshTransport.run
+    Interrupted in aif's own process, where the answers come back (its SSH transport may run
+    in its forked login child)."""
+    from gateway.site import SlurmCliBackend
 
-    def run_then_interrupt(
-        self: SshTransport, argv: object, stdin: bytes | None = None, timeout: float = 60.0
-    ) -> object:
-        result = real_run(self, argv, stdin=stdin, timeout=timeout)  # type: ignore[arg-type]
-        if list(argv)[:2] == ["bash", "-c"] and "aif-submit" in list(argv):  # type: ignore[call-overload]
-            raise KeyboardInterrupt
-        return result
+    real_submit = SlurmCliBackend.submit
 
-    monkeypatch.setattr(SshTransport, "run", run_then_interrupt)
+    def submit_then_interrupt(self: SlurmCliBackend, items: Any, journal_dir: str = "") -> Any:
+        real_submit(self, items, journal_dir)  # the site ran every sbatch and answered
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(SlurmCliBackend, "submit", submit_then_interrupt)
     paths = specs(tmp_path, "intr", 3)
     result = aif("submit", "--site", SOUTH, *paths)
     assert result.exit_code == 130
@@ -158,7 +158,7 @@ def test_interrupted_submit_says_what_was_sent_and_how_to_finish(
     assert "0 sent, 0 not sent, 3 unknown" in message
     assert "finish with: aif submit --key " in message
     key = message.split("--key ")[1].split()[0]
-    monkeypatch.setattr(SshTransport, "run", real_run)
+    monkeypatch.setattr(SlurmCliBackend, "submit", real_submit)
     rerun = aif_json("submit", "--key", key, "--site", SOUTH, *paths)
     # The site's record shows all three were sent: adopted, none sent again.
     assert all(j["slurm_job_id"] for j in rerun)

@@ -319,18 +319,20 @@ def test_unknown_host_key_is_refused(
 def test_lost_answer_is_adopted_not_resubmitted(
     sandbox_home: Path, sandbox: SandboxFacts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The connection breaks after sbatch succeeded, before its answer is read: one job, one entry."""
+    """The connection breaks after sbatch succeeded, before its answer is read: one job, one entry.
+
+    The break is noted in a file: the SSH transport may run in aif's forked login child."""
     from gateway.transports.ssh import SshTransport
 
     real_run = SshTransport.run
-    broken: list[str] = []
+    broken = tmp_path / "broken"
 
     def run_then_drop(
         self: SshTransport, argv: Any, stdin: bytes | None = None, timeout: float = 60.0
     ) -> Any:
         result = real_run(self, argv, stdin=stdin, timeout=timeout)
-        if list(argv)[:2] == ["bash", "-c"] and not broken:
-            broken.append(result.stdout)
+        if list(argv)[:2] == ["bash", "-c"] and not broken.exists():
+            broken.write_text(result.stdout)
             self.close()  # the answer is never read: the connection is gone
             raise ConnectionLost(f"site {self.site}: connection lost while a command ran")
         return result
@@ -338,8 +340,8 @@ def test_lost_answer_is_adopted_not_resubmitted(
     monkeypatch.setattr(SshTransport, "run", run_then_drop)
     spec = write_spec(tmp_path, "once", script_spec("once", "sleep 2"))
     [job] = aif_json("submit", "--site", "sandbox-south", str(spec))
-    assert broken, "the connection was not broken"
-    slurm_id = broken[0].split("\t")[2].strip()
+    assert broken.exists(), "the connection was not broken"
+    slurm_id = broken.read_text().split("\t")[2].strip()
     assert job["slurm_job_id"] == slurm_id and job["state"] == "PENDING"
     with Ledger() as ledger:
         entry = ledger.get(job["id"])
