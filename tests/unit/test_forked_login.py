@@ -92,6 +92,23 @@ def cleanup() -> Iterator[list[ForkedTransport]]:
         transport.close()
 
 
+def waiting_for_answer(
+    transport: ForkedTransport, argv: list[str]
+) -> tuple[threading.Thread, list[BaseException]]:
+    """``transport.run(argv)`` on a thread of its own, started: the ConnectionLost it ends with."""
+    lost: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            transport.run(argv)
+        except ConnectionLost as exc:  # the parent's view: maybe sent
+            lost.append(exc)
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    return thread, lost
+
+
 def child_pid(transport: ForkedTransport) -> int:
     assert transport._child is not None, "no child was forked (does this process have threads?)"
     return transport._child.pid
@@ -137,16 +154,7 @@ def test_the_parent_going_away_mid_command_drops_the_childs_connection_at_once(
     cleanup.append(transport)
     transport.connect_soon()
     pid = child_pid(transport)
-    errors: list[BaseException] = []
-
-    def wait_for_answer() -> None:
-        try:
-            transport.run(["block"])
-        except ConnectionLost as exc:
-            errors.append(exc)
-
-    waiting = threading.Thread(target=wait_for_answer)
-    waiting.start()
+    waiting, errors = waiting_for_answer(transport, ["block"])
     deadline = time.monotonic() + 10
     while not (traces / f"run.{pid}").exists():
         assert time.monotonic() < deadline, "the child never ran the command"
@@ -275,16 +283,7 @@ def test_a_request_the_parent_gave_up_on_during_the_login_is_not_run(
     cleanup.append(transport)
     transport.connect_soon()
     pid = child_pid(transport)
-    outcome: list[BaseException] = []
-
-    def send() -> None:
-        try:
-            transport.run(["sbatch"])
-        except ConnectionLost as exc:  # the parent's view: maybe sent
-            outcome.append(exc)
-
-    waiting = threading.Thread(target=send)
-    waiting.start()
+    waiting, outcome = waiting_for_answer(transport, ["sbatch"])
     time.sleep(0.3)  # the request is written; the child is still logging in
     transport.close()
     waiting.join(10)

@@ -62,7 +62,27 @@ class _NotRun(Exception):
         self.start_holder = start_holder
 
 
-class SharedTransport:
+class DirectFiles:
+    """Files (SFTP) over a direct SSH connection, for a transport whose commands may go through
+    another process: the class gives ``_direct_transport``."""
+
+    def _direct_transport(self) -> SshTransport:
+        raise NotImplementedError
+
+    def read_file(self, remote_path: str, offset: int = 0) -> bytes:
+        return self._direct_transport().read_file(remote_path, offset)
+
+    def get_file(self, remote_path: str, local_path: str | Path, progress: Progress | None = None) -> int:
+        return self._direct_transport().get_file(remote_path, local_path, progress)
+
+    def list_tree(self, remote_dir: str) -> list[Any]:
+        return self._direct_transport().list_tree(remote_dir)
+
+    def get_tree(self, remote_dir: str, local_dir: str | Path, progress: Progress | None = None) -> list[Any]:
+        return self._direct_transport().get_tree(remote_dir, local_dir, progress)
+
+
+class SharedTransport(DirectFiles):
     """Runs commands at one site through its holder process, falling back to direct SSH."""
 
     def __init__(
@@ -147,21 +167,7 @@ class SharedTransport:
         assert isinstance(returncode, int) and isinstance(stdout, str) and isinstance(stderr, str)
         return CommandResult(argv=command, returncode=returncode, stdout=stdout, stderr=stderr)
 
-    # -- files: SFTP over the direct connection -------------------------------------
-
-    def read_file(self, remote_path: str, offset: int = 0) -> bytes:
-        return self._direct_transport().read_file(remote_path, offset)
-
-    def get_file(self, remote_path: str, local_path: str | Path, progress: Progress | None = None) -> int:
-        return self._direct_transport().get_file(remote_path, local_path, progress)
-
-    def list_tree(self, remote_dir: str) -> list[Any]:
-        return self._direct_transport().list_tree(remote_dir)
-
-    def get_tree(self, remote_dir: str, local_dir: str | Path, progress: Progress | None = None) -> list[Any]:
-        return self._direct_transport().get_tree(remote_dir, local_dir, progress)
-
-    # -- the direct connection and the holder -----------------------------------------
+    # -- the direct connection (files: DirectFiles) and the holder ---------------------
 
     def _direct_transport(self) -> SshTransport:
         with self._lock:
@@ -338,4 +344,4 @@ def holder_pids(home: Path | None = None) -> dict[str, int]:
     return found
 
 
-__all__ = ["SharedTransport", "holder_pids", "shared_connection_for", "stop_holders"]
+__all__ = ["DirectFiles", "SharedTransport", "holder_pids", "shared_connection_for", "stop_holders"]

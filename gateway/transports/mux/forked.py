@@ -36,11 +36,11 @@ import signal
 import socket
 import threading
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from gateway import errors
-from gateway.transports.base import DEFAULT_TIMEOUT, CommandHook, CommandResult, Progress, start_command
+from gateway.transports.base import DEFAULT_TIMEOUT, CommandHook, CommandResult, start_command
+from gateway.transports.mux.client import DirectFiles
 from gateway.transports.mux.protocol import (
     VERSION,
     ExecRequest,
@@ -70,7 +70,7 @@ class _Lost(Exception):
     """The child had the request and no answer came: it may or may not have run."""
 
 
-class ForkedTransport:
+class ForkedTransport(DirectFiles):
     """Runs commands at one site through a child process that logged in, else directly."""
 
     def __init__(self, target: SharedTarget, *, on_command: CommandHook | None = None) -> None:
@@ -161,19 +161,7 @@ class ForkedTransport:
         self.child_runs += 1
         return CommandResult(argv=command, returncode=returncode, stdout=stdout, stderr=stderr)
 
-    # -- files: SFTP over the direct connection -------------------------------------
-
-    def read_file(self, remote_path: str, offset: int = 0) -> bytes:
-        return self._direct_transport().read_file(remote_path, offset)
-
-    def get_file(self, remote_path: str, local_path: str | Path, progress: Progress | None = None) -> int:
-        return self._direct_transport().get_file(remote_path, local_path, progress)
-
-    def list_tree(self, remote_dir: str) -> list[Any]:
-        return self._direct_transport().list_tree(remote_dir)
-
-    def get_tree(self, remote_dir: str, local_dir: str | Path, progress: Progress | None = None) -> list[Any]:
-        return self._direct_transport().get_tree(remote_dir, local_dir, progress)
+    # -- the direct connection (files: DirectFiles) ---------------------------------------
 
     def _direct_transport(self) -> SshTransport:
         with self._lock:
