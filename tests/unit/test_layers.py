@@ -31,6 +31,7 @@ LAYERS: list[set[str]] = [
         "gateway.ledger_schema",
         "gateway.ledger_errors",
         "gateway.ledger_reads",
+        "gateway.ledger_store",
     },
     {
         "gateway.api",

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from gateway import ledger as ledger_mod
+from gateway import ledger_store
 from gateway.errors import AifError, ConfigError, UsageError
 from gateway.ledger import (
     SCHEMA_VERSION,
@@ -179,8 +180,9 @@ def test_migration_is_one_transaction(tmp_path: Path, monkeypatch: pytest.Monkey
         conn.execute("CREATE TABLE extra (x INTEGER)")
         raise sqlite3.OperationalError("boom in v6")
 
-    monkeypatch.setattr(ledger_mod, "_MIGRATIONS", (*ledger_mod._MIGRATIONS, broken_v6))
-    monkeypatch.setattr(ledger_mod, "SCHEMA_VERSION", 6)
+    # The migrations are run where the ledger is opened (gateway.ledger_store).
+    monkeypatch.setattr(ledger_store, "_MIGRATIONS", (*ledger_store._MIGRATIONS, broken_v6))
+    monkeypatch.setattr(ledger_store, "SCHEMA_VERSION", 6)
     with pytest.raises(ConfigError, match="boom in v6"):
         Ledger(path)
     # Nothing of v2 to v6 survived: still a clean v1 ledger.
