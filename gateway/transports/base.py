@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from gateway.record import Record
 
 DEFAULT_TIMEOUT = 60.0
+
+
+def describe_argv(argv: Sequence[str], limit: int = 200) -> str:
+    """A command as one short, shell-quoted line for error messages."""
+    text = shlex.join(argv)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class CommandResult(Record):

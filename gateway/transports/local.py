@@ -8,7 +8,6 @@ SSH.
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
 import signal
 import stat
@@ -19,7 +18,14 @@ from pathlib import Path
 from typing import NamedTuple
 
 from gateway.errors import ConnectionLost, SiteUnreachable
-from gateway.transports.base import DEFAULT_TIMEOUT, CommandHook, CommandResult, Progress, start_command
+from gateway.transports.base import (
+    DEFAULT_TIMEOUT,
+    CommandHook,
+    CommandResult,
+    Progress,
+    describe_argv,
+    start_command,
+)
 
 _COPY_CHUNK = 1024 * 1024
 
@@ -30,12 +36,6 @@ class TreeEntry(NamedTuple):
     relpath: str
     size: int
     is_dir: bool
-
-
-def describe_argv(argv: Sequence[str], limit: int = 200) -> str:
-    """A command as one short, shell-quoted line for error messages."""
-    text = shlex.join(argv)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def decode_output(data: bytes) -> str:

@@ -15,7 +15,6 @@ like a drop of a direct connection does; the command is never sent again.
 from __future__ import annotations
 
 import os
-import shlex
 import socket
 import threading
 from collections.abc import Sequence
@@ -24,12 +23,20 @@ from typing import TYPE_CHECKING, Any
 
 from gateway import errors
 from gateway.home import aif_home
-from gateway.transports.base import DEFAULT_TIMEOUT, CommandHook, CommandResult, Progress, start_command
+from gateway.transports.base import (
+    DEFAULT_TIMEOUT,
+    CommandHook,
+    CommandResult,
+    Progress,
+    describe_argv,
+    start_command,
+)
 from gateway.transports.mux.protocol import (
     DEFAULT_PERSIST_S,
     LEAVING,
     ProtocolError,
     SharedTarget,
+    command_result,
     encode,
     ensure_private_directory,
     exec_request,
@@ -136,7 +143,7 @@ class SharedTransport(DirectFiles):
             except (OSError, ProtocolError) as exc:
                 raise errors.ConnectionLost(
                     f"site {self.site}: the shared connection's holder gave no answer to "
-                    f"{_describe(command)} ({_reason(exc)}): it may or may not have run"
+                    f"{describe_argv(command)} ({_reason(exc)}): it may or may not have run"
                 ) from None
         finally:
             sock.close()
@@ -156,16 +163,9 @@ class SharedTransport(DirectFiles):
                 # Nothing ran (no session could be opened, e.g. the site's MaxSessions).
                 raise _NotRun(start_holder=False)
             raise _KINDS.get(kind, errors.ConnectionLost)(message)
-        returncode, stdout, stderr = answer.get("returncode"), answer.get("stdout"), answer.get("stderr")
-        well_formed = isinstance(returncode, int) and isinstance(stdout, str) and isinstance(stderr, str)
-        if status != "ok" or not well_formed:
-            raise errors.ConnectionLost(
-                f"site {self.site}: the shared connection's holder answered {_describe(command)} "
-                "with something that is not an answer: it may or may not have run"
-            )
+        result = command_result(command, answer, f"site {self.site}: the shared connection's holder")
         self.shared_runs += 1
-        assert isinstance(returncode, int) and isinstance(stdout, str) and isinstance(stderr, str)
-        return CommandResult(argv=command, returncode=returncode, stdout=stdout, stderr=stderr)
+        return result
 
     # -- the direct connection (files: DirectFiles) and the holder ---------------------
 
@@ -233,11 +233,6 @@ def direct_transport(target: SharedTarget) -> SshTransport:
             connect_timeout=target.connect_timeout,
         )
     )
-
-
-def _describe(command: Sequence[str], limit: int = 200) -> str:
-    text = shlex.join(command)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _reason(exc: BaseException) -> str:

@@ -46,6 +46,7 @@ from gateway.transports.mux.protocol import (
     ExecRequest,
     ProtocolError,
     SharedTarget,
+    command_result,
     encode,
     exec_request,
     parse_exec,
@@ -150,16 +151,9 @@ class ForkedTransport(DirectFiles):
                 login_errors = (errors.HostKeyRejected, errors.ConfigError)
                 raise next((k for k in login_errors if k.__name__ == kind), errors.SiteUnreachable)(message)
             raise _RAISED.get(kind, errors.ConnectionLost)(message)
-        returncode, stdout, stderr = answer.get("returncode"), answer.get("stdout"), answer.get("stderr")
-        if status != "ok" or not (
-            isinstance(returncode, int) and isinstance(stdout, str) and isinstance(stderr, str)
-        ):
-            raise errors.ConnectionLost(
-                f"site {self.site}: the login process answered {command[0]} with something that is "
-                "not an answer: it may or may not have run"
-            )
+        result = command_result(command, answer, f"site {self.site}: the process logged in to it")
         self.child_runs += 1
-        return CommandResult(argv=command, returncode=returncode, stdout=stdout, stderr=stderr)
+        return result
 
     # -- the direct connection (files: DirectFiles) ---------------------------------------
 

@@ -24,7 +24,9 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
+from gateway.errors import ConnectionLost
 from gateway.record import Record
+from gateway.transports.base import CommandResult, describe_argv
 
 VERSION = 1
 _LENGTH = struct.Struct(">I")
@@ -188,6 +190,21 @@ def parse_exec(header: dict[str, object], sock: socket.socket) -> ExecRequest:
         raise ProtocolError("bad timeout")
     stdin = None if header.get("stdin") == -1 else receive_body(sock, header, "stdin")
     return ExecRequest(target, tuple(argv), stdin, float(timeout))
+
+
+def command_result(command: tuple[str, ...], answer: dict[str, object], who: str) -> CommandResult:
+    """An "ok" answer as the command's result (its errors are the caller's to read first);
+    anything else is not an answer, so the command may or may not have run. ``who``
+    answered, for the message ("site S: the shared connection's holder")."""
+    returncode, stdout, stderr = answer.get("returncode"), answer.get("stdout"), answer.get("stderr")
+    if answer.get("status") != "ok" or not (
+        isinstance(returncode, int) and isinstance(stdout, str) and isinstance(stderr, str)
+    ):
+        raise ConnectionLost(
+            f"{who} answered {describe_argv(command)} with something that is not an answer: "
+            "it may or may not have run"
+        )
+    return CommandResult(argv=command, returncode=returncode, stdout=stdout, stderr=stderr)
 
 
 def peer_uid(sock: socket.socket) -> int:

@@ -26,13 +26,19 @@ import paramiko
 from paramiko.sftp_client import SFTPClient
 
 from gateway.errors import ConnectionLost, SiteUnreachable
-from gateway.transports.base import DEFAULT_TIMEOUT, CommandHook, CommandResult, Progress, start_command
+from gateway.transports.base import (
+    DEFAULT_TIMEOUT,
+    CommandHook,
+    CommandResult,
+    Progress,
+    describe_argv,
+    start_command,
+)
 from gateway.transports.local import (
     TreeEntry,
     atomic_destination,
     copy_tree_entries,
     decode_output,
-    describe_argv,
     safe_name,
 )
 from gateway.transports.ssh.config import ResolvedEndpoint, SshTarget, _one_line, resolve_route
