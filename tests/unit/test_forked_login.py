@@ -16,7 +16,6 @@ import pytest
 from gateway.errors import AifError, ConfigError, ConnectionLost, SiteUnreachable
 from gateway.transports.base import DEFAULT_TIMEOUT, CommandResult
 from gateway.transports.mux import SharedTarget
-from gateway.transports.mux import client as mux_client
 from gateway.transports.mux import forked as forked_module
 from gateway.transports.mux.forked import ForkedTransport
 
@@ -80,7 +79,7 @@ def forked(
     login_error: type[AifError] = SiteUnreachable,
 ) -> tuple[ForkedTransport, StandIn]:
     stand_in = StandIn(traces, refuse_login, login_error)
-    monkeypatch.setattr(mux_client, "direct_transport", lambda target: stand_in)
+    monkeypatch.setattr(forked_module, "direct_transport", lambda target: stand_in)
     return ForkedTransport(TARGET), stand_in
 
 

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from gateway import errors
 from gateway.transports.base import DEFAULT_TIMEOUT, CommandHook, CommandResult, start_command
-from gateway.transports.mux.client import DirectFiles
+from gateway.transports.mux.client import DirectFiles, direct_transport
 from gateway.transports.mux.protocol import (
     VERSION,
     ExecRequest,
@@ -160,8 +160,6 @@ class ForkedTransport(DirectFiles):
     def _direct_transport(self) -> SshTransport:
         with self._lock:
             if self._direct is None:
-                from gateway.transports.mux.client import direct_transport
-
                 self._direct = direct_transport(self.target)
             return self._direct
 
@@ -338,8 +336,6 @@ def _await_target(sock: socket.socket) -> SharedTarget | None:
 
 def _log_in_and_serve(target: SharedTarget, sock: socket.socket) -> None:
     """Log in (a failure answers every request: nothing runs), then answer until the parent closes."""
-    from gateway.transports.mux.client import direct_transport
-
     transport = direct_transport(target)
     failure: dict[str, object] | None = None
     try:
