@@ -241,6 +241,7 @@ class Job:
     runtime_s: int
     walltime_min: int
     offset_s: float  # arrival, from the start of the run
+    limit_s: float = 0.0  # the run time times the overestimate, before Slurm's rounding to minutes
 
 
 GPU_CHOICES = ((1, 0.45), (2, 0.30), (4, 0.18), (8, 0.07))
@@ -258,7 +259,7 @@ def draw_burst(
         runtime = max(1, round(min(clip_s, pareto_scale_s * rng.paretovariate(1.5))))
         over = rng.uniform(1.5, 3.0)
         walltime = max(1, math.ceil(runtime * over / 60))
-        jobs.append(Job(f"{prefix}-{i:02d}", gpus, runtime, walltime, round(offset, 3)))
+        jobs.append(Job(f"{prefix}-{i:02d}", gpus, runtime, walltime, round(offset, 3), runtime * over))
         offset += rng.expovariate(count / window_s)
     return jobs
 
