@@ -78,3 +78,12 @@ def test_every_policy_replays_a_small_burst() -> None:
     # With limits to the second, the model reads each job's own overestimate.
     assert all(0 < j.limit_s < j.walltime_min * 60 + 1e-9 for j in jobs)
     assert math.isfinite(bound.replay(jobs, "aif", 7, whole_minutes=False))
+
+
+def test_hindsight_starts_from_the_oracles_sites_and_only_keeps_what_lowers_the_mean() -> None:
+    jobs = sys.modules["placement"].draw_burst(8, 4.0, 2.0, 12.0, 13)
+    oracle_mean = bound.replay(jobs, "oracle", 13, whole_minutes=True)
+    best, sites = bound.hindsight(jobs, 13, True, bound.OVERHEAD_S)
+    assert best <= oracle_mean + 1e-9
+    assert len(sites) == len(jobs)
+    assert all(site == "sandbox-south" for site, job in zip(sites, jobs, strict=True) if job.gpus == 8)
