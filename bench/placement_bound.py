@@ -205,8 +205,9 @@ class World:
 Choose = Callable[[ModelJob, list[str], World], str]
 
 
-def eligible(job: ModelJob) -> list[str]:
-    return sorted(name for name, nodes in SITES.items() if max(nodes) >= job.gpus)
+def eligible(gpus: int) -> list[str]:
+    """The sites with a node that holds a job of ``gpus`` GPUs."""
+    return sorted(name for name, nodes in SITES.items() if max(nodes) >= gpus)
 
 
 def arc_choice(broker: FastestQueue | RandomChoice) -> Choose:
@@ -241,7 +242,7 @@ class AifReading:
 
 
 def oracle(job: ModelJob, sites: list[str], world: World) -> str:
-    """Where the job really starts first, the model run forward with every job's real run time."""
+    """Where the job would start first, the model run forward with every job's real run time."""
 
     def start_at(name: str) -> float:
         ahead = copy.deepcopy(
@@ -276,7 +277,7 @@ def replay(
 ) -> float:
     """Mean wait of ``jobs`` placed by ``policy`` on the model."""
     if policy == "hindsight":
-        return hindsight(jobs, seed, whole_minutes, overhead_s)[0]
+        return hindsight(jobs, whole_minutes, overhead_s)[0]
     return _mean_wait(placed_jobs(jobs, _policy(policy, seed), whole_minutes, overhead_s))
 
 
@@ -303,7 +304,7 @@ def placed_jobs(
     while arrivals or world.in_flight or any(s.queued for s in world.sites.values()):
         while arrivals and arrivals[0].arrival <= world.now:
             job = arrivals.pop(0)
-            job.site = choose(job, eligible(job), world)
+            job.site = choose(job, eligible(job.gpus), world)
             world.in_flight.append((job.arrival + SUBMIT_S, job))
         world.step()
     return todo
@@ -313,9 +314,7 @@ def _mean_wait(jobs: Sequence[ModelJob]) -> float:
     return statistics.fmean(j.start - j.arrival for j in jobs if j.start is not None)
 
 
-def hindsight(
-    jobs: Sequence[Job], seed: int, whole_minutes: bool, overhead_s: float
-) -> tuple[float, list[str]]:
+def hindsight(jobs: Sequence[Job], whole_minutes: bool, overhead_s: float) -> tuple[float, list[str]]:
     """The lowest mean wait a local search over every job's site finds, knowing the whole burst.
 
     Starts from the oracle's sites; moves one job to its other site, or swaps the sites of two
@@ -330,7 +329,7 @@ def hindsight(
         return _mean_wait(placed_jobs(jobs, fixed, whole_minutes, overhead_s))
 
     best = mean(sites)
-    movable = [i for i, job in enumerate(jobs) if len(eligible(ModelJob(i, job.gpus, 0, 0, 0))) > 1]
+    movable = [i for i, job in enumerate(jobs) if len(eligible(job.gpus)) > 1]
     other = dict(zip(SITES, reversed(list(SITES)), strict=True))
     improved = True
     while improved:

@@ -64,7 +64,7 @@ def test_the_oracle_reads_run_times_where_aif_reads_time_limits() -> None:
     world.sites["sandbox-south"].queued += south
     world.step()
     new = _job(3, 4, 5.0, 60.0)
-    sites = bound.eligible(new)
+    sites = bound.eligible(new.gpus)
     assert sites == ["sandbox-north", "sandbox-south"]
     assert bound.AifReading()(new, sites, world) == "sandbox-south"
     assert bound.oracle(new, sites, world) == "sandbox-north"
@@ -83,7 +83,7 @@ def test_every_policy_replays_a_small_burst() -> None:
 def test_hindsight_starts_from_the_oracles_sites_and_only_keeps_what_lowers_the_mean() -> None:
     jobs = sys.modules["placement"].draw_burst(8, 4.0, 2.0, 12.0, 13)
     oracle_mean = bound.replay(jobs, "oracle", 13, whole_minutes=True)
-    best, sites = bound.hindsight(jobs, 13, True, bound.OVERHEAD_S)
+    best, sites = bound.hindsight(jobs, True, bound.OVERHEAD_S)
     assert best <= oracle_mean + 1e-9
     assert len(sites) == len(jobs)
     assert all(site == "sandbox-south" for site, job in zip(sites, jobs, strict=True) if job.gpus == 8)
