@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
@@ -72,21 +73,27 @@ def traces(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def forked(
-    monkeypatch: pytest.MonkeyPatch,
-    traces: Path,
-    refuse_login: bool = False,
-    login_error: type[AifError] = SiteUnreachable,
-) -> tuple[ForkedTransport, StandIn]:
-    stand_in = StandIn(traces, refuse_login, login_error)
-    monkeypatch.setattr(forked_module, "direct_transport", lambda target: stand_in)
-    return ForkedTransport(TARGET), stand_in
+class MakeForked(Protocol):
+    def __call__(
+        self, refuse_login: bool = False, login_error: type[AifError] = SiteUnreachable
+    ) -> tuple[ForkedTransport, StandIn]: ...
 
 
 @pytest.fixture
-def cleanup() -> Iterator[list[ForkedTransport]]:
+def forked(monkeypatch: pytest.MonkeyPatch, traces: Path) -> Iterator[MakeForked]:
+    """Makes forked transports over a stand-in login; every one is closed after the test."""
     made: list[ForkedTransport] = []
-    yield made
+
+    def make(
+        refuse_login: bool = False, login_error: type[AifError] = SiteUnreachable
+    ) -> tuple[ForkedTransport, StandIn]:
+        stand_in = StandIn(traces, refuse_login, login_error)
+        monkeypatch.setattr(forked_module, "direct_transport", lambda target: stand_in)
+        transport = ForkedTransport(TARGET)
+        made.append(transport)
+        return transport, stand_in
+
+    yield make
     for transport in made:
         transport.close()
 
@@ -126,11 +133,8 @@ def exited(pid: int, within: float = 10.0) -> bool:
     return False
 
 
-def test_commands_run_in_the_child_that_logged_in_with_their_stdin(
-    monkeypatch: pytest.MonkeyPatch, traces: Path, cleanup: list[ForkedTransport]
-) -> None:
-    transport, stand_in = forked(monkeypatch, traces)
-    cleanup.append(transport)
+def test_commands_run_in_the_child_that_logged_in_with_their_stdin(forked: MakeForked, traces: Path) -> None:
+    transport, stand_in = forked()
     transport.connect_soon()
     pid = child_pid(transport)
     assert pid != os.getpid() and stand_in.soon == 0
@@ -145,12 +149,11 @@ def test_commands_run_in_the_child_that_logged_in_with_their_stdin(
 
 
 def test_the_parent_going_away_mid_command_drops_the_childs_connection_at_once(
-    monkeypatch: pytest.MonkeyPatch, traces: Path, cleanup: list[ForkedTransport]
+    forked: MakeForked, traces: Path
 ) -> None:
     """Ctrl-C (or a kill) of aif closes its end: the child closes the SSH connection at once, as
     aif's own would have dropped, so the site's program stops as it would have."""
-    transport, _ = forked(monkeypatch, traces)
-    cleanup.append(transport)
+    transport, _ = forked()
     transport.connect_soon()
     pid = child_pid(transport)
     waiting, errors = waiting_for_answer(transport, ["block"])
@@ -165,10 +168,9 @@ def test_the_parent_going_away_mid_command_drops_the_childs_connection_at_once(
 
 
 def test_a_child_gone_before_the_request_was_written_leaves_the_command_to_a_direct_connection(
-    monkeypatch: pytest.MonkeyPatch, traces: Path, cleanup: list[ForkedTransport]
+    forked: MakeForked, traces: Path
 ) -> None:
-    transport, _ = forked(monkeypatch, traces)
-    cleanup.append(transport)
+    transport, _ = forked()
     transport.connect_soon()
     pid = child_pid(transport)
     os.kill(pid, signal.SIGKILL)
@@ -178,10 +180,9 @@ def test_a_child_gone_before_the_request_was_written_leaves_the_command_to_a_dir
 
 
 def test_an_answer_lost_with_the_child_is_connection_lost_and_never_sent_again(
-    monkeypatch: pytest.MonkeyPatch, traces: Path, cleanup: list[ForkedTransport]
+    forked: MakeForked, traces: Path
 ) -> None:
-    transport, _ = forked(monkeypatch, traces)
-    cleanup.append(transport)
+    transport, _ = forked()
     transport.connect_soon()
     pid = child_pid(transport)
     with pytest.raises(ConnectionLost, match="it may or may not have run"):
@@ -190,21 +191,17 @@ def test_an_answer_lost_with_the_child_is_connection_lost_and_never_sent_again(
 
 
 def test_a_failed_login_is_the_commands_error_and_nothing_runs_anywhere(
-    monkeypatch: pytest.MonkeyPatch, traces: Path, cleanup: list[ForkedTransport]
+    forked: MakeForked, traces: Path
 ) -> None:
-    transport, _ = forked(monkeypatch, traces, refuse_login=True)
-    cleanup.append(transport)
+    transport, _ = forked(refuse_login=True)
     transport.connect_soon()
     with pytest.raises(SiteUnreachable, match="cannot connect to site alpha"):
         transport.run(["sbatch"])
     assert not list(traces.glob("run.*"))
 
 
-def test_a_process_with_threads_logs_in_on_a_thread_not_a_fork(
-    monkeypatch: pytest.MonkeyPatch, traces: Path, cleanup: list[ForkedTransport]
-) -> None:
-    transport, stand_in = forked(monkeypatch, traces)
-    cleanup.append(transport)
+def test_a_process_with_threads_logs_in_on_a_thread_not_a_fork(forked: MakeForked, traces: Path) -> None:
+    transport, stand_in = forked()
     stop = threading.Event()
     other = threading.Thread(target=stop.wait)
     other.start()
@@ -217,9 +214,7 @@ def test_a_process_with_threads_logs_in_on_a_thread_not_a_fork(
     assert transport.run(["squeue"]).stdout.startswith(f"{os.getpid()} squeue")
 
 
-def test_the_child_keeps_none_of_the_parents_files_open(
-    monkeypatch: pytest.MonkeyPatch, traces: Path, cleanup: list[ForkedTransport]
-) -> None:
+def test_the_child_keeps_none_of_the_parents_files_open(forked: MakeForked, traces: Path) -> None:
     """A lock the parent holds when it forks (flock: of the open file, shared by a fork) is
     free once the parent lets go, while the child still serves it."""
     import fcntl
@@ -227,8 +222,7 @@ def test_the_child_keeps_none_of_the_parents_files_open(
     lock_file = traces / "held.lock"
     held = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o600)
     fcntl.flock(held, fcntl.LOCK_EX)
-    transport, _ = forked(monkeypatch, traces)
-    cleanup.append(transport)
+    transport, _ = forked()
     transport.connect_soon()
     pid = child_pid(transport)
     assert transport.run(["squeue"]).stdout.startswith(f"{pid} ")  # the child is up and serving
@@ -241,12 +235,11 @@ def test_the_child_keeps_none_of_the_parents_files_open(
 
 
 def test_a_child_forked_ahead_is_given_its_site_by_the_first_transport(
-    monkeypatch: pytest.MonkeyPatch, traces: Path, cleanup: list[ForkedTransport]
+    forked: MakeForked, traces: Path
 ) -> None:
     """The CLI forks the child before it knows the site (paramiko loads meanwhile); the first
     transport hands it the site; an unused one is dropped and exits; a dead one is replaced."""
-    transport, _ = forked(monkeypatch, traces)
-    cleanup.append(transport)
+    transport, _ = forked()
     forked_module.fork_ahead()
     ahead = forked_module._ahead
     assert ahead is not None
@@ -265,21 +258,19 @@ def test_a_child_forked_ahead_is_given_its_site_by_the_first_transport(
     assert dead is not None
     os.kill(dead.pid, signal.SIGKILL)
     assert exited(dead.pid)
-    other, _ = forked(monkeypatch, traces)
-    cleanup.append(other)
+    other, _ = forked()
     other.connect_soon()
     assert child_pid(other) != dead.pid
     assert other.run(["squeue"]).stdout.startswith(f"{child_pid(other)} squeue")
 
 
 def test_a_request_the_parent_gave_up_on_during_the_login_is_not_run(
-    monkeypatch: pytest.MonkeyPatch, traces: Path, cleanup: list[ForkedTransport]
+    forked: MakeForked, traces: Path
 ) -> None:
     """Ctrl-C while the child still logs in: the request is already in the pair, the parent
     leaves; the child, logged in, reads it, sees the parent gone, and runs nothing."""
     (traces / "slow-login").touch()
-    transport, _ = forked(monkeypatch, traces)
-    cleanup.append(transport)
+    transport, _ = forked()
     transport.connect_soon()
     pid = child_pid(transport)
     waiting, outcome = waiting_for_answer(transport, ["sbatch"])
@@ -292,11 +283,8 @@ def test_a_request_the_parent_gave_up_on_during_the_login_is_not_run(
     assert not list(traces.glob("run.*"))  # never run, anywhere
 
 
-def test_after_close_nothing_goes_over_a_new_connection(
-    monkeypatch: pytest.MonkeyPatch, traces: Path, cleanup: list[ForkedTransport]
-) -> None:
-    transport, _ = forked(monkeypatch, traces)
-    cleanup.append(transport)
+def test_after_close_nothing_goes_over_a_new_connection(forked: MakeForked, traces: Path) -> None:
+    transport, _ = forked()
     transport.connect_soon()
     child = transport._child
     assert child is not None
@@ -309,10 +297,9 @@ def test_after_close_nothing_goes_over_a_new_connection(
 
 
 def test_a_config_error_at_login_is_that_error_and_the_next_command_logs_in_again(
-    monkeypatch: pytest.MonkeyPatch, traces: Path, cleanup: list[ForkedTransport]
+    forked: MakeForked, traces: Path
 ) -> None:
-    transport, stand_in = forked(monkeypatch, traces, refuse_login=True, login_error=ConfigError)
-    cleanup.append(transport)
+    transport, stand_in = forked(refuse_login=True, login_error=ConfigError)
     transport.connect_soon()
     with pytest.raises(ConfigError, match="cannot connect to site alpha"):
         transport.run(["sbatch"])
