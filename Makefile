@@ -42,7 +42,7 @@ demo: $(STAMP)
 # startup.py: how fast aif starts (no sandbox, ~10 s); submit_200.py: submission cost;
 # arrays.py: 200 specs as one array job;
 # placement.py: how long jobs wait, placed by aif or ARC's brokers (~10 min).
-# placement_bound.py: the same burst on an offline model, with an oracle that knows run times (~10 s).
+# placement_bound.py: the same burst on an offline model: an oracle that knows run times, one cluster (~13 s).
 # status_scale.py, list_10k.py, polling.py: status of 1,000 jobs, a 10,000-job ledger, 50 waits (~4 min).
 bench: $(STAMP)
 	$(BIN)/python bench/startup.py

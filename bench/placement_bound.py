@@ -1,14 +1,14 @@
 """What more knowledge would win on the placement bench's burst: an offline model of the sandbox.
 
 Run with `make bench`, or alone: `python bench/placement_bound.py [--seeds N] [--json]`.
-About 10 seconds; no sandbox, no network.
+About 13 seconds; no sandbox, no network.
 
 `bench/placement.py` measures aif against ARC's brokers on the real sandbox. Its
 burst goals (aif's mean wait <= 0.6 x random and <= 0.8 x FastestQueue) have not
 been met. This script asks what the sandbox cannot: how far below FastestQueue
 and random do site choices go on that workload when the placer knows more than
 aif may? It replays the same jobs (`placement.draw_burst`, same seeds, same
-arrival times) on a model of the two GPU sites, under five policies:
+arrival times) on a model of the two GPU sites, under seven policies:
 
 random        the bench's own RandomChoice, same seed: the same choices as on the sandbox
 fastestqueue  the bench's own FastestQueue session (one reading at the start, idle
@@ -19,6 +19,10 @@ aif           aif's own reading of a site (gateway.federation.backlog.earliest_s
               then the larger free share, then the name). Slurm's `--test-only`
               answer is left out: it plans queued jobs a whole node at a time and is
               never earlier than this reading here
+aif+moves     aif's reading, and then, every second, each queued job goes to another
+              site that would start it now (hold, cancel, submit again: 1 s on its
+              way). aif does not do this: it is the one lever a federation has after
+              placement (GridWay's migration), and this shows what it would add
 oracle        knows every job's real run time (which aif must not model: "never
               model when running jobs will end") and the jobs already sent: each
               job goes where, run forward, it would start first. That is the
@@ -34,6 +38,10 @@ hindsight     knows the whole burst, jobs still to come included: a local search
               the mean; stop when nothing does). No placer can do this; it shows
               that site choices alone can go that low on this workload. On the
               bench's seed only, unless `--hindsight-all` (about 2 minutes)
+pooled        no placement at all: both sites' nodes (4 + 4 + 8 GPUs) as one Slurm
+              cluster, one queue, every job started the moment a node may take it.
+              What one scheduler that sees every node does: the ideal a federation of
+              separate sites stands in for. The goals ask aif to go below it
 
 This is not a scheduler aif uses: aif never predicts when jobs end, Slurm
 schedules. The model stands in for Slurm only to compare choices offline:
@@ -49,7 +57,8 @@ schedules. The model stands in for Slurm only to compare choices offline:
   fitted: with 1 s the model gives the two baselines that do not read the sites
   (their choices are the sandbox's, job for job, by construction) the mean waits
   measured on the sandbox for seed 2026 (`make bench`, 2026-11-29: random
-  22.3 s, FastestQueue 16.7; model 22.6 and 15.7; with 0 s, 20.0 and 12.2). It
+  22.3 s, FastestQueue 16.7; model 22.6 and 15.7; with 0 s, 20.0 and 12.2; a
+  later run measured 22.4 and 14.5: FastestQueue moves by 2 s between runs). It
   does not reproduce aif: 16.3 s in the model against 14.0 measured, so the
   model compares rules with one another, not with the sandbox's figures;
 - the wait of a job is its start minus its arrival, as on the sandbox.
@@ -91,7 +100,10 @@ OVERHEAD_S = 1.0  # a job holds its GPUs this long beyond its sleep (see the doc
 SNAPSHOT_TTL_S = 30.0  # aif's shipped [federation] snapshot_ttl_s
 BURST = (40, 25.0, 4.0, 60.0)  # placement.py's burst: count, window, Pareto scale, clip
 BENCH_SEED = 2026
-POLICIES = ("random", "fastestqueue", "aif", "oracle", "hindsight")
+POOLED = ("pooled", (4, 4, 8))  # both GPU sites' nodes as one Slurm cluster
+MOVE_EVERY_S = 1.0  # how often "aif+moves" looks for a queued job another site would start now
+MOVE_S = 1.0  # hold, cancel and submit again elsewhere: three controller round trips
+POLICIES = ("random", "fastestqueue", "aif", "aif+moves", "oracle", "pooled", "hindsight")
 GOALS = (("random", 0.6), ("fastestqueue", 0.8))
 CPUS_PER_NODE = 64  # never the limit here: one CPU per job
 
@@ -129,11 +141,7 @@ class ModelSite:
         self.running = [j for j in self.running if j.start is not None and j.start + j.run_s > now]
         if not self.queued:
             return
-        # holds[node] = (from, until, gpus), seconds from now, on time limits
-        holds: list[list[tuple[float, float, int]]] = [[] for _ in self.node_gpus]
-        for job in self.running:
-            assert job.start is not None
-            holds[job.node].append((0.0, max(0.0, job.start + job.limit_s - now), job.gpus))
+        holds = self._running_holds(now)  # holds[node] = (from, until, gpus), seconds from now, on limits
         starting: list[tuple[ModelJob, int]] = []
         for job in self.queued:  # submission order: every job planned, none delayed by a later one
             at, node = _earliest(holds, self.node_gpus, job)
@@ -144,6 +152,21 @@ class ModelSite:
             job.start, job.node = now, node
             self.queued.remove(job)
             self.running.append(job)
+
+    def starts_now(self, job: ModelJob, now: float, coming: Sequence[ModelJob]) -> bool:
+        """Whether ``job``, queued after every job here and ``coming`` (on their way), starts now."""
+        holds = self._running_holds(now)
+        for ahead in [*self.queued, *coming]:
+            at, node = _earliest(holds, self.node_gpus, ahead)
+            holds[node].append((at, at + ahead.limit_s, ahead.gpus))
+        return job.gpus <= max(self.node_gpus) and _earliest(holds, self.node_gpus, job)[0] == 0.0
+
+    def _running_holds(self, now: float) -> list[list[tuple[float, float, int]]]:
+        holds: list[list[tuple[float, float, int]]] = [[] for _ in self.node_gpus]
+        for job in self.running:
+            assert job.start is not None
+            holds[job.node].append((0.0, max(0.0, job.start + job.limit_s - now), job.gpus))
+        return holds
 
     def snapshot(self, now: float) -> tuple[list[NodeSlots], list[QueuedJob]]:
         """What aif's probe would read: nodes with GPUs in use, running jobs' time left, the queue."""
@@ -201,13 +224,25 @@ class World:
             site.tick(self.now)
         self.now = round(self.now + TICK_S, 6)
 
+    def move_queued(self) -> None:
+        """Send each queued job (in arrival order) to another site that would start it now, if any."""
+        for job in sorted((j for site in self.sites.values() for j in site.queued), key=lambda j: j.seq):
+            for name in eligible(job.gpus, self.sites):
+                coming = [j for _, j in self.in_flight if j.site == name]
+                if name != job.site and self.sites[name].starts_now(job, self.now, coming):
+                    self.sites[job.site].queued.remove(job)
+                    job.site = name
+                    self.in_flight.append((self.now + MOVE_S, job))
+                    break
+
 
 Choose = Callable[[ModelJob, list[str], World], str]
 
 
-def eligible(gpus: int) -> list[str]:
-    """The sites with a node that holds a job of ``gpus`` GPUs."""
-    return sorted(name for name, nodes in SITES.items() if max(nodes) >= gpus)
+def eligible(gpus: int, sites: dict[str, ModelSite] | None = None) -> list[str]:
+    """The sites (the two GPU sites unless ``sites``) with a node that holds ``gpus`` GPUs."""
+    layout = {n: s.node_gpus for n, s in sites.items()} if sites is not None else SITES
+    return sorted(name for name, nodes in layout.items() if max(nodes) >= gpus)
 
 
 def arc_choice(broker: FastestQueue | RandomChoice) -> Choose:
@@ -278,6 +313,11 @@ def replay(
     """Mean wait of ``jobs`` placed by ``policy`` on the model."""
     if policy == "hindsight":
         return hindsight(jobs, whole_minutes, overhead_s)[0]
+    if policy == "pooled":
+        one: Choose = lambda job, sites, world: POOLED[0]  # noqa: E731
+        return _mean_wait(placed_jobs(jobs, one, whole_minutes, overhead_s, layout=dict([POOLED])))
+    if policy == "aif+moves":
+        return _mean_wait(placed_jobs(jobs, AifReading(), whole_minutes, overhead_s, moves=True))
     return _mean_wait(placed_jobs(jobs, _policy(policy, seed), whole_minutes, overhead_s))
 
 
@@ -295,18 +335,31 @@ def _policy(policy: str, seed: int) -> Choose:
 
 
 def placed_jobs(
-    jobs: Sequence[Job], choose: Choose, whole_minutes: bool, overhead_s: float
+    jobs: Sequence[Job],
+    choose: Choose,
+    whole_minutes: bool,
+    overhead_s: float,
+    layout: dict[str, tuple[int, ...]] | None = None,
+    moves: bool = False,
 ) -> list[ModelJob]:
-    """``jobs`` replayed on the model, each placed by ``choose`` at its arrival."""
-    world = World({name: ModelSite(name, nodes) for name, nodes in SITES.items()}, [])
+    """``jobs`` replayed on the model, each placed by ``choose`` at its arrival.
+
+    ``layout`` replaces the two GPU sites; with ``moves``, every MOVE_EVERY_S a queued
+    job goes to another site that would start it now (World.move_queued).
+    """
+    world = World({name: ModelSite(name, nodes) for name, nodes in (layout or SITES).items()}, [])
     todo = model_jobs(jobs, whole_minutes, overhead_s)
     arrivals = list(todo)
+    next_move = 0.0
     while arrivals or world.in_flight or any(s.queued for s in world.sites.values()):
         while arrivals and arrivals[0].arrival <= world.now:
             job = arrivals.pop(0)
-            job.site = choose(job, eligible(job.gpus), world)
+            job.site = choose(job, eligible(job.gpus, world.sites), world)
             world.in_flight.append((job.arrival + SUBMIT_S, job))
         world.step()
+        if moves and world.now >= next_move:
+            world.move_queued()
+            next_move = world.now + MOVE_EVERY_S
     return todo
 
 
@@ -385,7 +438,8 @@ def render(result: dict[str, dict[str, dict[str, float]]]) -> str:
         lines.append("")
     goals = ", ".join(f"<= {g} x {p}" for p, g in GOALS)
     lines.append(
-        f"goals of the burst on the sandbox: aif {goals}. The oracle knows run times (aif may not);"
+        f"goals of the burst on the sandbox: aif {goals}. aif+moves moves queued jobs (aif does not);"
+        " the oracle knows run times (aif may not); pooled is both sites as one Slurm cluster;"
         " hindsight also knows the jobs still to come (no placer can)"
     )
     return "\n".join(lines)

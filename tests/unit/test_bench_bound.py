@@ -87,3 +87,41 @@ def test_hindsight_starts_from_the_oracles_sites_and_only_keeps_what_lowers_the_
     assert best <= oracle_mean + 1e-9
     assert len(sites) == len(jobs)
     assert all(site == "sandbox-south" for site, job in zip(sites, jobs, strict=True) if job.gpus == 8)
+
+
+def test_a_site_starts_a_job_now_only_when_neither_its_queue_nor_jobs_on_their_way_plan_that_room() -> None:
+    site = bound.ModelSite("s", (8,))
+    site.queued.append(_job(0, 4, 100.0, 600.0))
+    site.tick(0.0)
+    four = _job(1, 4, 5.0, 60.0)
+    assert site.starts_now(four, 1.0, [])
+    assert not site.starts_now(four, 1.0, [_job(2, 4, 5.0, 60.0)])  # the room is planned for the job coming
+    assert not site.starts_now(_job(3, 8, 5.0, 60.0), 1.0, [])
+    assert not bound.ModelSite("t", (4, 4)).starts_now(_job(4, 8, 5.0, 60.0), 0.0, [])  # fits no node
+
+
+def test_moves_send_a_queued_job_to_a_site_that_would_start_it_now_and_leave_the_others() -> None:
+    world = bound.World({n: bound.ModelSite(n, g) for n, g in bound.SITES.items()}, [])
+    north, south = world.sites["sandbox-north"], world.sites["sandbox-south"]
+    north.queued += [_job(0, 4, 100.0, 600.0), _job(1, 4, 100.0, 600.0)]
+    south.queued.append(_job(2, 4, 100.0, 600.0))
+    world.step()
+    waiting = _job(3, 4, 5.0, 60.0)  # queued behind north's full nodes; south has 4 GPUs free
+    too_big = _job(4, 8, 5.0, 60.0)  # fits only south, which cannot start it now
+    for job, site in ((waiting, north), (too_big, south)):
+        job.site = site.name
+        site.queued.append(job)
+    world.move_queued()
+    assert waiting.site == "sandbox-south" and waiting not in north.queued
+    assert world.in_flight == [(world.now + bound.MOVE_S, waiting)]
+    assert too_big in south.queued
+
+
+def test_pooled_is_one_cluster_of_both_sites_nodes() -> None:
+    jobs = [sys.modules["placement"].Job(f"j{i}", 4, 10, 1, 0.0, 10.0) for i in range(4)]
+    placed = bound.placed_jobs(
+        jobs, lambda job, sites, world: bound.POOLED[0], True, 0.0, dict([bound.POOLED])
+    )
+    assert {j.site for j in placed} == {"pooled"}
+    first_tick = math.ceil(bound.SUBMIT_S / bound.TICK_S) * bound.TICK_S
+    assert all(j.start == first_tick for j in placed)  # 4 x 4 GPUs start at once on 4 + 4 + 8
