@@ -84,7 +84,7 @@ def _load_of(site: str, snapshot: Snapshot) -> SiteLoad:
         problem="",
         latency_s=snapshot.latency_s,
         age_s=snapshot.age(time.time()),
-        gpus_free=max(0, max((p.gpus_total - p.gpus_used for p in parts), default=0) - placed_gpus),
+        gpus_free=max(0, max((p.gpus_free for p in parts), default=0) - placed_gpus),
         gpus_total=max((p.gpus_total for p in parts), default=0),
         cpus_free=max((p.cpus_idle for p in parts), default=0),
         cpus_total=max((p.cpus_total for p in parts), default=0),

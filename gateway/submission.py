@@ -179,7 +179,8 @@ def submit(
     content was never part of that submission is refused. A job placed by
     the federation whose site turns out to be down (nothing was sent, proven)
     goes to the next site of its ranking, unless ``failover`` is off; a
-    pinned job never moves. Unless ``coalesce`` is off, specs of one shape
+    pinned job never moves, nor does one sent ``after`` another (its
+    dependency holds only at its parent's site). Unless ``coalesce`` is off, specs of one shape
     sent to one site go as one array job (each spec one task of it).
     """
     explicit = key is not None
@@ -200,6 +201,8 @@ def submit(
     ]
     # A parent that already completed needs no Slurm dependency (and Slurm may have forgotten it).
     waits = dependency is not None and dependency.state != JobState.COMPLETED
+    # Slurm's afterok:N names job N of one site: at any other site it is another job or none.
+    failover = failover and dependency is None
     extra = (f"--dependency=afterok:{dependency.slurm_job_id}",) if dependency and waits else ()
     where = {i: planned[i].site for i in to_send}
     tried: dict[int, list[str]] = {i: [] for i in to_send}

@@ -38,13 +38,16 @@ from dataclasses import dataclass
 
 from gateway.record import Record
 from gateway.slurm.backlog import NodeSlots, QueuedJob
+from gateway.slurm.load import UNUSABLE_NODE_STATES
 
 # Read GPU by GPU up to this many jobs (running, queued, placed) on this many nodes;
 # beyond, Slurm's estimate and the queue-depth term stand alone.
 MAX_JOBS = 300
 MAX_NODES = 256
 
-_BAD_STATES = ("down", "drain", "fail", "unknown", "inval", "future", "maint", "reserved")
+# Nodes no job can start on now; unlike the ranking (gateway.slurm.node_state_usable), the
+# reading also leaves out nodes in a reservation, whose end Slurm's own estimate accounts for.
+_BAD_STATES = (*UNUSABLE_NODE_STATES, "maint", "reserved")
 _FOREVER = float("inf")
 
 

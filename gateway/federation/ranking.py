@@ -207,8 +207,7 @@ def _score(spec: JobSpec, view: SiteView, weights: PlacementWeights) -> Scored |
     load = next((p for p in snapshot.result.partitions if p.partition == partition), None)
     if load is None:
         return Excluded(site, (f"partition {partition} is not at the site (sinfo)",), transient=False)
-    usable = _usable_nodes(load)
-    if not load.up or usable == 0:
+    if not load.up or load.usable_nodes == 0:
         what = "is down" if not load.up else "has every node down or drained"
         return Excluded(site, (f"partition {partition} {what} ({_states(load)})",), transient=True)
     estimate = view.estimate
@@ -216,7 +215,7 @@ def _score(spec: JobSpec, view: SiteView, weights: PlacementWeights) -> Scored |
         return Excluded(site, (f"Slurm says it cannot run there: {estimate.message}",), transient=False)
     gpu_job = need_gpus > 0
     total = load.gpus_total if gpu_job else load.cpus_total
-    free = (load.gpus_total - load.gpus_used) if gpu_job else load.cpus_idle
+    free = load.gpus_free if gpu_job else load.cpus_idle  # drained or down nodes' are not free
     placed = [*snapshot.placed, *view.placed_here]
     placed_here = sum(p.gpus if gpu_job else p.cpus for p in placed if p.partition == partition)
     need = need_gpus if gpu_job else need_cpus
@@ -329,13 +328,6 @@ def _backlog_reading(
         return None
     with_placed = earliest_start(result.nodes, result.backlog, asks, job) if asks else without
     return without, with_placed if with_placed is not None else without
-
-
-def _usable_nodes(load: slurm.PartitionLoad) -> int:
-    # A node in a maintenance reservation ("maint") is not excluded: Slurm's estimate moves
-    # past the reservation, and the explanation names it.
-    bad = ("down", "drain", "drained", "draining", "fail", "failing", "unknown", "inval", "future")
-    return sum(n for state, n in load.nodes_by_state.items() if not state.rstrip("*~#!%$@^-").startswith(bad))
 
 
 def _states(load: slurm.PartitionLoad) -> str:

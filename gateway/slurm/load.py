@@ -28,14 +28,30 @@ SINFO_FIELDS: tuple[str, ...] = (
 )
 
 
+UNUSABLE_NODE_STATES = ("down", "drain", "fail", "unknown", "inval", "future")
+
+
+def node_state_usable(state: str) -> bool:
+    """Whether a node in this sinfo state may start a job (``drained``, ``idle*``... may not).
+
+    A node in a maintenance reservation (``maint``) counts as usable: Slurm's
+    estimate moves past the reservation, and the explanation names it.
+    """
+    if state.endswith("*"):  # not responding: Slurm allocates it no new work
+        return False
+    return not state.lower().rstrip("~#!%$@^-+").startswith(UNUSABLE_NODE_STATES)
+
+
 class PartitionLoad(Record):
     """What one partition has and uses right now, summed over sinfo's node groups.
 
     ``available`` is sinfo's word (up/down/drain/inact). ``nodes_by_state``
     counts nodes by sinfo's long state (idle, mixed, allocated, draining,
-    drained, down*...). ``cpus_other`` are CPUs of drained/down nodes.
-    ``memory_mb`` is the largest node's memory; ``timelimit`` is the
-    partition's MaxTime as printed, ``timelimit_seconds`` None if infinite.
+    drained, down*...). ``cpus_other`` are CPUs of drained/down nodes;
+    ``gpus_unusable`` the GPUs of those nodes that no job holds (so
+    ``gpus_free`` is what a new job could get). ``memory_mb`` is the largest
+    node's memory; ``timelimit`` is the partition's MaxTime as printed,
+    ``timelimit_seconds`` None if infinite.
     """
 
     partition: str
@@ -53,10 +69,19 @@ class PartitionLoad(Record):
     memory_mb: int | None
     timelimit: str
     timelimit_seconds: int | None
+    gpus_unusable: int = 0
 
     @property
     def up(self) -> bool:
         return self.available == "up"
+
+    @property
+    def gpus_free(self) -> int:
+        return max(0, self.gpus_total - self.gpus_used - self.gpus_unusable)
+
+    @property
+    def usable_nodes(self) -> int:
+        return sum(n for state, n in self.nodes_by_state.items() if node_state_usable(state))
 
 
 def sinfo_argv() -> list[str]:
@@ -90,7 +115,7 @@ def _partition_load(lines: list[list[str]]) -> PartitionLoad:
     name = first[0]
     nodes_by_state: dict[str, int] = {}
     cpus = [0, 0, 0, 0]
-    nodes_total = gpus_total = gpus_used = 0
+    nodes_total = gpus_total = gpus_used = gpus_unusable = 0
     gres: list[str] = []
     memory: int | None = None
     for _, _, node_state, nodes_text, cpus_text, gres_text, gres_used_text, mem_text, _ in lines:
@@ -107,8 +132,12 @@ def _partition_load(lines: list[list[str]]) -> PartitionLoad:
         # Gres and GresUsed are both per node: sinfo only groups nodes whose
         # usage is the same (recorded: two nodes using 1 GPU each print
         # Nodes=2, CPUsState summed 2/126/0/128, but GresUsed gpu:1).
-        gpus_total += gres_count(gres_text, "gpu") * nodes
-        gpus_used += gres_count(gres_used_text, "gpu") * nodes
+        group_total = gres_count(gres_text, "gpu") * nodes
+        group_used = gres_count(gres_used_text, "gpu") * nodes
+        gpus_total += group_total
+        gpus_used += group_used
+        if not node_state_usable(node_state):
+            gpus_unusable += max(0, group_total - group_used)
         if _text_or_none(gres_text) is not None and gres_text not in gres:
             gres.append(gres_text)
         node_memory = _leading_int(mem_text)
@@ -131,6 +160,7 @@ def _partition_load(lines: list[list[str]]) -> PartitionLoad:
         memory_mb=memory,
         timelimit=timelimit,
         timelimit_seconds=parse_slurm_duration(timelimit),
+        gpus_unusable=gpus_unusable,
     )
 
 

@@ -530,6 +530,16 @@ def test_parse_sinfo_drain() -> None:
     assert dict(standard.nodes_by_state) == {"draining": 1, "mixed": 1}
     assert (standard.cpus_alloc, standard.cpus_idle, standard.cpus_other) == (3, 62, 63)
     assert (standard.gpus_total, standard.gpus_used) == (8, 3)
+    # The draining node's 3 GPUs no job holds are not free: only the mixed node's 2 are.
+    assert (standard.gpus_unusable, standard.gpus_free, standard.usable_nodes) == (3, 2, 1)
+    assert loads["low"].gpus_free == 2 and loads["low"].usable_nodes == 1
+
+
+def test_node_states_that_may_start_a_job() -> None:
+    usable = ("idle", "mixed", "allocated", "completing", "maint", "idle~", "mixed$")
+    unusable = ("drained", "draining", "down*", "idle*", "down", "fail", "failing", "unknown", "future")
+    assert all(slurm.node_state_usable(s) for s in usable)
+    assert not any(slurm.node_state_usable(s) for s in unusable)
 
 
 def test_parse_sinfo_rejects_foreign_output() -> None:
