@@ -27,7 +27,7 @@ from gateway.arrays import array_job_name, array_output_dir
 from gateway.context import Context
 from gateway.errors import AifError, Interrupted, InvalidInput, NoFit, SiteUnreachable, UsageError
 from gateway.federation.placer import Federation, pinned_ranking
-from gateway.federation.ranking import Ranking, site_misfit
+from gateway.federation.ranking import Ranking, static_reasons
 from gateway.ledger import LedgerJob, spec_sha256
 from gateway.profile_rules import check_spec_against_profiles
 from gateway.profiles import SiteProfile, get_profile
@@ -297,7 +297,7 @@ def _settle_earlier(
         earlier = ledger.jobs_with_key(key)
     # Where each spec could have gone (statically): its record may be at any of them.
     could_run = [
-        {name for name, prof in ctx.profiles.items() if site_misfit(p.spec, prof, ctx.config) is None}
+        {name for name, prof in ctx.profiles.items() if not static_reasons(p.spec, prof, ctx.config)}
         for p in planned
     ]
     sites = {j.site for j in earlier} | {p.site for p in planned} | set().union(*could_run)

@@ -121,38 +121,34 @@ class SiteView(Record):
     placed_here: tuple[Placed, ...] = field(default=())  # placed by this process since the probe
 
 
-def site_misfit(spec: JobSpec, profile: SiteProfile, config: UserConfig) -> str | None:
-    """Why ``profile``'s site cannot take ``spec`` (None when it can)."""
+def static_reasons(spec: JobSpec, profile: SiteProfile, config: UserConfig) -> list[str]:
+    """Every reason the site may not run the job whatever its load (empty: it may)."""
+    reasons = []
     if profile.name in spec.placement.exclude:
-        return "excluded by the spec"
+        reasons.append("excluded by the spec")
     if spec.placement.countries and profile.country not in spec.placement.countries:
-        return f"in {profile.country}, the spec allows only {', '.join(spec.placement.countries)}"
+        reasons.append(f"in {profile.country}, the spec allows only {', '.join(spec.placement.countries)}")
     if not profile.accepts_sensitivity(spec.data.sensitivity):
-        return f"accepts data up to {profile.max_sensitivity}, the job's is {spec.data.sensitivity}"
+        reasons.append(f"accepts data up to {profile.max_sensitivity}, the job's is {spec.data.sensitivity}")
     missing = [d for d in spec.data.inputs if profile.dataset(d) is None]
     if missing:
-        return f"does not hold dataset {', '.join(missing)}"
+        reasons.append(
+            f"does not hold dataset {', '.join(missing)}"
+            " (moving catalogue datasets between sites is a later issue)"
+        )
     if spec.environment.container and not profile.environment.container_exec:
-        return "has no container runtime"
+        reasons.append("has no container runtime")
     if spec.environment.modules and not profile.environment.module_command:
-        return "has no module system"
+        reasons.append("has no module system")
     try:
         resolve_account(profile, config.access(profile.name))
+    except AifError as exc:
+        reasons.append(exc.message)
+    try:
         choose_partition(spec, profile)
     except AifError as exc:
-        return exc.message
-    return None
-
-
-def static_reasons(spec: JobSpec, profile: SiteProfile, config: UserConfig) -> list[str]:
-    """Why a site may not run the job whatever its load (empty: it may)."""
-    why_not = site_misfit(spec, profile, config)
-    if why_not is None:
-        return []
-    missing = [d for d in spec.data.inputs if profile.dataset(d) is None]
-    if missing and why_not.startswith("does not hold"):
-        return [f"{why_not} (moving catalogue datasets between sites is a later issue)"]
-    return [why_not]
+        reasons.append(exc.message)
+    return reasons
 
 
 def job_need(spec: JobSpec, profile: SiteProfile) -> tuple[str, int, int]:

@@ -167,3 +167,21 @@ def test_a_maintenance_reservation_is_a_later_start_and_is_named(profiles: dict[
     waiting = next(s for s in ranking.ranked if s.site == "sandbox-south")
     assert waiting.terms["time_to_start"] == 584  # 08:17:01 -> 08:26:45, the reservation's end
     assert "after maintenance reservation maint-test (until 2026-11-29T08:26:45)" in waiting.basis
+
+
+def test_an_excluded_site_gets_every_reason_it_fails(profiles: dict[str, object]) -> None:
+    body = {
+        "job": {"name": "j", "command": ["true"]},
+        "resources": {"gpus_per_node": 16, "walltime": "01:00:00"},
+        "data": {"sensitivity": "sensitive", "inputs": ["news-corpus"]},
+        "placement": {"exclude": ["sandbox-south"], "countries": ["DE"]},
+    }
+    ranking = rank(parse_spec(body, source="j.toml"), [SiteView(profiles["sandbox-south"], None)], CONFIG)  # type: ignore[arg-type]
+    (south,) = ranking.excluded
+    assert south.reasons[:3] == (
+        "excluded by the spec",
+        f"in {profiles['sandbox-south'].country}, the spec allows only DE",  # type: ignore[attr-defined]
+        "accepts data up to internal, the job's is sensitive",
+    )
+    assert any("16" in r and "GPU" in r for r in south.reasons[3:])  # no node has 16 GPUs
+    assert not ranking.retryable
