@@ -39,6 +39,7 @@ class Planned(Record):
     item: str  # the spec's label in its submission (content digest and copy number)
     ranking: Ranking  # where it could go, best first (one site when pinned)
     pinned: bool
+    placement: str = ""  # the federation's count of it (Federation.publish); "" when pinned
 
 
 def account_and_user(ctx: Context, profile: SiteProfile) -> tuple[str | None, str]:

@@ -115,11 +115,11 @@ def plan_submissions(
                 planned.append(Planned(spec, chosen, why, item, ranking, pinned=True))
             else:
                 federation = federation or federation_for(ctx)
-                ranking = federation.place(spec)
+                ranking, placement = federation.place(spec)
                 if ranking.winner is None:
                     raise no_site_error(spec, ranking)
                 why = ranking.headline(spec.name).split(": ", 1)[1]
-                planned.append(Planned(spec, ranking.winner.site, why, item, ranking, pinned=False))
+                planned.append(Planned(spec, ranking.winner.site, why, item, ranking, False, placement))
         except (InvalidInput, NoFit, UsageError, SiteUnreachable) as exc:
             if record_invalid:
                 ctx.ledger.record_invalid(
@@ -205,6 +205,9 @@ def submit(
     failover = failover and dependency is None
     extra = (f"--dependency=afterok:{dependency.slurm_job_id}",) if dependency and waits else ()
     where = {i: planned[i].site for i in to_send}
+    # Other aif processes count these jobs from now on (a dry run, a refused batch or jobs
+    # sent before under this key are never counted: nothing of them is sent now).
+    federation.publish({planned[i].placement for i in to_send})
     tried: dict[int, list[str]] = {i: [] for i in to_send}
     pending = list(to_send)
     with ctx.ledger.batch():  # the intents and the paths rendered with their ids: one commit, then the send

@@ -2,21 +2,24 @@
 
 The I/O of the federation: it asks each candidate site for its load (at most
 once per TTL, across every aif process), hands the pure ranking what it
-found, and counts each job it places against the snapshot, locally and in the
-shared store, so a burst spreads instead of piling onto the site that looked
-empty first.
+found, and counts each job it places against the snapshot, so a burst
+spreads instead of piling onto the site that looked empty first. A process
+counts its own placements from the first; it shares them with other
+processes (``publish``) once it is about to send them, so a dry run or a
+batch refused as a whole leaves nothing counted that was never sent.
 """
 
 from __future__ import annotations
 
 import contextlib
+import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from gateway.config import UserConfig
-from gateway.errors import AifError
+from gateway.errors import AifError, HomeUnusable
 from gateway.federation.ranking import Ranking, SiteView, job_need, rank, static_reasons
 from gateway.federation.snapshot import Placed, Snapshot, SnapshotStore, shape_key
 from gateway.profiles import SiteProfile
@@ -39,7 +42,8 @@ class Federation:
     refresh: bool = False  # probe even if a snapshot is fresh (once per site per Federation)
     deadline_s: float = 30.0
     probes: list[str] = field(default_factory=list)  # sites probed by this process, in order
-    _placed: dict[str, list[Placed]] = field(default_factory=dict)
+    _placed: dict[str, list[Placed]] = field(default_factory=dict)  # by this process
+    _unshared: list[tuple[str, Placed]] = field(default_factory=list)  # placed, not yet published
     _refreshed: set[str] = field(default_factory=set)
 
     @property
@@ -53,11 +57,16 @@ class Federation:
     ) -> dict[str, tuple[Snapshot, StartEstimate | None]]:
         """Each site's snapshot (probed if stale) and Slurm's estimate for ``spec`` there."""
         results: dict[str, tuple[Snapshot, StartEstimate | None]] = {}
+        unusable_home: list[BaseException] = []
         lock = threading.Lock()
 
         def one(site: str) -> None:
             try:
                 found = self._snapshot(site, spec)
+            except (HomeUnusable, OSError) as exc:  # aif's own home, not the site: an error
+                with lock:
+                    unusable_home.append(exc)
+                return
             except Exception as exc:  # one site's surprise is that site's problem, never an abort
                 found = (Snapshot(site, time.time(), 0.0, f"{type(exc).__name__}: {exc}", None), None)
             with lock:
@@ -69,6 +78,11 @@ class Federation:
         end = time.monotonic() + self.deadline_s
         for thread in threads:
             thread.join(max(0.0, end - time.monotonic()))
+        if unusable_home:
+            exc = unusable_home[0]
+            if isinstance(exc, HomeUnusable):
+                raise exc
+            raise HomeUnusable(f"cannot use the snapshot store {self.store.directory}: {exc}") from exc
         for site in sites:
             if site not in results:
                 late = Snapshot(
@@ -86,47 +100,50 @@ class Federation:
             shape = shape_key(partition, res.nodes, gpus, cpus, res.walltime_seconds)
             script = self.script_for(spec, profile)
             partitions = [partition]
-        try:
-            with self.store.locked(site):
-                snapshot = self.store.read(site)
-                stale = snapshot is None or not snapshot.fresh(self.ttl)
-                if self.refresh and site not in self._refreshed:
-                    stale = True
-                if snapshot is not None and not set(partitions) <= set(snapshot.queried):
+        with self.store.locked(site):
+            snapshot = self.store.read(site)
+            stale = snapshot is None or not snapshot.fresh(self.ttl)
+            if self.refresh and site not in self._refreshed:
+                stale = True
+            if snapshot is not None:
+                if not set(partitions) <= set(snapshot.queried):
                     stale = True  # the last probe did not ask about this partition's queue
-                if stale or snapshot is None:
-                    snapshot = self._probe(site, partitions, script, shape)
-                    self._refreshed.add(site)
-                elif shape is not None and shape not in snapshot.estimates and snapshot.result is not None:
-                    assert script is not None
-                    estimate = self._test_only(site, script)
+                # Ask again about every partition asked before: a burst that mixes GPU and
+                # CPU jobs probes once per partition, not once per job.
+                partitions = sorted({*snapshot.queried, *partitions})
+            if stale or snapshot is None:
+                snapshot = self._probe(site, partitions, script, shape)
+                self._refreshed.add(site)
+                estimate = snapshot.result.estimate if snapshot.result is not None else None
+            elif shape is not None and shape in snapshot.estimates:
+                estimate = snapshot.estimates[shape]
+            elif shape is not None and snapshot.result is not None:
+                assert script is not None
+                estimate = self._test_only(site, script)
+                if not estimate.transient:  # no answer is not an answer: ask again next time
                     snapshot = replace(snapshot, estimates={**snapshot.estimates, shape: estimate})
                     self.store.write(snapshot)
-        except OSError as exc:
-            return Snapshot(site, time.time(), 0.0, f"cannot use the snapshot store: {exc}", None), None
-        return snapshot, snapshot.estimates.get(shape) if shape is not None else None
+            else:
+                estimate = None
+        return snapshot, estimate if shape is not None else None
 
     def _probe(self, site: str, partitions: list[str], script: str | None, shape: str | None) -> Snapshot:
         self.probes.append(site)
-        started = time.monotonic()
+        # Stamped when the probe starts: a job placed while it runs is not in what it reads.
+        started, clock = time.time(), time.monotonic()
         try:
             result = self.backend_for(site).probe(partitions, script)
         except AifError as exc:
-            snapshot = Snapshot(site, time.time(), time.monotonic() - started, exc.message, None)
+            snapshot = Snapshot(site, started, time.monotonic() - clock, exc.message, None)
         except Exception as exc:  # one site's surprise is that site's problem
-            snapshot = Snapshot(
-                site, time.time(), time.monotonic() - started, f"{type(exc).__name__}: {exc}", None
-            )
+            snapshot = Snapshot(site, started, time.monotonic() - clock, f"{type(exc).__name__}: {exc}", None)
         else:
-            estimates = {shape: result.estimate} if shape is not None and result.estimate is not None else {}
+            found = result.estimate
+            estimates = {}
+            if shape is not None and found is not None and not found.transient:
+                estimates[shape] = found
             snapshot = Snapshot(
-                site,
-                time.time(),
-                time.monotonic() - started,
-                "",
-                result,
-                estimates,
-                queried=tuple(partitions),
+                site, started, time.monotonic() - clock, "", result, estimates, queried=tuple(partitions)
             )
         self.store.write(snapshot)
         return snapshot
@@ -135,7 +152,10 @@ class Federation:
         try:
             return self.backend_for(site).test_only(script)
         except AifError as exc:
-            return StartEstimate(False, None, "", f"sbatch --test-only could not run: {exc.message}")
+            why = exc.message
+        except Exception as exc:  # one site's surprise is that site's problem
+            why = f"{type(exc).__name__}: {exc}"
+        return StartEstimate(False, None, "", why, transient=True)
 
     # -- ranking and placing -----------------------------------------------------------------
 
@@ -154,28 +174,61 @@ class Federation:
         for name, profile in sorted(self.profiles.items()):
             if name in probed:
                 snapshot, estimate = probed[name]
-                mine = tuple(p for p in self._placed.get(name, []) if p.at >= snapshot.probed_at)
-                views.append(SiteView(profile, snapshot, estimate, mine))
+                views.append(SiteView(profile, snapshot, estimate, self._mine(name, snapshot)))
             else:
                 views.append(SiteView(profile, None))
         return rank(spec, views, self.config)
 
-    def place(self, spec: JobSpec) -> Ranking:
-        """Rank ``spec`` and count it against its winner's snapshot (here and for other processes)."""
+    def _mine(self, site: str, snapshot: Snapshot) -> tuple[Placed, ...]:
+        """This process's placements at ``site`` that ``snapshot`` does not count already.
+
+        One it has not shared yet was never sent, so no probe can have seen it in the
+        queue, however old; one it shared counts until a probe after it.
+        """
+        shared = {p.ident for p in snapshot.placed}
+        unshared = {p.ident for _, p in self._unshared}
+        return tuple(
+            p
+            for p in self._placed.get(site, [])
+            if p.ident not in shared and (p.ident in unshared or p.at >= snapshot.probed_at)
+        )
+
+    def place(self, spec: JobSpec) -> tuple[Ranking, str]:
+        """Rank ``spec`` and count it against its winner's snapshot, in this process.
+
+        Returns the ranking and the placement's name for ``publish`` ("" when no site can
+        run it).
+        """
         ranking = self.rank(spec)
         best = ranking.winner
-        if best is not None:
-            self.count_placed(spec, best.site)
-        return ranking
+        return ranking, self._count(spec, best.site) if best is not None else ""
+
+    def publish(self, placements: Collection[str] | None = None) -> None:
+        """Share placements (all not shared yet, by default) with other processes: their jobs
+        are about to be sent. The others stay counted by this process alone."""
+        by_site: dict[str, list[Placed]] = {}
+        now = time.time()  # sent after now: a probe that started before cannot have seen them
+        for site, placed in list(self._unshared):
+            if placements is None or placed.ident in placements:
+                by_site.setdefault(site, []).append(replace(placed, at=now))
+                self._unshared.remove((site, placed))
+        for site, shared in by_site.items():
+            # If the store cannot be written other processes will not see them; this one still counts them.
+            with contextlib.suppress(OSError):
+                self.store.record_placed(site, *shared)
 
     def count_placed(self, spec: JobSpec, site: str) -> None:
+        """Count a job about to be sent to ``site`` (a failover), here and for other processes."""
+        self.publish([self._count(spec, site)])
+
+    def _count(self, spec: JobSpec, site: str) -> str:
         partition, gpus, cpus = job_need(spec, self.profiles[site])
         res = spec.resources
-        placed = Placed(time.time(), partition, gpus, cpus, res.nodes, res.walltime_seconds)
+        ident = secrets.token_hex(8)
+        placed = Placed(time.time(), partition, gpus, cpus, res.nodes, res.walltime_seconds, ident)
         self._placed.setdefault(site, []).append(placed)
-        # If the store cannot be written other processes will not see it; this one still counts it.
-        with contextlib.suppress(OSError):
-            self.store.record_placed(site, placed)
+        self._unshared.append((site, placed))
+        return ident
 
 
 def pinned_ranking(spec: JobSpec, profile: SiteProfile, config: UserConfig) -> Ranking:

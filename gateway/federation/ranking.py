@@ -196,7 +196,8 @@ def _score(spec: JobSpec, view: SiteView, weights: PlacementWeights) -> Scored |
         reasons.append(f"focuses on {spec.job.sector} (-{bonus:.0f} s)")
     if view.snapshot is None:
         terms = {"time_to_start": 0.0, "data": data, "sector_bonus": -bonus if bonus else 0.0}
-        return Scored(site, data - bonus, terms, partition, "not probed (pinned)", tuple(reasons), 0.0)
+        basis = "pinned: no ranking, the site's load not probed"
+        return Scored(site, data - bonus, terms, partition, basis, (basis, *reasons), 0.0)
     snapshot = view.snapshot
     if snapshot.result is None:
         return Excluded(site, (f"unreachable: {snapshot.problem}",), transient=True)
@@ -207,6 +208,9 @@ def _score(spec: JobSpec, view: SiteView, weights: PlacementWeights) -> Scored |
         what = "is down" if not load.up else "has every node down or drained"
         return Excluded(site, (f"partition {partition} {what} ({_states(load)})",), transient=True)
     estimate = view.estimate
+    unanswered = ""
+    if estimate is not None and estimate.transient:  # no answer about the job: no estimate
+        unanswered, estimate = estimate.message, None
     if estimate is not None and not estimate.ok:
         return Excluded(site, (f"Slurm says it cannot run there: {estimate.message}",), transient=False)
     gpu_job = need_gpus > 0
@@ -255,6 +259,8 @@ def _score(spec: JobSpec, view: SiteView, weights: PlacementWeights) -> Scored |
             f"queue depth (no estimate from Slurm): {depth}, {placed_here} placed since, "
             f"{free} of {total} free -> {start:.0f} s"
         )
+    if unanswered:
+        basis += f" (no answer from sbatch --test-only: {unanswered})"
     reasons.insert(0, basis)
     if not snapshot.result.queue_visible:
         reasons.append("other users' jobs are hidden here (PrivateData=jobs): queue depth not visible")

@@ -32,12 +32,13 @@ from gateway.slurm.probe import PartitionDemand, ProbeResult, Reservation, Start
 class Placed(Record):
     """A job placed at the site since its probe: what it takes from the free capacity."""
 
-    at: float  # this machine's clock (time.time)
+    at: float  # this machine's clock (time.time): when it was placed, or shared with other processes
     partition: str
     gpus: int
     cpus: int
     nodes: int = 1
     walltime_s: int = 0  # 0: not recorded (snapshots written before it was)
+    ident: str = ""  # one placement, wherever it is counted (so it is never counted twice)
 
 
 class Snapshot(Record):
@@ -102,12 +103,20 @@ class SnapshotStore:
             json.dump(_snapshot_to_json(snapshot), handle)
         partial.replace(path)
 
-    def record_placed(self, site: str, placed: Placed) -> None:
-        """Add a job just placed at ``site`` to its snapshot (under the site's lock)."""
+    def record_placed(self, site: str, *placed: Placed) -> None:
+        """Add jobs just placed at ``site`` to its snapshot (under the site's lock).
+
+        A job shared before the probe began may already be in the queue it read:
+        only those shared since are kept.
+        """
         with self.locked(site):
             snapshot = self.read(site)
-            if snapshot is not None and placed.at >= snapshot.probed_at:
-                self.write(dataclasses.replace(snapshot, placed=(*snapshot.placed, placed)))
+            if snapshot is None:
+                return
+            known = {p.ident for p in snapshot.placed if p.ident}
+            new = tuple(p for p in placed if p.at >= snapshot.probed_at and p.ident not in known)
+            if new:
+                self.write(dataclasses.replace(snapshot, placed=(*snapshot.placed, *new)))
 
     def record_estimate(self, site: str, key: str, estimate: StartEstimate) -> None:
         with self.locked(site):

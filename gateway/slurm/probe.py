@@ -33,7 +33,7 @@ from gateway.slurm.backlog import (
     parse_queue_line,
     queue_format,
 )
-from gateway.slurm.jobs import SlurmOutputError, count_array_tasks
+from gateway.slurm.jobs import SlurmOutputError, count_array_tasks, is_controller_unreachable
 from gateway.slurm.load import SINFO_FIELDS, PartitionLoad, gres_count, parse_sinfo
 
 _PROBE_PROGRAM = Path(__file__).with_name("probe.sh").read_text(encoding="utf-8")
@@ -75,12 +75,17 @@ class PartitionDemand(Record):
 
 
 class StartEstimate(Record):
-    """Slurm's answer to ``sbatch --test-only``: when and where, or why it cannot run."""
+    """Slurm's answer to ``sbatch --test-only``: when and where, or why it cannot run.
+
+    ``transient``: no answer about the job at all (the controller could not be
+    reached or did not answer in time), so not a refusal: there is no estimate.
+    """
 
     ok: bool
     seconds: float | None  # from the site's now to the estimated start (never negative)
     partition: str
     message: str  # Slurm's words
+    transient: bool = False
 
 
 class Reservation(Record):
@@ -208,7 +213,8 @@ def parse_test_only(lines: Sequence[str], rc: str, site_now: datetime) -> StartE
             return StartEstimate(False, None, "", f"unreadable estimate: {text}")
         seconds = max(0.0, (start - site_now).total_seconds())
         return StartEstimate(True, seconds, match.group(2), text)
-    return StartEstimate(False, None, "", text or f"sbatch --test-only exited {rc}")
+    transient = is_controller_unreachable(text) or "Socket timed out" in text
+    return StartEstimate(False, None, "", text or f"sbatch --test-only exited {rc}", transient)
 
 
 def parse_demand(lines: Sequence[str]) -> dict[str, PartitionDemand]:

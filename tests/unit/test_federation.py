@@ -185,3 +185,14 @@ def test_an_excluded_site_gets_every_reason_it_fails(profiles: dict[str, object]
     )
     assert any("16" in r and "GPU" in r for r in south.reasons[3:])  # no node has 16 GPUs
     assert not ranking.retryable
+
+
+def test_a_test_only_that_reached_no_controller_is_no_answer_not_a_refusal() -> None:
+    now = datetime.fromisoformat("2026-11-29T08:12:19")
+    failed = "sbatch: error: Batch job submission failed: "
+    down = failed + "Unable to contact slurm controller (connect failure)\n@rc 1\n"
+    slow = failed + "Socket timed out on send/recv operation\n@rc 1\n"
+    refused = recorded("test-only-refused.stdout").partition("\n")[2]
+    assert probe.parse_test_only_output(down, now).transient
+    assert probe.parse_test_only_output(slow, now).transient
+    assert not probe.parse_test_only_output(refused, now).transient
