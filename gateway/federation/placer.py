@@ -177,7 +177,7 @@ class Federation:
                 views.append(SiteView(profile, snapshot, estimate, self._mine(name, snapshot)))
             else:
                 views.append(SiteView(profile, None))
-        return rank(spec, views, self.config)
+        return rank(spec, views, self.config, time.time())
 
     def _mine(self, site: str, snapshot: Snapshot) -> tuple[Placed, ...]:
         """This process's placements at ``site`` that ``snapshot`` does not count already.

@@ -19,7 +19,8 @@ The score of an eligible site is one number of seconds, with its terms shown:
   round (the job's own walltime, or ``queue_round_s``), the way ARC's
   FastestQueue normalises waiting jobs by slots, turned into seconds. With no
   estimate from Slurm and no reading, the queue depth alone: (work waiting +
-  that excess) over the size, times a round;
+  that excess) over the size, times a round. An estimate or a reading names a
+  moment: from a snapshot probed a while ago, it is that much nearer now;
 - data: inputs held at the site cost nothing (sites without them are not
   eligible yet: moving catalogue datasets is a later issue);
 - sector bonus: a factory whose sectors include the job's earns
@@ -164,8 +165,13 @@ def rank(
     spec: JobSpec,
     views: Sequence[SiteView],
     config: UserConfig,
+    now: float | None = None,
 ) -> Ranking:
-    """Eligible sites in order (best first) with their terms, then the excluded with every reason."""
+    """Eligible sites in order (best first) with their terms, then the excluded with every reason.
+
+    ``now`` (this machine's clock, as snapshots are stamped): an estimate from a probe
+    made some seconds before is that much nearer; None takes each estimate as of now.
+    """
     weights = config.weights
     ranked: list[Scored] = []
     excluded: list[Excluded] = []
@@ -174,7 +180,7 @@ def rank(
         if reasons:
             excluded.append(Excluded(view.profile.name, tuple(reasons), transient=False, candidate=False))
             continue
-        scored = _score(spec, view, weights)
+        scored = _score(spec, view, weights, now)
         if isinstance(scored, Excluded):
             excluded.append(scored)
         else:
@@ -183,7 +189,7 @@ def rank(
     return Ranking(tuple(ranked), tuple(excluded))
 
 
-def _score(spec: JobSpec, view: SiteView, weights: PlacementWeights) -> Scored | Excluded:
+def _score(spec: JobSpec, view: SiteView, weights: PlacementWeights, now: float | None) -> Scored | Excluded:
     site = view.profile.name
     partition, need_gpus, need_cpus = job_need(spec, view.profile)
     sector = spec.job.sector is not None and spec.job.sector in view.profile.sectors
@@ -229,8 +235,10 @@ def _score(spec: JobSpec, view: SiteView, weights: PlacementWeights) -> Scored |
     round_s = float(weights.queue_round_s or spec.resources.walltime_seconds)
     beyond = placed_here + need - max(free, 0)  # work placed since that the free capacity cannot take
     reading = _backlog_reading(spec, snapshot, partition, (need_gpus, need_cpus), placed)
+    # Slurm's start time and the queue's limits are moments: the seconds since the probe are past.
+    elapsed = 0.0 if now is None else max(0.0, now - snapshot.probed_at)
     if estimate is not None and estimate.seconds is not None:
-        start, basis = _from_estimate(estimate, snapshot, partition, reading)
+        start, basis = _less_elapsed(*_from_estimate(estimate, snapshot, partition, reading), elapsed)
         if reading is None and placed_here and beyond > 0:
             extra = beyond / max(total, 1) * round_s
             start += extra
@@ -241,10 +249,9 @@ def _score(spec: JobSpec, view: SiteView, weights: PlacementWeights) -> Scored |
         elif reading is None and placed_here:
             basis += f"; {placed_here} {unit} placed since still leave {free_after} free"
     elif reading is not None:
-        start = reading[1]
-        basis = (
-            f"Slurm's queue read {_BY_UNIT}: starts in {start:.0f} s in {partition} (no estimate from Slurm)"
-        )
+        basis = f"Slurm's queue read {_BY_UNIT}: starts in {reading[1]:.0f} s in {partition}"
+        basis += " (no estimate from Slurm)"
+        start, basis = _less_elapsed(reading[1], basis, elapsed)
         if placed_here:
             basis += f", counting the {placed_here} {unit} placed since the probe"
     else:
@@ -270,6 +277,14 @@ def _score(spec: JobSpec, view: SiteView, weights: PlacementWeights) -> Scored |
 
 
 _BY_UNIT = "GPU by GPU (each job's time limit, Slurm's priority order)"
+
+
+def _less_elapsed(start: float, basis: str, elapsed: float) -> tuple[float, str]:
+    """A start counted from the probe, counted from now instead."""
+    if start <= 0 or elapsed < 1:
+        return start, basis
+    now_start = max(0.0, start - elapsed)
+    return now_start, f"{basis} (probed {elapsed:.0f} s ago: {now_start:.0f} s from now)"
 
 
 def _from_estimate(

@@ -196,3 +196,14 @@ def test_a_test_only_that_reached_no_controller_is_no_answer_not_a_refusal() -> 
     assert probe.parse_test_only_output(down, now).transient
     assert probe.parse_test_only_output(slow, now).transient
     assert not probe.parse_test_only_output(refused, now).transient
+
+
+def test_an_estimate_probed_a_while_ago_is_counted_from_now(profiles: dict[str, object]) -> None:
+    busy = view(profiles, "sandbox-north", "probe-busy.stdout")
+    assert busy.snapshot is not None
+    later = busy.snapshot.probed_at + 100
+    ranking = rank(spec(), [busy], CONFIG, now=later)  # type: ignore[arg-type]
+    (north,) = ranking.ranked
+    assert north.terms["time_to_start"] == 5696 - 100
+    assert north.basis.endswith("(probed 100 s ago: 5596 s from now)")
+    assert rank(spec(), [busy], CONFIG).ranked[0].terms["time_to_start"] == 5696  # type: ignore[arg-type]
