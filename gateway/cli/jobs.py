@@ -88,10 +88,7 @@ def submit(
                     f"{r.job.id}: submitted to {r.job.site} as Slurm job {r.job.slurm_job_id} ({r.why}{how})"
                 )
             elif r.job.unresolved:
-                click.echo(
-                    f"{r.job.id}: answer from {r.job.site} lost, maybe sent; "
-                    f"`aif status {r.job.id}` settles it from the site's record"
-                )
+                click.echo(f"{r.job.id}: {_lost_answer(r.job)}")
             else:
                 click.echo(f"{r.job.id}: {r.job.state} at {r.job.site}: {r.job.message}", err=True)
         if not all(r.job.slurm_job_id for r in results):
@@ -107,11 +104,18 @@ def submit(
             continue
         first = jobs[0]
         if as_json:  # nothing else was said on stderr: the error line carries the first reason
-            detail = first.message or f"the answer from {first.site} was lost ({first.reason})"
+            detail = first.message or _lost_answer(first)
             raise error(f"{first.id} at {first.site}: {detail}")
         # Each job's line above already said why: the error line only counts them.
         what = "rejected" if error is SchedulerRejected else "not submitted or not confirmed"
         raise error(f"{len(jobs)} of {len(results)} jobs {what} (see above)")
+
+
+def _lost_answer(job: Any) -> str:
+    """A job whose answer was lost: why it is in doubt (when aif knows more than that) and what settles it."""
+    doubt = f" ({job.reason})" if job.reason else ": it may have been sent"
+    settles = f"`aif status {job.id}` settles it from the site's record"
+    return f"the answer from {job.site} was lost{doubt}; {settles}"
 
 
 def _placement(job: Any) -> Any:

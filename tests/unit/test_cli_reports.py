@@ -1,0 +1,94 @@
+"""What `aif submit` and `aif explain` say about a job that was not sent, or may have been."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from gateway.cli import main
+from gateway.ledger import Ledger, LedgerJob
+
+REPO = Path(__file__).resolve().parents[2]
+GPU_SPEC = REPO / "tests" / "data" / "specs" / "gpu-example.toml"
+
+
+def aif(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args))
+
+
+def one_line_error(result: Result) -> str:
+    assert "Traceback" not in result.output
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("aif: error: ")
+    return result.stderr.rstrip("\n")
+
+
+def recorded(site: str = "lumi", placement: dict[str, Any] | None = None) -> LedgerJob:
+    """A job recorded as about to be sent (SUBMITTING), with the ranking it was placed by."""
+    with Ledger() as ledger:
+        [job] = ledger.record_intents(
+            [
+                {
+                    "site": site,
+                    "name": "train",
+                    "spec_path": "train.toml",
+                    "spec_hash": "0" * 64,
+                    "workdir": "/w/train",
+                    "outputs": (),
+                    "stdout_path": "/w/train/slurm-%j.out",
+                    "array_size": None,
+                    "depends_on": None,
+                    "placement": json.dumps(placement or {}),
+                }
+            ]
+        )
+        return job
+
+
+def submitted_as(monkeypatch: pytest.MonkeyPatch, job: LedgerJob) -> None:
+    """`aif submit` reports ``job`` as it stands, whatever it was asked to send."""
+    from gateway import lifecycle
+    from gateway.submission import SubmitReport, SubmittedJob
+
+    def submit(*_: Any, **__: Any) -> SubmitReport:
+        return SubmitReport(key="k1", jobs=[SubmittedJob(job, "holds the data", "in doubt")])
+
+    monkeypatch.setattr(lifecycle, "submit", submit)
+
+
+@pytest.mark.parametrize("as_json", [True, False])
+def test_a_lost_answer_with_no_reason_says_it_may_have_been_sent_and_what_settles_it(
+    monkeypatch: pytest.MonkeyPatch, as_json: bool
+) -> None:
+    job = recorded()  # SUBMITTING, no reason yet: the answer was lost and the site not asked since
+    submitted_as(monkeypatch, job)
+    result = aif("submit", *(["--json"] if as_json else []), str(GPU_SPEC))
+    assert result.exit_code == 5
+    said = (
+        f"the answer from lumi was lost: it may have been sent; "
+        f"`aif status {job.id}` settles it from the site's record"
+    )
+    if as_json:
+        assert one_line_error(result) == f"aif: error: {job.id} at lumi: {said}"
+    else:
+        assert f"{job.id}: {said}\n" in result.stdout
+        counted = "aif: error: 1 of 1 jobs not submitted or not confirmed (see above)"
+        assert result.stderr.splitlines()[-1] == counted
+    assert "()" not in result.output
+
+
+def test_a_lost_answer_with_a_reason_gives_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    job = recorded()
+    with Ledger() as ledger:
+        job = ledger.mark_unresolved(job.id, "maybe sent: not found by its token or its name")
+    submitted_as(monkeypatch, job)
+    result = aif("submit", "--json", str(GPU_SPEC))
+    assert result.exit_code == 5
+    assert one_line_error(result) == (
+        f"aif: error: {job.id} at lumi: the answer from lumi was lost (maybe sent: not found by its "
+        f"token or its name); `aif status {job.id}` settles it from the site's record"
+    )
