@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from gateway.cli.app import command, console, json_option, new_table, open_context, print_json
+
+if TYPE_CHECKING:
+    from gateway.ledger import LedgerJob
 
 
 @command("rank")
@@ -88,9 +93,13 @@ def explain(job_id: str, as_json: bool) -> None:
         print_json(why.to_json())
         return
     placed = why.placement
-    console().print(f"{why.job.id} ({why.job.name}) went to {why.job.site}")
+    console().print(_where_it_went(why.job))
     if placed.get("headline"):
-        console().print(placed["headline"] + (" (pinned: no ranking)" if placed.get("pinned") else ""))
+        headline = placed["headline"]
+        if placed.get("pinned") and "pinned" not in headline:
+            # Placed before the ranking said so itself: no reasons after its colon, none were weighed.
+            headline = headline.rstrip(": ") + " (pinned: no ranking)"
+        console().print(headline)
     table = new_table("ranking when it was placed", ("site", "score (s)", "terms", "why"))
     for s in placed.get("ranking", []):
         terms = ", ".join(f"{k} {v:g}" for k, v in s.get("terms", {}).items())
@@ -104,3 +113,14 @@ def explain(job_id: str, as_json: bool) -> None:
     for attempt in why.attempts:
         attempts.add_row(*attempt)
     console().print(attempts)
+
+
+def _where_it_went(job: LedgerJob) -> str:
+    """The job's first line: where it went and its state now, or that it was never sent (or may have been)."""
+    who = f"{job.id} ({job.name})"
+    at = f" at {job.site}" if job.site else ""
+    if job.slurm_job_id:
+        return f"{who} went to {job.site} as Slurm job {job.slurm_job_id}, now {job.state}"
+    if job.unresolved:
+        return f"{who} may have been sent{at} ({job.state}): `aif status {job.id}` settles it"
+    return f"{who} was not sent ({job.state}){at}" + (f": {job.message}" if job.message else "")

@@ -11,9 +11,11 @@ from click.testing import CliRunner, Result
 
 from gateway.cli import main
 from gateway.ledger import Ledger, LedgerJob
+from gateway.states import JobState
 
 REPO = Path(__file__).resolve().parents[2]
 GPU_SPEC = REPO / "tests" / "data" / "specs" / "gpu-example.toml"
+TIE_RULE = "ties go to the site with the larger share of the partition free, then by name"
 
 
 def aif(*args: str) -> Result:
@@ -92,3 +94,70 @@ def test_a_lost_answer_with_a_reason_gives_it(monkeypatch: pytest.MonkeyPatch) -
         f"aif: error: {job.id} at lumi: the answer from lumi was lost (maybe sent: not found by its "
         f"token or its name); `aif status {job.id}` settles it from the site's record"
     )
+
+
+PLACEMENT = {
+    "headline": "train goes to lumi: holds the data; next best bsc (score 60 s)",
+    "pinned": False,
+    "ranking": [
+        {"site": "lumi", "score": 0.0, "terms": {"time_to_start": 0.0}, "reasons": ["holds the data"]},
+        {"site": "bsc", "score": 60.0, "terms": {"time_to_start": 60.0}, "reasons": []},
+    ],
+    "excluded": [{"site": "mimer", "reasons": ["does not hold dataset x"]}],
+    "tie_rule": TIE_RULE,
+}
+
+
+def first_line(result: Result) -> str:
+    assert result.exit_code == 0, result.output
+    return result.stdout.splitlines()[0]
+
+
+def test_explain_says_a_job_never_sent_was_not_sent_and_its_state() -> None:
+    job = recorded(placement=PLACEMENT)
+    with Ledger() as ledger:
+        ledger.mark_not_submitted(
+            job.id, JobState.UNREACHABLE, "site lumi: Unable to contact slurm controller"
+        )
+    assert first_line(aif("explain", job.id)) == (
+        f"{job.id} (train) was not sent (UNREACHABLE) at lumi: site lumi: Unable to contact slurm controller"
+    )
+
+
+def test_explain_says_where_a_sent_job_went_and_its_state() -> None:
+    job = recorded(placement=PLACEMENT)
+    with Ledger() as ledger:
+        ledger.mark_submitted(job.id, "42")
+    assert first_line(aif("explain", job.id)) == f"{job.id} (train) went to lumi as Slurm job 42, now PENDING"
+
+
+def test_explain_says_a_job_whose_answer_was_lost_may_have_been_sent() -> None:
+    job = recorded(placement=PLACEMENT)
+    assert first_line(aif("explain", job.id)) == (
+        f"{job.id} (train) may have been sent at lumi (SUBMITTING): `aif status {job.id}` settles it"
+    )
+
+
+@pytest.mark.parametrize(
+    ("headline", "shown"),
+    [
+        ("train goes to lumi: ", "train goes to lumi (pinned: no ranking)"),  # as aif kept it before
+        (
+            "train goes to lumi: pinned: no ranking, the site's load not probed",
+            "train goes to lumi: pinned: no ranking, the site's load not probed",
+        ),
+    ],
+)
+def test_explain_of_a_pinned_job_says_so_once_and_no_tie_rule(headline: str, shown: str) -> None:
+    pinned = {
+        "headline": headline,
+        "pinned": True,
+        "ranking": [{"site": "lumi", "score": 0.0, "terms": {}, "reasons": []}],
+        "excluded": [],
+        "tie_rule": TIE_RULE,
+    }
+    job = recorded(placement=pinned)
+    said = aif("explain", job.id)
+    assert said.exit_code == 0, said.output
+    assert said.stdout.splitlines()[1] == shown
+    assert TIE_RULE not in " ".join(said.stdout.split())
