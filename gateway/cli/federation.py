@@ -45,7 +45,7 @@ def rank(ctx: click.Context, spec: str, refresh: bool, as_json: bool) -> None:
     for e in ranking.excluded:
         excluded.add_row(e.site, "; ".join(e.reasons))
     console().print(excluded)
-    console().print(f"score = time to start + data - sector bonus, in seconds; {ranking.tie_rule}")
+    console().print(_score_rule(ranking.tie_rule))
     if ranking.winner is None:
         raise no_site_error(job_spec, ranking)
 
@@ -109,10 +109,17 @@ def explain(job_id: str, as_json: bool) -> None:
     for e in placed.get("excluded", []):
         excluded.add_row(e["site"], "; ".join(e["reasons"]))
     console().print(excluded)
+    if placed.get("tie_rule") and not placed.get("pinned"):
+        console().print(_score_rule(placed["tie_rule"]))
     attempts = new_table("submission attempts", ("site", "at", "outcome", "detail"))
     for attempt in why.attempts:
         attempts.add_row(*attempt)
     console().print(attempts)
+
+
+def _score_rule(tie_rule: str) -> str:
+    """The footer of a ranking: how the score is made and how ties are broken."""
+    return f"score = time to start + data - sector bonus, in seconds; {tie_rule}"
 
 
 def _where_it_went(job: LedgerJob) -> str:

@@ -161,3 +161,10 @@ def test_explain_of_a_pinned_job_says_so_once_and_no_tie_rule(headline: str, sho
     assert said.exit_code == 0, said.output
     assert said.stdout.splitlines()[1] == shown
     assert TIE_RULE not in " ".join(said.stdout.split())
+
+
+def test_explain_prints_the_tie_rule_the_job_was_ranked_by() -> None:
+    job = recorded(placement=PLACEMENT)
+    shown = aif("explain", job.id)
+    assert shown.exit_code == 0, shown.output
+    assert " ".join(shown.stdout.split()).count(TIE_RULE) == 1  # the console may wrap it
