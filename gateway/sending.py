@@ -25,7 +25,7 @@ from gateway.profile_rules import resolve_account
 from gateway.profiles import SiteProfile
 from gateway.record import Record
 from gateway.rendering import RenderedJob, fill_site_path, render_batch_script
-from gateway.settlement import claimed_by, settle_unresolved
+from gateway.settlement import attempt_outcome, claimed_by, settle_unresolved
 from gateway.spec import JobSpec
 from gateway.states import JobState
 
@@ -239,18 +239,6 @@ class Sending:
             seen = snapshot.result.max_array_size if snapshot and snapshot.result else None
             self.max_array[site] = seen or DEFAULT_MAX_ARRAY_SIZE
         return self.max_array[site]
-
-
-def attempt_outcome(job: LedgerJob) -> str:
-    if job.slurm_job_id:
-        return f"accepted as Slurm job {job.slurm_job_id}"
-    if job.unresolved:
-        return "in doubt: the answer was lost (the site's record settles it)"
-    return {
-        JobState.REJECTED: "refused by the scheduler",
-        JobState.UNREACHABLE: "site down: nothing was sent",
-        JobState.NOT_SENT: "not sent",
-    }.get(job.state, str(job.state))
 
 
 def record_answers(

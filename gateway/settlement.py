@@ -4,7 +4,8 @@ finished-job records. Part of the api layer.
 The site is asked on whatever thread the caller likes (:func:`gather_evidence`
 touches no ledger); the ledger is written on the caller's own (:func:`apply_evidence`).
 Only a proof makes a job "not submitted": a fence in the site's record, or a
-refusal in sbatch's recorded answer.
+refusal in sbatch's recorded answer. A job whose attempt the ledger holds as in
+doubt gets one more attempt row once settled: how it was found, and what it came to.
 
 A spec sent as one task of an array of specs is settled by its array: the
 array's token in squeue, or its name in finished-job records, gives the
@@ -130,25 +131,16 @@ def apply_evidence(ctx: Context, plan: SettlePlan, evidence: Evidence) -> None:
         if claim is None:
             continue  # not claimed yet, too young to fence: it may still be on its way
         if isinstance(claim, journal.Claim):
-            if claim.token != job.token:
-                held = f"intent {claim.token} {claim.aif_id}"
-                ledger.mark_not_submitted(job.id, JobState.NOT_SENT, claimed_by(held, job))
-            elif claim.fenced:
-                ledger.mark_not_submitted(
-                    job.id,
-                    JobState.NOT_SENT,
-                    "never sent: the site's record proves it (the submission stopped first)",
-                )
-            elif claim.status is journal.ClaimStatus.SENT and claim.slurm_job_id:
-                ledger.mark_submitted(job.id, claim.slurm_job_id)
-            elif claim.answer is not None:
-                down = claim.answer.kind is slurm.Outcome.SITE_DOWN
-                state = JobState.UNREACHABLE if down else JobState.REJECTED
-                ledger.mark_not_submitted(job.id, state, claim.answer.error)
+            with ledger.batch():  # the job settled and the attempt that says so: one commit
+                settled = _settle_by_claim(ctx, job, claim)
+                if settled is not None:
+                    _record_settlement(ctx, settled, "the site's record")
             continue
         found = _found_as(job, evidence)
         if found is not None:
-            ledger.mark_submitted(job.id, found)
+            slurm_job_id, how = found
+            with ledger.batch():
+                _record_settlement(ctx, ledger.mark_submitted(job.id, slurm_job_id), how)
         elif job.id in plan.old_enough:
             why = (
                 "maybe sent: the site's record holds its intent but no answer, and neither "
@@ -161,12 +153,67 @@ def apply_evidence(ctx: Context, plan: SettlePlan, evidence: Evidence) -> None:
                 ledger.mark_unresolved(job.id, why)
 
 
-def _found_as(job: LedgerJob, evidence: Evidence) -> str | None:
-    """The Slurm id the job was found as, by token or by name; a task of an array: the
-    array's id and its own task, ``ARRAYID_TASK``."""
+def _settle_by_claim(ctx: Context, job: LedgerJob, claim: journal.Claim) -> LedgerJob | None:
+    """The job as its claim in the site's record settles it; None when the claim does not (yet)."""
+    ledger = ctx.ledger
+    if claim.token != job.token:
+        held = f"intent {claim.token} {claim.aif_id}"
+        return ledger.mark_not_submitted(job.id, JobState.NOT_SENT, claimed_by(held, job))
+    if claim.fenced:
+        return ledger.mark_not_submitted(
+            job.id,
+            JobState.NOT_SENT,
+            "never sent: the site's record proves it (the submission stopped first)",
+        )
+    if claim.status is journal.ClaimStatus.SENT and claim.slurm_job_id:
+        return ledger.mark_submitted(job.id, claim.slurm_job_id)
+    if claim.answer is not None:
+        down = claim.answer.kind is slurm.Outcome.SITE_DOWN
+        state = JobState.UNREACHABLE if down else JobState.REJECTED
+        return ledger.mark_not_submitted(job.id, state, claim.answer.error)
+    return None
+
+
+ATTEMPT_IN_DOUBT = "in doubt: the answer was lost (the site's record settles it)"
+
+
+def attempt_outcome(job: LedgerJob) -> str:
+    """What an attempt to send ``job`` came to, in the words ``aif explain`` shows."""
+    if job.slurm_job_id:
+        return f"accepted as Slurm job {job.slurm_job_id}"
+    if job.unresolved:
+        return ATTEMPT_IN_DOUBT
+    return {
+        JobState.REJECTED: "refused by the scheduler",
+        JobState.UNREACHABLE: "site down: nothing was sent",
+        JobState.NOT_SENT: "not sent",
+    }.get(job.state, str(job.state))
+
+
+def _record_settlement(ctx: Context, settled: LedgerJob, how: str) -> None:
+    """The attempt left in doubt at ``settled``'s site, now settled (found by ``how``): one more
+    attempt row says what it came to, so the ledger keeps every attempt with its outcome.
+
+    Only an attempt recorded in doubt gets one: a submission that settles its lost answers
+    before it records its attempts (at once, from the site's record) records the outcome itself.
+    """
+    attempts = ctx.ledger.attempts(settled.id)
+    if not attempts or attempts[-1][0] != settled.site or attempts[-1][2] != ATTEMPT_IN_DOUBT:
+        return
+    outcome = f"settled from {how}: {attempt_outcome(settled)}"
+    ctx.ledger.record_attempts([(settled.id, settled.site, outcome, settled.message or settled.reason)])
+
+
+def _found_as(job: LedgerJob, evidence: Evidence) -> tuple[str, str] | None:
+    """The Slurm id the job was found as, by token or by name (a task of an array: the
+    array's id and its own task, ``ARRAYID_TASK``), and where it was found."""
+    by_token, by_name = "its token in the site's queue", "its name in the site's finished jobs"
     if job.array_token:
-        array_id = evidence.tokens_found.get(job.array_token) or evidence.arrays_found.get(job.slurm_name)
-        if array_id is None or job.array_task is None:
+        if job.array_task is None:
             return None
-        return f"{array_id}_{job.array_task}"
-    return evidence.tokens_found.get(job.token) or evidence.names_found.get(job.slurm_name)
+        in_queue = evidence.tokens_found.get(job.array_token)
+        array_id = in_queue or evidence.arrays_found.get(job.slurm_name)
+        return (f"{array_id}_{job.array_task}", by_token if in_queue else by_name) if array_id else None
+    in_queue = evidence.tokens_found.get(job.token)
+    slurm_job_id = in_queue or evidence.names_found.get(job.slurm_name)
+    return (slurm_job_id, by_token if in_queue else by_name) if slurm_job_id else None
