@@ -50,6 +50,23 @@ def fill(site: str, tmp_path: Path, long_jobs: list[str], *, jobs: int, gpus: in
         long_jobs.append(job["id"])
 
 
+def queue_names(sandbox: SandboxFacts, site: str) -> list[str]:
+    """The Slurm names of every job the site's controller knows (finished ones it still holds too):
+    a witness that does not go through aif."""
+    return subprocess.run(
+        ["squeue", "-h", "-t", "all", "-o", "%j"],
+        env={"SLURM_CONF": str(sandbox.site(site).slurm_conf), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+
+
+def ledger_rows(name: str) -> list[dict[str, Any]]:
+    """Every ledger row of the specs called ``name``."""
+    return [row for row in aif_json("list", "--all") if row["name"] == name]
+
+
 def ranking(*args: str) -> dict[str, Any]:
     result = aif("rank", "--refresh", "--json", *args)
     assert result.exit_code == 0, result.output + result.stderr
@@ -140,14 +157,10 @@ def test_failover_from_a_site_that_fails_at_submit_time(
     assert attempts[0][0] == NORTH and attempts[0][1].startswith("site down")
     assert attempts[1][0] == SOUTH and attempts[1][1].startswith("accepted")
     assert len(attempts) == 2
-    north_queue = subprocess.run(
-        ["squeue", "-h", "-t", "all", "-o", "%j"],
-        env={"SLURM_CONF": str(sandbox.site(NORTH).slurm_conf), "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    assert job["id"] not in north_queue  # never sent to north
+    # Exactly one job: one in south's queue, none in north's, one ledger row for the spec.
+    assert [n for n in queue_names(sandbox, SOUTH) if n.startswith("fo.")] == [f"fo.{job['id']}"]
+    assert not [n for n in queue_names(sandbox, NORTH) if n.startswith("fo.")]  # never sent to north
+    assert [row["id"] for row in ledger_rows("fo")] == [job["id"]]
     with_name = aif_json("status", job["id"])
     assert with_name[0]["site"] == SOUTH
 
