@@ -183,6 +183,39 @@ def test_a_pinned_job_never_fails_over(sandbox: SandboxFacts, sandbox_home: Path
     assert job["site"] == NORTH and job["state"] == "UNREACHABLE"
 
 
+def test_a_job_that_may_not_fail_over_is_sent_nowhere_while_its_site_is_down(
+    sandbox: SandboxFacts, sandbox_home: Path, tmp_path: Path, long_jobs: list[str]
+) -> None:
+    """north is placed first (fresh snapshot), then its controller is down at submit: with
+    --no-failover, and for a job sent --after a job of north's (Slurm's afterok names a job of
+    one site), the job stays unsent at north (exit 5), with one attempt, and no site has it."""
+    from gateway.sandbox import manager
+
+    [parent] = aif_json("submit", "--site", NORTH, str(gpu_spec(tmp_path, "parent", seconds=3000)))
+    long_jobs.append(parent["id"])
+    stay = gpu_spec(tmp_path, "stay", extra='sector = "health"')
+    child = gpu_spec(tmp_path, "child", extra='sector = "health"')
+    assert ranking(str(stay))["ranking"][0]["site"] == NORTH  # probed now: the snapshot is fresh
+    manager.stop_controller(NORTH, sandbox.aif_home)
+    try:
+        results = {
+            "stay": aif("submit", "--no-failover", "--json", str(stay)),
+            "child": aif("submit", "--after", parent["id"], "--json", str(child)),
+        }
+    finally:
+        manager.start_controller(NORTH, sandbox.aif_home)
+    for name, result in results.items():
+        assert result.exit_code == 5, result.output + result.stderr
+        [job] = json.loads(result.stdout)
+        assert (job["site"], job["state"], job["slurm_job_id"]) == (NORTH, "UNREACHABLE", None), job
+        assert "Unable to contact slurm controller" in result.stderr
+        [attempt] = aif_json("explain", job["id"])["attempts"]
+        assert attempt["site"] == NORTH and attempt["outcome"].startswith("site down")
+        for site in (NORTH, SOUTH, EAST):
+            assert not [n for n in queue_names(sandbox, site) if n.startswith(f"{name}.")], site
+        assert [row["id"] for row in ledger_rows(name)] == [job["id"]]
+
+
 def test_a_burst_spreads_over_the_free_gpus(sandbox_home: Path, tmp_path: Path) -> None:
     specs = [str(gpu_spec(tmp_path, f"burst{i}", seconds=1)) for i in range(24)]
     jobs = aif_json("submit", "--refresh", *specs)
