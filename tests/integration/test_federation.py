@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,17 @@ def fill(site: str, tmp_path: Path, long_jobs: list[str], *, jobs: int, gpus: in
         spec = gpu_spec(tmp_path, f"hold-{site}-{i}", gpus=gpus, seconds=3000)
         [job] = aif_json("submit", "--site", site, str(spec))
         long_jobs.append(job["id"])
+
+
+def wait_running(job_ids: list[str], count: int, timeout: float = 30) -> None:
+    """Until ``count`` of the jobs run (Slurm starts a job a moment after it was submitted)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        states = [j["state"] for j in aif_json("status", *job_ids)]
+        if states.count("RUNNING") >= count:
+            return
+        assert time.monotonic() < deadline, states
+        time.sleep(0.5)
 
 
 def queue_names(sandbox: SandboxFacts, site: str) -> list[str]:
@@ -214,6 +226,49 @@ def test_a_job_that_may_not_fail_over_is_sent_nowhere_while_its_site_is_down(
         for site in (NORTH, SOUTH, EAST):
             assert not [n for n in queue_names(sandbox, site) if n.startswith(f"{name}.")], site
         assert [row["id"] for row in ledger_rows(name)] == [job["id"]]
+
+
+def test_load_shows_each_sites_room_and_why_one_cannot_be_asked(
+    sandbox: SandboxFacts, sandbox_home: Path, tmp_path: Path, long_jobs: list[str]
+) -> None:
+    """north: its 8 GPUs held, one 4-GPU job waiting; south: drained, so none of its 8 GPUs is free
+    though nothing runs there; east: its controller down. Everything is restored at the end."""
+    from gateway.sandbox import manager
+
+    fill(NORTH, tmp_path, long_jobs, jobs=3)
+    wait_running(long_jobs, 2)  # two hold north's 8 GPUs, the third waits
+    manager.drain_nodes(SOUTH, sandbox.aif_home)
+    manager.stop_controller(EAST, sandbox.aif_home)
+    try:
+        loads = {x["site"]: x for x in aif_json("load", "--refresh")}
+        shown = aif("load")  # the same snapshots, for people
+    finally:
+        manager.start_controller(EAST, sandbox.aif_home)
+        manager.resume_nodes(SOUTH, sandbox.aif_home)
+    north, south, east = loads[NORTH], loads[SOUTH], loads[EAST]
+    assert north["reachable"] and north["problem"] == ""
+    assert north["gpus"] == {"free": 0, "total": 8}
+    assert north["pending"] == {"jobs": 1, "gpus": 4, "visible": True}
+    assert 0 <= north["cpus"]["free"] < north["cpus"]["total"]
+    assert south["reachable"] and south["gpus"] == {"free": 0, "total": 8}  # drained: not free
+    assert south["cpus"]["free"] == 0 and south["cpus"]["total"] > 0
+    assert not east["reachable"] and "Unable to contact slurm controller" in east["problem"]
+    for site in (north, south, east):
+        assert site["latency_s"] > 0 and 0 <= site["snapshot_age_s"] < 30
+    assert shown.exit_code == 0, shown.output + shown.stderr
+    rows = {line.split()[1]: line for line in shown.stdout.splitlines() if line.startswith("│ sandbox-")}
+    assert "│ yes " in rows[NORTH] and "│ 0/8 " in rows[NORTH] and "│ 1 (4) " in rows[NORTH]
+    assert "│ yes " in rows[SOUTH] and "│ 0/8 " in rows[SOUTH]
+    assert "│ no: " in rows[EAST]
+    # Restored, and fresh snapshots left for the next test. A resumed node shows "idle*" (not
+    # responding, so not usable) until slurmctld hears from its slurmd again, within seconds.
+    deadline = time.monotonic() + 30
+    while True:
+        again = {x["site"]: x for x in aif_json("load", "--refresh")}
+        if again[EAST]["reachable"] and again[SOUTH]["gpus"]["free"] == 8:
+            break
+        assert time.monotonic() < deadline, again
+        time.sleep(0.5)
 
 
 def test_a_burst_spreads_over_the_free_gpus(sandbox_home: Path, tmp_path: Path) -> None:
