@@ -222,6 +222,8 @@ def test_a_job_that_may_not_fail_over_is_sent_nowhere_while_its_site_is_down(
         assert (job["site"], job["state"], job["slurm_job_id"]) == (NORTH, "UNREACHABLE", None), job
         assert "Unable to contact slurm controller" in result.stderr
         [attempt] = aif_json("explain", job["id"])["attempts"]
+        said = aif("explain", job["id"]).stdout.splitlines()[0]
+        assert said.startswith(f"{job['id']} ({name}) was not sent (UNREACHABLE) at {NORTH}: "), said
         assert attempt["site"] == NORTH and attempt["outcome"].startswith("site down")
         for site in (NORTH, SOUTH, EAST):
             assert not [n for n in queue_names(sandbox, site) if n.startswith(f"{name}.")], site
