@@ -43,7 +43,7 @@ process per site: separate jobs, not one array, so that seven jobs wait).
 Policies. Each job is submitted by its own `aif submit --json SPEC` process,
 started at the job's arrival time; the baselines choose a site first and add
 `--site SITE`, so every policy pays the same submission path. A baseline picks
-among the sites aif itself finds eligible (``gateway.federation.ranking.site_misfit``: the
+among the sites aif itself finds eligible (``gateway.federation.ranking.static_reasons``: the
 same rules as a pinned submission).
 
 aif           `aif submit SPEC`: aif places the job.
@@ -750,7 +750,7 @@ def main() -> int:
     def say(line: str) -> None:
         print(f"[placement] {line}", file=sys.stderr, flush=True)
 
-    from gateway.federation.ranking import site_misfit
+    from gateway.federation.ranking import static_reasons
     from gateway.profile_rules import load_sites
     from gateway.sandbox import manager
     from gateway.spec import load_spec
@@ -778,7 +778,7 @@ def main() -> int:
 
     def eligible(spec_path: Path) -> list[str]:
         spec = load_spec(spec_path)
-        return sorted(name for name, p in profiles.items() if site_misfit(spec, p, config) is None)
+        return sorted(name for name, p in profiles.items() if not static_reasons(spec, p, config))
 
     tag = uuid.uuid4().hex[:8]
     bench = Bench(
