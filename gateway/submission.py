@@ -218,6 +218,8 @@ def submit(
         while pending:
             sending.round(pending, prepared)
             prepared = None
+            # In Slurm's queue now (or maybe): counted again if a probe since publish missed them.
+            federation.sent({planned[i].placement for i in pending})
             for i in pending:
                 tried[i].append(where[i])
             pending = (
@@ -268,7 +270,8 @@ def _fail_over(
             workdir=rendered.workdir,
             stdout_path=rendered.stdout_path,
         )
-        federation.count_placed(planned[i].spec, nxt)
+        counted = federation.count_placed(planned[i].spec, nxt, instead_of=planned[i].placement)
+        planned[i] = replace(planned[i], placement=counted)
         where[i] = nxt
         moved.append(i)
     return moved

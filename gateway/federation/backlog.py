@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 from gateway.record import Record
 from gateway.slurm.backlog import NodeSlots, QueuedJob
-from gateway.slurm.load import UNUSABLE_NODE_STATES
+from gateway.slurm.load import UNUSABLE_NODE_STATES, node_state_usable
 
 # Read GPU by GPU up to this many jobs (running, queued, placed) on this many nodes;
 # beyond, Slurm's estimate and the queue-depth term stand alone.
@@ -103,7 +103,11 @@ def earliest_start(
     None when it cannot be read: no node detail, more than MAX_JOBS or MAX_NODES,
     or the job never fits the nodes seen.
     """
-    usable = [n for n in nodes if not n.state.lower().rstrip("*~#!%$@^-+").startswith(_BAD_STATES)]
+    usable = [
+        n
+        for n in nodes
+        if node_state_usable(n.state) and not n.state.lower().rstrip("~#!%$@^-+").startswith(_BAD_STATES)
+    ]
     if not usable or len(usable) > MAX_NODES:
         return None
     competing = [j for j in backlog if j.competing]

@@ -44,6 +44,7 @@ class Federation:
     probes: list[str] = field(default_factory=list)  # sites probed by this process, in order
     _placed: dict[str, list[Placed]] = field(default_factory=dict)  # by this process
     _unshared: list[tuple[str, Placed]] = field(default_factory=list)  # placed, not yet published
+    _shared: dict[str, tuple[str, Placed]] = field(default_factory=dict)  # ident -> (site, as published)
     _refreshed: set[str] = field(default_factory=set)
 
     @property
@@ -149,8 +150,9 @@ class Federation:
         return snapshot
 
     def _test_only(self, site: str, script: str) -> StartEstimate:
+        asked = time.time()  # its seconds count from the site's now then, not from the probe
         try:
-            return self.backend_for(site).test_only(script)
+            return replace(self.backend_for(site).test_only(script), asked_at=asked)
         except AifError as exc:
             why = exc.message
         except Exception as exc:  # one site's surprise is that site's problem
@@ -212,14 +214,47 @@ class Federation:
             if placements is None or placed.ident in placements:
                 by_site.setdefault(site, []).append(replace(placed, at=now))
                 self._unshared.remove((site, placed))
+                self._shared[placed.ident] = (site, replace(placed, at=now))
         for site, shared in by_site.items():
             # If the store cannot be written other processes will not see them; this one still counts them.
             with contextlib.suppress(OSError):
                 self.store.record_placed(site, *shared)
 
-    def count_placed(self, spec: JobSpec, site: str) -> None:
-        """Count a job about to be sent to ``site`` (a failover), here and for other processes."""
-        self.publish([self._count(spec, site)])
+    def sent(self, placements: Collection[str]) -> None:
+        """The jobs of these (published) placements are in Slurm's queue now, or may be: a probe
+        that started since they were published did not see them, so they count again until the
+        next probe (a probe that starts after now reads them in the queue)."""
+        now = time.time()
+        by_site: dict[str, list[Placed]] = {}
+        for ident in placements:
+            if ident in self._shared:
+                site, placed = self._shared[ident]
+                self._shared[ident] = (site, replace(placed, at=now))  # still withdrawable
+                by_site.setdefault(site, []).append(replace(placed, at=now))
+                mine = self._placed[site]
+                self._placed[site] = [replace(p, at=now) if p.ident == ident else p for p in mine]
+        for site, again in by_site.items():
+            with contextlib.suppress(OSError):
+                self.store.record_placed(site, *again)
+
+    def withdraw(self, placement: str) -> None:
+        """A placement whose job was not sent after all (its site was down, or refused it)."""
+        for site, placed in self._placed.items():
+            self._placed[site] = [p for p in placed if p.ident != placement]
+        self._unshared = [(s, p) for s, p in self._unshared if p.ident != placement]
+        gone = self._shared.pop(placement, None)
+        if gone is not None:
+            with contextlib.suppress(OSError):
+                self.store.withdraw_placed(gone[0], placement)
+
+    def count_placed(self, spec: JobSpec, site: str, instead_of: str = "") -> str:
+        """Count a job about to be sent to ``site`` (a failover), here and for other processes;
+        ``instead_of``: its placement at the site it failed at, no longer counted."""
+        if instead_of:
+            self.withdraw(instead_of)
+        ident = self._count(spec, site)
+        self.publish([ident])
+        return ident
 
     def _count(self, spec: JobSpec, site: str) -> str:
         partition, gpus, cpus = job_need(spec, self.profiles[site])

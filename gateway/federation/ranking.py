@@ -238,7 +238,11 @@ def _score(spec: JobSpec, view: SiteView, weights: PlacementWeights, now: float 
     # Slurm's start time and the queue's limits are moments: the seconds since the probe are past.
     elapsed = 0.0 if now is None else max(0.0, now - snapshot.probed_at)
     if estimate is not None and estimate.seconds is not None:
-        start, basis = _less_elapsed(*_from_estimate(estimate, snapshot, partition, reading), elapsed)
+        start, basis, slurms = _from_estimate(estimate, snapshot, partition, reading)
+        # An estimate asked alone (a new shape within the snapshot's life) counts from then.
+        asked = estimate.asked_at or snapshot.probed_at
+        since = elapsed if not slurms or now is None else max(0.0, now - asked)
+        start, basis = _less_elapsed(start, basis, since)
         if reading is None and placed_here and beyond > 0:
             extra = beyond / max(total, 1) * round_s
             start += extra
@@ -289,7 +293,7 @@ def _less_elapsed(start: float, basis: str, elapsed: float) -> tuple[float, str]
 
 def _from_estimate(
     estimate: StartEstimate, snapshot: Snapshot, partition: str, reading: tuple[float, float] | None
-) -> tuple[float, str]:
+) -> tuple[float, str, bool]:
     """Time to start from Slurm's estimate, or from the GPU-level reading where Slurm's is later.
 
     ``reading`` is (without, with) the jobs placed since the probe; their difference is
@@ -303,20 +307,20 @@ def _from_estimate(
     if maintenance is not None:
         slurm_basis += f", after maintenance reservation {maintenance.name} (until {maintenance.end})"
     if reading is None:
-        return slurm_s, slurm_basis
+        return slurm_s, slurm_basis, True
     without, with_placed = reading
     added = max(0.0, with_placed - without)
     if slurm_s <= without or maintenance is not None:
         start = slurm_s + added
         if added:
             slurm_basis += f", + {added:.0f} s for the jobs placed since the probe (read {_BY_UNIT})"
-        return start, slurm_basis
+        return start, slurm_basis, True
     basis = (
         f"Slurm's queue read {_BY_UNIT}: starts in {with_placed:.0f} s in {partition}"
         f"{' counting the jobs placed since the probe' if added else ''}; sbatch --test-only said"
         f" {slurm_s:.0f} s, planning queued jobs a whole node at a time"
     )
-    return with_placed, basis
+    return with_placed, basis, False
 
 
 def _backlog_reading(

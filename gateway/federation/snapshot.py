@@ -118,6 +118,14 @@ class SnapshotStore:
             if new:
                 self.write(dataclasses.replace(snapshot, placed=(*snapshot.placed, *new)))
 
+    def withdraw_placed(self, site: str, ident: str) -> None:
+        """Forget one placement at ``site`` (its job was never sent there)."""
+        with self.locked(site):
+            snapshot = self.read(site)
+            if snapshot is not None and any(p.ident == ident for p in snapshot.placed):
+                kept = tuple(p for p in snapshot.placed if p.ident != ident)
+                self.write(dataclasses.replace(snapshot, placed=kept))
+
     def record_estimate(self, site: str, key: str, estimate: StartEstimate) -> None:
         with self.locked(site):
             snapshot = self.read(site)

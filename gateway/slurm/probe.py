@@ -86,6 +86,7 @@ class StartEstimate(Record):
     partition: str
     message: str  # Slurm's words
     transient: bool = False
+    asked_at: float = 0.0  # this machine's clock when asked alone (0: with the probe, at its stamp)
 
 
 class Reservation(Record):
