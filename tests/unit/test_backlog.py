@@ -109,6 +109,7 @@ def test_multi_node_jobs_need_their_nodes_at_once() -> None:
 
 def test_what_cannot_be_read_is_none() -> None:
     assert earliest_start([node("n1", state="drained")], (), (), one_gpu()) is None
+    assert earliest_start([node("n1", state="idle*")], (), (), one_gpu()) is None  # not responding
     assert earliest_start([node("n1", 4)], (), (), Ask("gpu", 1, 8, 1, 60)) is None  # never fits
     many = [waiting(1, 60) for _ in range(MAX_JOBS + 1)]
     assert earliest_start([node("n1")], many, (), one_gpu()) is None

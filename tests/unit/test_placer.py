@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import Counter
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,8 +36,11 @@ NOW = "2026-11-29T08:12:19"
 
 
 class FakeSite:
-    def __init__(self, name: str, calls: Counter[str], *, test_only_down: bool = False) -> None:
+    def __init__(
+        self, name: str, calls: Counter[str], *, test_only_down: bool = False, starts_in_s: int = 0
+    ) -> None:
         self.name, self.calls, self.test_only_down = name, calls, test_only_down
+        self.starts_in_s = starts_in_s
 
     def probe(self, partitions: list[str], script: str | None) -> ProbeResult:
         self.calls[f"probe {self.name} {','.join(partitions)}"] += 1
@@ -47,8 +51,10 @@ class FakeSite:
         self.calls[f"test-only {self.name}"] += 1
         if self.test_only_down:
             raise SiteUnreachable(f"site {self.name}: Unable to contact slurm controller (connect failure)")
-        answer = f"sbatch: Job 9 to start at {NOW} using 1 processors on nodes n1 in partition gpu\n@rc 0\n"
-        return probe.parse_test_only_output(answer, datetime.fromisoformat(NOW))
+        now = datetime.fromisoformat(NOW)
+        at = (now + timedelta(seconds=self.starts_in_s)).isoformat()
+        answer = f"sbatch: Job 9 to start at {at} using 1 processors on nodes n1 in partition gpu\n@rc 0\n"
+        return probe.parse_test_only_output(answer, now)
 
 
 def job(gpus: int = 1) -> JobSpec:
@@ -59,7 +65,7 @@ def job(gpus: int = 1) -> JobSpec:
     return parse_spec(body, source="j.toml")
 
 
-def federation(store: SnapshotStore, calls: Counter[str], **site: bool) -> Federation:
+def federation(store: SnapshotStore, calls: Counter[str], **site: Any) -> Federation:
     return Federation(
         PROFILES, CONFIG, lambda name: FakeSite(name, calls, **site), lambda s, p: "#!/bin/bash\n", store
     )
@@ -146,3 +152,47 @@ def test_an_unusable_home_is_an_error_not_a_site_down(tmp_path: Path) -> None:
     fed = federation(SnapshotStore(tmp_path / "federation"), Counter())
     with pytest.raises(HomeUnusable):
         fed.rank(job())
+
+
+def counted(store: SnapshotStore, site: str) -> int:
+    snapshot = store.read(site)
+    return 0 if snapshot is None else len(snapshot.placed)
+
+
+def test_jobs_a_probe_missed_between_publish_and_send_count_again_once_sent(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path)
+    mine = federation(store, Counter())
+    placements = [mine.place(job())[1] for _ in range(2)]
+    mine.publish()
+    assert counted(store, "sandbox-north") == 1 and counted(store, "sandbox-south") == 1
+    other = federation(store, Counter())
+    other.refresh = True
+    other.rank(job())  # a probe while the jobs are on their way: not in the queue it read
+    assert counted(store, "sandbox-north") == 0
+    mine.sent(placements)
+    assert counted(store, "sandbox-north") == 1 and counted(store, "sandbox-south") == 1
+    mine.sent(placements)  # never twice
+    assert counted(store, "sandbox-north") == 1
+
+
+def test_a_failover_counts_the_job_at_its_new_site_only(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path)
+    fed = federation(store, Counter())
+    ranking, placement = fed.place(job())
+    assert ranking.winner is not None and ranking.winner.site == "sandbox-north"
+    fed.publish()
+    again = fed.count_placed(job(), "sandbox-south", instead_of=placement)
+    assert counted(store, "sandbox-north") == 0 and counted(store, "sandbox-south") == 1
+    fed.count_placed(job(), "sandbox-north", instead_of=again)  # a second failover
+    assert counted(store, "sandbox-north") == 1 and counted(store, "sandbox-south") == 0
+
+
+def test_an_estimate_asked_after_the_probe_counts_from_when_it_was_asked(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path)
+    federation(store, Counter()).rank(job())
+    for site in SITES:  # probed 20 s ago
+        snapshot = store.read(site)
+        assert snapshot is not None
+        store.write(dataclasses.replace(snapshot, probed_at=snapshot.probed_at - 20))
+    ranking = federation(store, Counter(), starts_in_s=1000).rank(job(gpus=2))  # a new shape: asked now
+    assert all(s.terms["time_to_start"] == pytest.approx(1000, abs=1) for s in ranking.ranked)
