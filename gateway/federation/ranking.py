@@ -211,7 +211,7 @@ def _score(spec: JobSpec, view: SiteView, weights: PlacementWeights, now: float 
     if load is None:
         return Excluded(site, (f"partition {partition} is not at the site (sinfo)",), transient=False)
     if not load.up or load.usable_nodes == 0:
-        what = "is down" if not load.up else "has every node down or drained"
+        what = "is down" if not load.up else "has every node down, drained or not responding"
         return Excluded(site, (f"partition {partition} {what} ({_states(load)})",), transient=True)
     estimate = view.estimate
     unanswered = ""
