@@ -3,30 +3,16 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 
-from gateway.cli import main
 from gateway.ledger import Ledger, LedgerJob
 from gateway.states import JobState
+from tests.unit.test_cli import GPU_SPEC, aif, one_line_error
 
-REPO = Path(__file__).resolve().parents[2]
-GPU_SPEC = REPO / "tests" / "data" / "specs" / "gpu-example.toml"
 TIE_RULE = "ties go to the site with the larger share of the partition free, then by name"
-
-
-def aif(*args: str) -> Result:
-    return CliRunner().invoke(main, list(args))
-
-
-def one_line_error(result: Result) -> str:
-    assert "Traceback" not in result.output
-    assert result.stderr.count("\n") == 1, result.stderr
-    assert result.stderr.startswith("aif: error: ")
-    return result.stderr.rstrip("\n")
 
 
 def recorded(site: str = "lumi", placement: dict[str, Any] | None = None) -> LedgerJob:
@@ -75,7 +61,7 @@ def test_a_lost_answer_with_no_reason_says_it_may_have_been_sent_and_what_settle
         f"`aif status {job.id}` settles it from the site's record"
     )
     if as_json:
-        assert one_line_error(result) == f"aif: error: {job.id} at lumi: {said}"
+        assert one_line_error(result).rstrip("\n") == f"aif: error: {job.id} at lumi: {said}"
     else:
         assert f"{job.id}: {said}\n" in result.stdout
         counted = "aif: error: 1 of 1 jobs not submitted or not confirmed (see above)"
@@ -90,7 +76,7 @@ def test_a_lost_answer_with_a_reason_gives_it(monkeypatch: pytest.MonkeyPatch) -
     submitted_as(monkeypatch, job)
     result = aif("submit", "--json", str(GPU_SPEC))
     assert result.exit_code == 5
-    assert one_line_error(result) == (
+    assert one_line_error(result).rstrip("\n") == (
         f"aif: error: {job.id} at lumi: the answer from lumi was lost (maybe sent: not found by its "
         f"token or its name); `aif status {job.id}` settles it from the site's record"
     )
