@@ -269,7 +269,7 @@ class AifReading:
             ask = Ask("gpu", 1, job.gpus, 1, float(math.ceil(job.limit_s)))
             start = earliest_start(nodes, backlog, self.placed[name], ask)
             total = sum(SITES[name])
-            share = max(0.0, (free - sum(a.gpus_per_node for a in self.placed[name])) / total)
+            share = (free - sum(a.gpus_per_node for a in self.placed[name])) / total
             scored.append((math.inf if start is None else start, -share, name, ask))
         best = min(scored, key=lambda s: s[:3])
         self.placed[best[2]].append(best[3])

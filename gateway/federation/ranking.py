@@ -26,8 +26,10 @@ The score of an eligible site is one number of seconds, with its terms shown:
 - sector bonus: a factory whose sectors include the job's earns
   ``sector_bonus_s`` seconds, a preference a long queue can outweigh.
 
-Ties are broken by the larger share of the partition still free, then by the
-site's name: the rule is written into every explanation.
+Ties are broken by the larger share of the partition still free after the jobs
+placed since (below zero once they outgrow it, so the overflow of a burst
+spreads by size too), then by the site's name: the rule is written into every
+explanation.
 """
 
 from __future__ import annotations
@@ -47,7 +49,10 @@ from gateway.rendering import choose_partition
 from gateway.slurm.probe import PartitionDemand, StartEstimate
 from gateway.spec import JobSpec
 
-TIE_RULE = "ties go to the site with the larger share of the partition free, then by name"
+TIE_RULE = (
+    "ties go to the site with the larger share of the partition free after the jobs placed since"
+    " (below zero once they outgrow it), then by name"
+)
 
 
 class Excluded(Record):
@@ -67,7 +72,7 @@ class Scored(Record):
     partition: str
     basis: str  # which estimate the time to start came from, in words
     reasons: tuple[str, ...]  # why it ranks where it does, in words
-    free_share: float  # the partition's share still free after the jobs placed since
+    free_share: float  # the partition's share still free after the jobs placed since (< 0: outgrown)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -276,7 +281,7 @@ def _score(spec: JobSpec, view: SiteView, weights: PlacementWeights, now: float 
     if not snapshot.result.queue_visible:
         reasons.append("other users' jobs are hidden here (PrivateData=jobs): queue depth not visible")
     terms = {"time_to_start": start, "data": data, "sector_bonus": -bonus if bonus else 0.0}
-    share = max(0.0, free_after / max(total, 1))
+    share = free_after / max(total, 1)
     return Scored(site, start + data - bonus, terms, partition, basis, tuple(reasons), share)
 
 

@@ -8,11 +8,10 @@ from typing import Any
 import pytest
 from click.testing import Result
 
+from gateway.federation.ranking import TIE_RULE
 from gateway.ledger import Ledger, LedgerJob
 from gateway.states import JobState
 from tests.unit.test_cli import GPU_SPEC, aif, one_line_error
-
-TIE_RULE = "ties go to the site with the larger share of the partition free, then by name"
 
 
 def recorded(site: str = "lumi", placement: dict[str, Any] | None = None) -> LedgerJob:

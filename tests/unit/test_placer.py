@@ -37,14 +37,25 @@ NOW = "2026-11-29T08:12:19"
 
 class FakeSite:
     def __init__(
-        self, name: str, calls: Counter[str], *, test_only_down: bool = False, starts_in_s: int = 0
+        self,
+        name: str,
+        calls: Counter[str],
+        *,
+        test_only_down: bool = False,
+        starts_in_s: int = 0,
+        nodes: bool = False,
     ) -> None:
         self.name, self.calls, self.test_only_down = name, calls, test_only_down
-        self.starts_in_s = starts_in_s
+        self.starts_in_s, self.nodes = starts_in_s, nodes
 
     def probe(self, partitions: list[str], script: str | None) -> ProbeResult:
         self.calls[f"probe {self.name} {','.join(partitions)}"] += 1
-        result = probe.parse_probe((TESTS / "data" / "slurm" / "probe-idle.stdout").read_text())
+        text = (TESTS / "data" / "slurm" / "probe-idle.stdout").read_text()
+        if self.nodes:  # node by node, as the sandbox's probe reads them: the queue is read GPU by GPU
+            text = text.replace(
+                "@config\n", "@nodes\nn1|gpu|idle|64|gpu:4|\nn2|gpu|idle|64|gpu:4|\n@rc 0\n@config\n"
+            )
+        result = probe.parse_probe(text)
         return dataclasses.replace(result, estimate=self.test_only(script) if script else None)
 
     def test_only(self, script: str) -> StartEstimate:
@@ -196,3 +207,16 @@ def test_an_estimate_asked_after_the_probe_counts_from_when_it_was_asked(tmp_pat
         store.write(dataclasses.replace(snapshot, probed_at=snapshot.probed_at - 20))
     ranking = federation(store, Counter(), starts_in_s=1000).rank(job(gpus=2))  # a new shape: asked now
     assert all(s.terms["time_to_start"] == pytest.approx(1000, abs=1) for s in ranking.ranked)
+
+
+def test_the_overflow_of_a_burst_spreads_too(tmp_path: Path) -> None:
+    """Past the 16 free GPUs every job starts when the first hour's jobs end, at both sites:
+    the tie goes to the site whose free share is less outgrown, not always to the first name."""
+    fed = federation(SnapshotStore(tmp_path), Counter(), nodes=True)
+    sites: Counter[str] = Counter()
+    for _ in range(24):
+        ranking, _ = fed.place(job())
+        assert ranking.winner is not None
+        sites[ranking.winner.site] += 1
+    assert sites == {"sandbox-north": 12, "sandbox-south": 12}
+    assert "+ 3600 s for the jobs placed since the probe (read GPU by GPU" in ranking.winner.basis
