@@ -33,7 +33,10 @@ def rank_spec(ctx: Context, spec_path: str, *, refresh: bool = False) -> tuple[J
 
 
 class SiteLoad(Record):
-    """One line of `aif load` (capacity: the site's largest partition; pending: all partitions asked)."""
+    """One line of `aif load` (capacity: the site's largest partition; pending: all partitions asked).
+
+    Jobs placed since the probe are counted: in the free room while it lasts, then as pending.
+    """
 
     site: str
     reachable: bool
@@ -77,19 +80,28 @@ def _load_of(site: str, snapshot: Snapshot) -> SiteLoad:
     # Partitions often share nodes (sinfo reports each partition's own view), so the
     # site's capacity is its largest partition's, not their sum.
     parts = result.partitions
-    placed_gpus = sum(p.gpus for p in snapshot.placed)
+    gpus_free = max((p.gpus_free for p in parts), default=0)
+    cpus_free = max((p.cpus_idle for p in parts), default=0)
+    # Jobs placed since the probe take the free room in the order they were placed; those
+    # that find none wait, as they will at the site.
+    waiting_jobs = waiting_gpus = 0
+    for placed in snapshot.placed:
+        if placed.gpus <= gpus_free and placed.cpus <= cpus_free:
+            gpus_free, cpus_free = gpus_free - placed.gpus, cpus_free - placed.cpus
+        else:
+            waiting_jobs, waiting_gpus = waiting_jobs + 1, waiting_gpus + placed.gpus
     return SiteLoad(
         site=site,
         reachable=True,
         problem="",
         latency_s=snapshot.latency_s,
         age_s=snapshot.age(time.time()),
-        gpus_free=max(0, max((p.gpus_free for p in parts), default=0) - placed_gpus),
+        gpus_free=gpus_free,
         gpus_total=max((p.gpus_total for p in parts), default=0),
-        cpus_free=max((p.cpus_idle for p in parts), default=0),
+        cpus_free=cpus_free,
         cpus_total=max((p.cpus_total for p in parts), default=0),
-        pending_jobs=sum(d.pending_jobs for d in result.demand.values()),
-        pending_gpus=sum(d.pending_gpus for d in result.demand.values()),
+        pending_jobs=sum(d.pending_jobs for d in result.demand.values()) + waiting_jobs,
+        pending_gpus=sum(d.pending_gpus for d in result.demand.values()) + waiting_gpus,
         queue_visible=result.queue_visible,
     )
 

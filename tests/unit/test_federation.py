@@ -17,6 +17,7 @@ import pytest
 from gateway.config import PlacementWeights, SiteAccess, UserConfig
 from gateway.federation.ranking import SiteView, rank
 from gateway.federation.snapshot import Placed, Snapshot, SnapshotStore
+from gateway.placement import _load_of
 from gateway.profiles import load_profile
 from gateway.slurm import probe
 from gateway.spec import parse_spec
@@ -207,3 +208,11 @@ def test_an_estimate_probed_a_while_ago_is_counted_from_now(profiles: dict[str, 
     assert north.terms["time_to_start"] == 5696 - 100
     assert north.basis.endswith("(probed 100 s ago: 5596 s from now)")
     assert rank(spec(), [busy], CONFIG).ranked[0].terms["time_to_start"] == 5696  # type: ignore[arg-type]
+
+
+def test_aif_load_counts_jobs_placed_since_in_the_free_room_then_as_pending() -> None:
+    now = time.time() + 1
+    twelve = tuple(Placed(now, "gpu", 1, 2) for _ in range(12))
+    load = _load_of("sandbox-north", snapshot("sandbox-north", "probe-idle.stdout", twelve))
+    assert (load.gpus_free, load.gpus_total, load.pending_jobs, load.pending_gpus) == (0, 8, 4, 4)
+    assert load.cpus_free == 128 - 8 * 2
