@@ -50,11 +50,13 @@ class SiteLoad(Record):
     pending_jobs: int
     pending_gpus: int
     queue_visible: bool
+    probed: bool = True  # False: the site is not usable by this user (``problem`` says why)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "site": self.site,
             "reachable": self.reachable,
+            "probed": self.probed,
             "problem": self.problem,
             "latency_s": round(self.latency_s, 3),
             "snapshot_age_s": round(self.age_s, 1),
@@ -65,10 +67,16 @@ class SiteLoad(Record):
 
 
 def site_loads(ctx: Context, *, refresh: bool = False) -> list[SiteLoad]:
-    """Every usable site's load (one probe per site at most per TTL, all sites at once)."""
-    sites = [name for name, profile in sorted(ctx.profiles.items()) if not site_problem(profile, ctx.config)]
-    found = federation_for(ctx, refresh=refresh).snapshots(sites)
-    return [_load_of(site, found[site][0]) for site in sites]
+    """Every site's load (one probe per site at most per TTL, all sites at once); a site this
+    user cannot use is not probed, and says why."""
+    problems = {name: site_problem(profile, ctx.config) for name, profile in sorted(ctx.profiles.items())}
+    found = federation_for(ctx, refresh=refresh).snapshots([s for s, why in problems.items() if not why])
+    return [
+        _load_of(site, found[site][0])
+        if site in found
+        else SiteLoad(site, False, why, 0.0, 0.0, 0, 0, 0, 0, 0, 0, True, probed=False)
+        for site, why in problems.items()
+    ]
 
 
 def _load_of(site: str, snapshot: Snapshot) -> SiteLoad:

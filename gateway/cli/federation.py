@@ -71,11 +71,11 @@ def load(ctx: click.Context, refresh: bool, as_json: bool) -> None:
         table.add_row(
             x.site,
             "yes" if x.reachable else f"no: {x.problem}",
-            f"{x.latency_s * 1000:.0f} ms",
+            f"{x.latency_s * 1000:.0f} ms" if x.probed else "-",
             f"{x.gpus_free}/{x.gpus_total}" if x.reachable else "-",
             f"{x.cpus_free}/{x.cpus_total}" if x.reachable else "-",
             pending if x.reachable else "-",
-            f"{x.age_s:.0f} s",
+            f"{x.age_s:.0f} s" if x.probed else "-",
         )
     console().print(table)
 

@@ -153,3 +153,14 @@ def test_explain_prints_the_tie_rule_the_job_was_ranked_by() -> None:
     shown = aif("explain", job.id)
     assert shown.exit_code == 0, shown.output
     assert " ".join(shown.stdout.split()).count(TIE_RULE) == 1  # the console may wrap it
+
+
+def test_load_names_every_site_it_cannot_use_and_why() -> None:
+    result = aif("load", "--json")
+    assert result.exit_code == 0, result.output
+    rows = {row["site"]: row for row in json.loads(result.stdout)}
+    assert {"lumi", "mimer", "bsc"} <= set(rows)
+    lumi = rows["lumi"]
+    assert not lumi["probed"] and not lumi["reachable"] and "needs an account" in lumi["problem"]
+    people = aif("load")
+    assert "needs an account" in people.stdout and "lumi" in people.stdout
