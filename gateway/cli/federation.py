@@ -99,6 +99,9 @@ def explain(job_id: str, as_json: bool) -> None:
         if placed.get("pinned") and "pinned" not in headline:
             # Placed before the ranking said so itself: no reasons after its colon, none were weighed.
             headline = headline.rstrip(": ") + " (pinned: no ranking)"
+        first = next(iter(placed.get("ranking", [])), {}).get("site")
+        if first and why.job.site and first != why.job.site:
+            headline += f" (it failed over to {why.job.site}: see the attempts)"
         console().print(headline)
     table = new_table("ranking when it was placed", ("site", "score (s)", "terms", "why"))
     for s in placed.get("ranking", []):

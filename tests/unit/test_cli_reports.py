@@ -164,3 +164,11 @@ def test_load_names_every_site_it_cannot_use_and_why() -> None:
     assert not lumi["probed"] and not lumi["reachable"] and "needs an account" in lumi["problem"]
     people = aif("load")
     assert "needs an account" in people.stdout and "lumi" in people.stdout
+
+
+def test_explain_of_a_job_that_failed_over_says_so_under_its_ranking() -> None:
+    job = recorded(site="bsc", placement=PLACEMENT)  # ranked lumi first, sent to bsc
+    shown = aif("explain", job.id)
+    assert shown.exit_code == 0, shown.output
+    said = " ".join(shown.stdout.split())
+    assert "next best bsc (score 60 s) (it failed over to bsc: see the attempts)" in said
