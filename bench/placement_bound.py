@@ -58,9 +58,9 @@ schedules. The model stands in for Slurm only to compare choices offline:
   (their choices are the sandbox's, job for job, by construction) the mean waits
   measured on the sandbox for seed 2026 (`make bench`, 2026-11-29: random
   22.3 s, FastestQueue 16.7; model 22.6 and 15.7; with 0 s, 20.0 and 12.2; a
-  later run measured 22.4 and 14.5: FastestQueue moves by 2 s between runs). It
-  does not reproduce aif: 16.3 s in the model against 14.0 measured, so the
-  model compares rules with one another, not with the sandbox's figures;
+  later run measured 22.4 and 14.5: FastestQueue moves by 2 s between runs). For
+  aif it gives 13.6 s against 14.0-15.1 measured; it compares rules with one
+  another rather than predicting the sandbox's figures;
 - the wait of a job is its start minus its arrival, as on the sandbox.
 
 Each case is replayed twice: with time limits in whole minutes, as Slurm keeps
