@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -99,7 +99,8 @@ def explain(job_id: str, as_json: bool) -> None:
         if placed.get("pinned") and "pinned" not in headline:
             # Placed before the ranking said so itself: no reasons after its colon, none were weighed.
             headline = headline.rstrip(": ") + " (pinned: no ranking)"
-        first = next(iter(placed.get("ranking", [])), {}).get("site")
+        ranked: list[dict[str, Any]] = placed.get("ranking") or []
+        first = ranked[0].get("site") if ranked else None
         if first and why.job.site and first != why.job.site:
             headline += f" (it failed over to {why.job.site}: see the attempts)"
         console().print(headline)
