@@ -180,8 +180,9 @@ def submit(
     the federation whose site turns out to be down (nothing was sent, proven)
     goes to the next site of its ranking, unless ``failover`` is off; a
     pinned job never moves, nor does one sent ``after`` another (its
-    dependency holds only at its parent's site). Unless ``coalesce`` is off, specs of one shape
-    sent to one site go as one array job (each spec one task of it).
+    dependency holds only at its parent's site). Unless ``coalesce`` is
+    off, specs of one shape sent to one site go as one array job (each spec
+    one task of it).
     """
     explicit = key is not None
     key = key if key is not None else journal.new_key()
