@@ -59,7 +59,7 @@ schedules. The model stands in for Slurm only to compare choices offline:
   measured on the sandbox for seed 2026 (`make bench`, 2026-11-29: random
   22.3 s, FastestQueue 16.7; model 22.6 and 15.7; with 0 s, 20.0 and 12.2; a
   later run measured 22.4 and 14.5: FastestQueue moves by 2 s between runs). For
-  aif it gives 13.6 s against 14.0-15.1 measured; it compares rules with one
+  aif it gives 13.6 s against 14.0-15.5 measured; it compares rules with one
   another rather than predicting the sandbox's figures;
 - the wait of a job is its start minus its arrival, as on the sandbox.
 
