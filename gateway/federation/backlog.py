@@ -38,16 +38,16 @@ from dataclasses import dataclass
 
 from gateway.record import Record
 from gateway.slurm.backlog import NodeSlots, QueuedJob
-from gateway.slurm.load import UNUSABLE_NODE_STATES, node_state_usable
+from gateway.slurm.load import node_state_usable
 
 # Read GPU by GPU up to this many jobs (running, queued, placed) on this many nodes;
 # beyond, Slurm's estimate and the queue-depth term stand alone.
 MAX_JOBS = 300
 MAX_NODES = 256
 
-# Nodes no job can start on now; unlike the ranking (gateway.slurm.node_state_usable), the
-# reading also leaves out nodes in a reservation, whose end Slurm's own estimate accounts for.
-_BAD_STATES = (*UNUSABLE_NODE_STATES, "maint", "reserved")
+# Beyond the nodes no job can start on now (gateway.slurm.node_state_usable), the reading
+# also leaves out nodes in a reservation, whose end Slurm's own estimate accounts for.
+_RESERVED_STATES = ("maint", "reserved")
 _FOREVER = float("inf")
 
 
@@ -106,7 +106,7 @@ def earliest_start(
     usable = [
         n
         for n in nodes
-        if node_state_usable(n.state) and not n.state.lower().rstrip("~#!%$@^-+").startswith(_BAD_STATES)
+        if node_state_usable(n.state) and not n.state.lower().rstrip("~#!%$@^-+").startswith(_RESERVED_STATES)
     ]
     if not usable or len(usable) > MAX_NODES:
         return None
